@@ -1,0 +1,1138 @@
+//! The blob service on redb.
+//!
+//! Content lives in [`CHUNKS`] under a data id; a blob record lists its segments (one per
+//! committed block, or one for a Put Blob). Every data id is owned by exactly one place (a blob's
+//! segments or one uncommitted block), so freeing is local. Bodies larger than one chunk are
+//! streamed in non-durable commits under a [`PENDING`] data id, then published by the durable
+//! commit of the operation itself; a crash in between leaves only pending data, removed at open.
+
+use std::collections::HashSet;
+use std::io::{self, Read};
+
+use md5::{Digest, Md5};
+use redb::{ReadOnlyTable, ReadableTable};
+use serde::{Deserialize, Serialize};
+
+use super::lease::LeaseRecord;
+use super::*;
+use crate::engine::{
+    BLOBS, BLOCKS, CHUNK_SIZE, CHUNKS, CONTAINERS, PENDING, WriteCtx, decode, delete_data, encode,
+    get_record,
+};
+use crate::names::{check_blob, check_container, check_metadata};
+use crate::{RedbStore, StorageError};
+
+/// Chunks carried by one intermediate commit of a streamed upload (8 MiB of buffer).
+const UPLOAD_BATCH_CHUNKS: usize = 8;
+const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
+/// Above every block id (ids are at most 64 bytes): the end of a blob's range in [`BLOCKS`].
+const BLOCK_ID_END: [u8; MAX_BLOCK_ID_BYTES + 1] = [0xFF; MAX_BLOCK_ID_BYTES + 1];
+
+#[derive(Serialize, Deserialize, Debug)]
+struct ContainerRecord {
+    etag: String,
+    last_modified: Timestamp,
+    metadata: Metadata,
+    lease: LeaseRecord,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct Segment {
+    /// The committed block id, for blobs made by Put Block List.
+    block_id: Option<Vec<u8>>,
+    data_id: u64,
+    len: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+struct BlobRecord {
+    etag: String,
+    created: Timestamp,
+    last_modified: Timestamp,
+    content: ContentSettings,
+    metadata: Metadata,
+    segments: Vec<Segment>,
+    size: u64,
+    lease: LeaseRecord,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+struct BlockRecord {
+    data_id: u64,
+    len: u64,
+}
+
+/// A request body after it has been read: small ones travel inside the final operation, large
+/// ones were already streamed into pending chunks.
+enum Body {
+    Small(Vec<u8>),
+    Staged { data_id: u64 },
+}
+
+struct Uploaded {
+    body: Body,
+    len: u64,
+    md5: [u8; 16],
+}
+
+fn read_full(r: &mut dyn Read, buf: &mut Vec<u8>, want: usize) -> Result<(), StorageError> {
+    let start = buf.len();
+    buf.resize(start + want, 0);
+    let mut filled = start;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(StorageError::BodyRead(e)),
+        }
+    }
+    buf.truncate(filled);
+    Ok(())
+}
+
+fn blob_props(name: &str, rec: &BlobRecord, now: Timestamp) -> BlobProperties {
+    let mut content = rec.content.clone();
+    if content.content_type.is_none() {
+        content.content_type = Some(DEFAULT_CONTENT_TYPE.into());
+    }
+    BlobProperties {
+        name: name.to_string(),
+        etag: rec.etag.clone(),
+        last_modified: rec.last_modified,
+        created: rec.created,
+        size: rec.size,
+        content,
+        metadata: rec.metadata.clone(),
+        lease: rec.lease.info(now),
+    }
+}
+
+fn container_props(name: &str, rec: &ContainerRecord, now: Timestamp) -> ContainerProperties {
+    ContainerProperties {
+        name: name.to_string(),
+        etag: rec.etag.clone(),
+        last_modified: rec.last_modified,
+        metadata: rec.metadata.clone(),
+        lease: rec.lease.info(now),
+    }
+}
+
+fn get_container(
+    table: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    a: &str,
+    c: &str,
+) -> Result<ContainerRecord, BlobError> {
+    get_record::<(&str, &str), _>(table, "containers", (a, c))?
+        .ok_or_else(|| BlobError::ContainerNotFound(c.to_string()))
+}
+
+fn get_blob_record(
+    table: &impl ReadableTable<(&'static str, &'static str, &'static str), &'static [u8]>,
+    a: &str,
+    c: &str,
+    b: &str,
+) -> Result<Option<BlobRecord>, BlobError> {
+    Ok(get_record::<(&str, &str, &str), _>(
+        table,
+        "blobs",
+        (a, c, b),
+    )?)
+}
+
+/// The lease check for a write, also when the blob does not exist yet.
+fn check_blob_lease(
+    rec: Option<&BlobRecord>,
+    lease_id: Option<&str>,
+    now: Timestamp,
+) -> Result<(), BlobError> {
+    match rec {
+        Some(r) => r.lease.check_write(lease_id, now, false),
+        None if lease_id.is_some() => Err(BlobError::LeaseNotPresentWithBlobOperation),
+        None => Ok(()),
+    }
+}
+
+/// Writes the body's chunks (small body) or claims the pending data (staged body).
+fn materialize(ctx: &mut WriteCtx<'_>, body: Body) -> Result<u64, BlobError> {
+    match body {
+        Body::Small(bytes) => {
+            let data_id = ctx.ids.next_seq();
+            if !bytes.is_empty() {
+                ctx.txn
+                    .open_table(CHUNKS)?
+                    .insert((data_id, 0), bytes.as_slice())?;
+            }
+            Ok(data_id)
+        }
+        Body::Staged { data_id } => {
+            ctx.txn.open_table(PENDING)?.remove(data_id)?;
+            Ok(data_id)
+        }
+    }
+}
+
+/// Frees the data of `segments` that is not in `keep`.
+fn free_segments(
+    ctx: &WriteCtx<'_>,
+    segments: &[Segment],
+    keep: &HashSet<u64>,
+) -> Result<(), BlobError> {
+    let mut chunks = ctx.txn.open_table(CHUNKS)?;
+    let mut freed = HashSet::new();
+    for s in segments {
+        if !keep.contains(&s.data_id) && freed.insert(s.data_id) {
+            delete_data(&mut chunks, s.data_id)?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes a blob's uncommitted blocks, freeing their data unless it is in `keep`.
+fn drop_uncommitted(
+    ctx: &WriteCtx<'_>,
+    a: &str,
+    c: &str,
+    b: &str,
+    keep: &HashSet<u64>,
+) -> Result<(), BlobError> {
+    let mut blocks = ctx.txn.open_table(BLOCKS)?;
+    let mut values = Vec::new();
+    blocks.retain_in((a, c, b, &[][..])..=(a, c, b, &BLOCK_ID_END[..]), |_, v| {
+        values.push(v.to_vec());
+        false
+    })?;
+    let mut chunks = ctx.txn.open_table(CHUNKS)?;
+    for v in values {
+        let rec: BlockRecord = decode("blocks", &v)?;
+        if !keep.contains(&rec.data_id) {
+            delete_data(&mut chunks, rec.data_id)?;
+        }
+    }
+    Ok(())
+}
+
+impl RedbStore {
+    /// Reads `body` (at most `limit` bytes). Bodies up to one chunk stay in memory; larger ones
+    /// are streamed into pending chunks with non-durable commits.
+    fn upload(&self, body: &mut dyn Read, limit: u64) -> Result<Uploaded, BlobError> {
+        let mut md5 = Md5::new();
+        let mut first = Vec::with_capacity(CHUNK_SIZE.min(64 * 1024));
+        // One byte more than a chunk tells "fits in one chunk" from "more follows".
+        read_full(body, &mut first, CHUNK_SIZE + 1)?;
+        if first.len() <= CHUNK_SIZE {
+            let len = first.len() as u64;
+            if len > limit {
+                return Err(BlobError::RequestEntityTooLarge { size: len, limit });
+            }
+            md5.update(&first);
+            return Ok(Uploaded {
+                body: Body::Small(first),
+                len,
+                md5: md5.finalize().into(),
+            });
+        }
+        let carry = first.split_off(CHUNK_SIZE);
+        let data_id: u64 = self.engine.write(false, |ctx| -> Result<u64, BlobError> {
+            let id = ctx.ids.next_seq();
+            ctx.txn.open_table(PENDING)?.insert(id, ())?;
+            Ok(id)
+        })?;
+        let result = self.stream_chunks(data_id, first, carry, body, limit, &mut md5);
+        match result {
+            Ok(len) => Ok(Uploaded {
+                body: Body::Staged { data_id },
+                len,
+                md5: md5.finalize().into(),
+            }),
+            Err(e) => {
+                self.discard_data(data_id);
+                Err(e)
+            }
+        }
+    }
+
+    fn stream_chunks(
+        &self,
+        data_id: u64,
+        first: Vec<u8>,
+        carry: Vec<u8>,
+        body: &mut dyn Read,
+        limit: u64,
+        md5: &mut Md5,
+    ) -> Result<u64, BlobError> {
+        let mut next_index: u32 = 0;
+        let mut total: u64 = 0;
+        let mut pending_chunks = vec![first];
+        let mut carry = carry;
+        loop {
+            // Fill the batch: the carried-over bytes start the next chunk.
+            let mut eof = false;
+            while pending_chunks.len() < UPLOAD_BATCH_CHUNKS && !eof {
+                let mut chunk = std::mem::take(&mut carry);
+                let want = CHUNK_SIZE - chunk.len();
+                read_full(body, &mut chunk, want)?;
+                eof = chunk.len() < CHUNK_SIZE;
+                if !chunk.is_empty() {
+                    pending_chunks.push(chunk);
+                }
+            }
+            for c in &pending_chunks {
+                md5.update(c);
+                total += c.len() as u64;
+            }
+            if total > limit {
+                return Err(BlobError::RequestEntityTooLarge { size: total, limit });
+            }
+            let batch = std::mem::take(&mut pending_chunks);
+            let start = next_index;
+            next_index += u32::try_from(batch.len()).unwrap_or(u32::MAX);
+            self.engine
+                .write(false, move |ctx| -> Result<(), BlobError> {
+                    let mut chunks = ctx.txn.open_table(CHUNKS)?;
+                    for (i, c) in batch.iter().enumerate() {
+                        chunks.insert((data_id, start + i as u32), c.as_slice())?;
+                    }
+                    Ok(())
+                })?;
+            if eof {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Frees pending data after a refused or failed upload. Non-durable: if the process dies
+    /// first, the pending entry makes the next open remove it.
+    fn discard_data(&self, data_id: u64) {
+        let r = self
+            .engine
+            .write(false, move |ctx| -> Result<(), StorageError> {
+                delete_data(&mut ctx.txn.open_table(CHUNKS)?, data_id)?;
+                ctx.txn.open_table(PENDING)?.remove(data_id)?;
+                Ok(())
+            });
+        if let Err(e) = r {
+            tracing::warn!(data_id, error = %e, "could not discard upload data; it is removed at next open");
+        }
+    }
+
+    /// Runs the final operation of an upload; on refusal, frees the staged data.
+    fn finish_upload<R: Send + 'static>(
+        &self,
+        staged: Option<u64>,
+        op: impl FnOnce(&mut WriteCtx<'_>) -> Result<R, BlobError> + Send + 'static,
+    ) -> Result<R, BlobError> {
+        let r = self.engine.write(true, op);
+        if let (Err(_), Some(data_id)) = (&r, staged) {
+            self.discard_data(data_id);
+        }
+        r
+    }
+}
+
+fn staged_id(u: &Uploaded) -> Option<u64> {
+    match u.body {
+        Body::Staged { data_id } => Some(data_id),
+        Body::Small(_) => None,
+    }
+}
+
+/// Streams a blob's segments from one read snapshot.
+struct SegmentReader {
+    chunks: ReadOnlyTable<(u64, u32), &'static [u8]>,
+    /// (start offset in the blob, segment)
+    segments: Vec<(u64, Segment)>,
+    pos: u64,
+    end: u64,
+    buf: Vec<u8>,
+    buf_start: u64,
+}
+
+impl SegmentReader {
+    fn fill(&mut self) -> io::Result<()> {
+        let idx = self
+            .segments
+            .partition_point(|(start, _)| *start <= self.pos)
+            .saturating_sub(1);
+        let (seg_start, seg) = self
+            .segments
+            .get(idx)
+            .ok_or_else(|| io::Error::other("read past the blob's segments"))?;
+        let chunk = (self.pos - seg_start) / CHUNK_SIZE as u64;
+        let chunk_idx = u32::try_from(chunk).map_err(io::Error::other)?;
+        let value = self
+            .chunks
+            .get((seg.data_id, chunk_idx))
+            .map_err(io::Error::other)?
+            .ok_or_else(|| {
+                io::Error::other(format!("missing chunk {chunk_idx} of data {}", seg.data_id))
+            })?;
+        self.buf.clear();
+        self.buf.extend_from_slice(value.value());
+        self.buf_start = seg_start + chunk * CHUNK_SIZE as u64;
+        if self.buf.is_empty() {
+            return Err(io::Error::other("empty chunk"));
+        }
+        Ok(())
+    }
+}
+
+impl Read for SegmentReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.pos >= self.end || out.is_empty() {
+            return Ok(0);
+        }
+        let buf_end = self.buf_start + self.buf.len() as u64;
+        if self.pos < self.buf_start || self.pos >= buf_end {
+            self.fill()?;
+        }
+        let off = (self.pos - self.buf_start) as usize;
+        let avail = (self.buf.len() - off) as u64;
+        let n = (out.len() as u64).min(avail).min(self.end - self.pos) as usize;
+        out[..n].copy_from_slice(&self.buf[off..off + n]);
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl BlobStore for RedbStore {
+    fn create_container(
+        &self,
+        account: &AccountName,
+        container: &str,
+        metadata: Metadata,
+    ) -> Result<ContainerProperties, BlobError> {
+        check_container(container)?;
+        check_metadata(&metadata)?;
+        let (a, c) = (account.as_str().to_owned(), container.to_owned());
+        self.engine.write(true, move |ctx| {
+            let mut containers = ctx.txn.open_table(CONTAINERS)?;
+            if containers.get((a.as_str(), c.as_str()))?.is_some() {
+                return Err(BlobError::ContainerAlreadyExists(c));
+            }
+            let rec = ContainerRecord {
+                etag: ctx.ids.etag(),
+                last_modified: ctx.now,
+                metadata,
+                lease: LeaseRecord::Available,
+            };
+            containers.insert((a.as_str(), c.as_str()), encode(&rec).as_slice())?;
+            Ok(container_props(&c, &rec, ctx.now))
+        })
+    }
+
+    fn delete_container(
+        &self,
+        account: &AccountName,
+        container: &str,
+        conditions: &Conditions,
+        lease_id: Option<&str>,
+    ) -> Result<(), BlobError> {
+        check_container(container)?;
+        let (a, c) = (account.as_str().to_owned(), container.to_owned());
+        let (conditions, lease_id) = (conditions.clone(), lease_id.map(str::to_owned));
+        self.engine.write(true, move |ctx| {
+            let (a, c) = (a.as_str(), c.as_str());
+            let mut containers = ctx.txn.open_table(CONTAINERS)?;
+            let rec = get_container(&containers, a, c)?;
+            rec.lease.check_write(lease_id.as_deref(), ctx.now, true)?;
+            conditions.check_container(rec.last_modified)?;
+            containers.remove((a, c))?;
+            // Names cannot contain NUL, so "c\0" bounds exactly the keys of container c.
+            let end = format!("{c}\0");
+            let mut blob_values = Vec::new();
+            ctx.txn
+                .open_table(BLOBS)?
+                .retain_in((a, c, "")..(a, end.as_str(), ""), |_, v| {
+                    blob_values.push(v.to_vec());
+                    false
+                })?;
+            let mut block_values = Vec::new();
+            ctx.txn.open_table(BLOCKS)?.retain_in(
+                (a, c, "", &[][..])..(a, end.as_str(), "", &[][..]),
+                |_, v| {
+                    block_values.push(v.to_vec());
+                    false
+                },
+            )?;
+            let mut chunks = ctx.txn.open_table(CHUNKS)?;
+            let mut freed = HashSet::new();
+            for v in blob_values {
+                let rec: BlobRecord = decode("blobs", &v)?;
+                for s in rec.segments {
+                    if freed.insert(s.data_id) {
+                        delete_data(&mut chunks, s.data_id)?;
+                    }
+                }
+            }
+            for v in block_values {
+                let rec: BlockRecord = decode("blocks", &v)?;
+                delete_data(&mut chunks, rec.data_id)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn get_container_properties(
+        &self,
+        account: &AccountName,
+        container: &str,
+        lease_id: Option<&str>,
+    ) -> Result<ContainerProperties, BlobError> {
+        check_container(container)?;
+        let now = self.engine.now();
+        let txn = self.engine.read()?;
+        let rec = get_container(&txn.open_table(CONTAINERS)?, account.as_str(), container)?;
+        rec.lease.check_read(lease_id, now, true)?;
+        Ok(container_props(container, &rec, now))
+    }
+
+    fn set_container_metadata(
+        &self,
+        account: &AccountName,
+        container: &str,
+        metadata: Metadata,
+        lease_id: Option<&str>,
+    ) -> Result<ContainerProperties, BlobError> {
+        check_container(container)?;
+        check_metadata(&metadata)?;
+        let (a, c, lease_id) = (
+            account.as_str().to_owned(),
+            container.to_owned(),
+            lease_id.map(str::to_owned),
+        );
+        self.engine.write(true, move |ctx| {
+            let mut containers = ctx.txn.open_table(CONTAINERS)?;
+            let mut rec = get_container(&containers, &a, &c)?;
+            rec.lease.check_read(lease_id.as_deref(), ctx.now, true)?;
+            rec.metadata = metadata;
+            rec.etag = ctx.ids.etag();
+            rec.last_modified = ctx.now;
+            containers.insert((a.as_str(), c.as_str()), encode(&rec).as_slice())?;
+            Ok(container_props(&c, &rec, ctx.now))
+        })
+    }
+
+    fn list_containers(
+        &self,
+        account: &AccountName,
+        options: &ListOptions,
+    ) -> Result<Page<ContainerProperties>, BlobError> {
+        let page_size =
+            options
+                .page_size()
+                .map_err(|reason| BlobError::OutOfRangeQueryParameterValue {
+                    param: "maxresults",
+                    reason,
+                })?;
+        let now = self.engine.now();
+        let txn = self.engine.read()?;
+        let containers = txn.open_table(CONTAINERS)?;
+        let a = account.as_str();
+        let prefix = options.prefix.as_deref().unwrap_or("");
+        let mut items = Vec::new();
+        let mut next_marker = None;
+        for entry in containers.range((a, options.start())..)? {
+            let (k, v) = entry?;
+            let (acct, name) = k.value();
+            if acct != a || !name.starts_with(prefix) {
+                break;
+            }
+            if items.len() == page_size {
+                next_marker = Some(name.to_string());
+                break;
+            }
+            let mut props = container_props(name, &decode("containers", v.value())?, now);
+            if !options.include_metadata {
+                props.metadata.clear();
+            }
+            items.push(props);
+        }
+        Ok(Page { items, next_marker })
+    }
+
+    fn lease_container(
+        &self,
+        account: &AccountName,
+        container: &str,
+        action: LeaseAction,
+    ) -> Result<LeaseOutcome, BlobError> {
+        check_container(container)?;
+        let (a, c) = (account.as_str().to_owned(), container.to_owned());
+        self.engine.write(true, move |ctx| {
+            let mut containers = ctx.txn.open_table(CONTAINERS)?;
+            let mut rec = get_container(&containers, &a, &c)?;
+            let (lease, outcome) = rec.lease.apply(&action, ctx.now, ctx.ids)?;
+            rec.lease = lease;
+            containers.insert((a.as_str(), c.as_str()), encode(&rec).as_slice())?;
+            Ok(outcome)
+        })
+    }
+
+    fn put_blob(
+        &self,
+        account: &AccountName,
+        container: &str,
+        blob: &str,
+        body: &mut dyn Read,
+        options: PutBlobOptions,
+    ) -> Result<BlobProperties, BlobError> {
+        check_container(container)?;
+        check_blob(blob)?;
+        check_metadata(&options.metadata)?;
+        let uploaded = self.upload(body, MAX_PUT_BLOB_BYTES)?;
+        let staged = staged_id(&uploaded);
+        let (a, c, b) = (
+            account.as_str().to_owned(),
+            container.to_owned(),
+            blob.to_owned(),
+        );
+        self.finish_upload(staged, move |ctx| {
+            let (ak, ck, bk) = (a.as_str(), c.as_str(), b.as_str());
+            get_container(&ctx.txn.open_table(CONTAINERS)?, ak, ck)?;
+            let existing = get_blob_record(&ctx.txn.open_table(BLOBS)?, ak, ck, bk)?;
+            check_blob_lease(existing.as_ref(), options.lease_id.as_deref(), ctx.now)?;
+            options
+                .conditions
+                .check_write(
+                    existing
+                        .as_ref()
+                        .map(|r| (r.etag.as_str(), r.last_modified)),
+                    true,
+                )
+                .map_err(|e| match e {
+                    BlobError::BlobAlreadyExists(_) => BlobError::BlobAlreadyExists(b.clone()),
+                    e => e,
+                })?;
+            // Checks done; from here on the operation only writes.
+            let Uploaded { body, len, md5 } = uploaded;
+            let data_id = materialize(ctx, body)?;
+            if let Some(old) = &existing {
+                free_segments(ctx, &old.segments, &HashSet::new())?;
+            }
+            drop_uncommitted(ctx, ak, ck, bk, &HashSet::new())?;
+            let mut content = options.content;
+            if content.content_md5.is_none() {
+                content.content_md5 = Some(md5);
+            }
+            let rec = BlobRecord {
+                etag: ctx.ids.etag(),
+                created: existing.as_ref().map_or(ctx.now, |r| r.created),
+                last_modified: ctx.now,
+                content,
+                metadata: options.metadata,
+                segments: if len > 0 {
+                    vec![Segment {
+                        block_id: None,
+                        data_id,
+                        len,
+                    }]
+                } else {
+                    vec![]
+                },
+                size: len,
+                lease: existing.map(|r| r.lease).unwrap_or_default(),
+            };
+            ctx.txn
+                .open_table(BLOBS)?
+                .insert((ak, ck, bk), encode(&rec).as_slice())?;
+            Ok(blob_props(bk, &rec, ctx.now))
+        })
+    }
+
+    fn get_blob(
+        &self,
+        account: &AccountName,
+        container: &str,
+        blob: &str,
+        options: &GetBlobOptions,
+    ) -> Result<BlobRead, BlobError> {
+        check_container(container)?;
+        check_blob(blob)?;
+        let now = self.engine.now();
+        let txn = self.engine.read()?;
+        let (a, c) = (account.as_str(), container);
+        get_container(&txn.open_table(CONTAINERS)?, a, c)?;
+        let rec = get_blob_record(&txn.open_table(BLOBS)?, a, c, blob)?
+            .ok_or_else(|| BlobError::BlobNotFound(blob.to_string()))?;
+        rec.lease
+            .check_read(options.lease_id.as_deref(), now, false)?;
+        options
+            .conditions
+            .check_read(&rec.etag, rec.last_modified)?;
+        let (offset, end) = match options.range {
+            None => (0, rec.size),
+            Some(r) => {
+                if r.start >= rec.size || r.end.is_some_and(|e| e < r.start) {
+                    return Err(BlobError::InvalidRange(format!(
+                        "bytes={}-{:?} of {}",
+                        r.start, r.end, rec.size
+                    )));
+                }
+                (
+                    r.start,
+                    r.end
+                        .map_or(rec.size, |e| e.saturating_add(1).min(rec.size)),
+                )
+            }
+        };
+        let mut start = 0;
+        let segments = rec
+            .segments
+            .iter()
+            .map(|s| {
+                let at = start;
+                start += s.len;
+                (at, s.clone())
+            })
+            .collect();
+        let reader = SegmentReader {
+            chunks: txn.open_table(CHUNKS)?,
+            segments,
+            pos: offset,
+            end,
+            buf: Vec::new(),
+            buf_start: 0,
+        };
+        Ok(BlobRead {
+            properties: blob_props(blob, &rec, now),
+            offset,
+            len: end - offset,
+            reader: Box::new(reader),
+        })
+    }
+
+    fn get_blob_properties(
+        &self,
+        account: &AccountName,
+        container: &str,
+        blob: &str,
+        conditions: &Conditions,
+        lease_id: Option<&str>,
+    ) -> Result<BlobProperties, BlobError> {
+        check_container(container)?;
+        check_blob(blob)?;
+        let now = self.engine.now();
+        let txn = self.engine.read()?;
+        get_container(&txn.open_table(CONTAINERS)?, account.as_str(), container)?;
+        let rec = get_blob_record(&txn.open_table(BLOBS)?, account.as_str(), container, blob)?
+            .ok_or_else(|| BlobError::BlobNotFound(blob.to_string()))?;
+        rec.lease.check_read(lease_id, now, false)?;
+        conditions.check_read(&rec.etag, rec.last_modified)?;
+        Ok(blob_props(blob, &rec, now))
+    }
+
+    fn set_blob_metadata(
+        &self,
+        account: &AccountName,
+        container: &str,
+        blob: &str,
+        metadata: Metadata,
+        conditions: &Conditions,
+        lease_id: Option<&str>,
+    ) -> Result<BlobProperties, BlobError> {
+        check_metadata(&metadata)?;
+        self.modify_blob(account, container, blob, conditions, lease_id, move |rec| {
+            rec.metadata = metadata
+        })
+    }
+
+    fn set_blob_properties(
+        &self,
+        account: &AccountName,
+        container: &str,
+        blob: &str,
+        content: ContentSettings,
+        conditions: &Conditions,
+        lease_id: Option<&str>,
+    ) -> Result<BlobProperties, BlobError> {
+        self.modify_blob(account, container, blob, conditions, lease_id, move |rec| {
+            rec.content = content
+        })
+    }
+
+    fn delete_blob(
+        &self,
+        account: &AccountName,
+        container: &str,
+        blob: &str,
+        conditions: &Conditions,
+        lease_id: Option<&str>,
+    ) -> Result<(), BlobError> {
+        check_container(container)?;
+        check_blob(blob)?;
+        let (a, c, b) = (
+            account.as_str().to_owned(),
+            container.to_owned(),
+            blob.to_owned(),
+        );
+        let (conditions, lease_id) = (conditions.clone(), lease_id.map(str::to_owned));
+        self.engine.write(true, move |ctx| {
+            let (ak, ck, bk) = (a.as_str(), c.as_str(), b.as_str());
+            get_container(&ctx.txn.open_table(CONTAINERS)?, ak, ck)?;
+            let mut blobs = ctx.txn.open_table(BLOBS)?;
+            let rec = get_blob_record(&blobs, ak, ck, bk)?
+                .ok_or_else(|| BlobError::BlobNotFound(b.clone()))?;
+            rec.lease.check_write(lease_id.as_deref(), ctx.now, false)?;
+            conditions.check_write(Some((&rec.etag, rec.last_modified)), false)?;
+            blobs.remove((ak, ck, bk))?;
+            drop(blobs);
+            free_segments(ctx, &rec.segments, &HashSet::new())?;
+            drop_uncommitted(ctx, ak, ck, bk, &HashSet::new())
+        })
+    }
+
+    fn list_blobs(
+        &self,
+        account: &AccountName,
+        container: &str,
+        options: &ListOptions,
+        delimiter: Option<&str>,
+    ) -> Result<Page<BlobListItem>, BlobError> {
+        check_container(container)?;
+        let page_size =
+            options
+                .page_size()
+                .map_err(|reason| BlobError::OutOfRangeQueryParameterValue {
+                    param: "maxresults",
+                    reason,
+                })?;
+        let delimiter = delimiter.filter(|d| !d.is_empty());
+        let now = self.engine.now();
+        let txn = self.engine.read()?;
+        let (a, c) = (account.as_str(), container);
+        get_container(&txn.open_table(CONTAINERS)?, a, c)?;
+        let blobs = txn.open_table(BLOBS)?;
+        let prefix = options.prefix.as_deref().unwrap_or("");
+        let mut items = Vec::new();
+        let mut next_marker = None;
+        let mut cursor = options.start().max(prefix).to_string();
+        let mut last_prefix: Option<String> = None;
+        'scan: loop {
+            for entry in blobs.range((a, c, cursor.as_str())..)? {
+                let (k, v) = entry?;
+                let (acct, cont, name) = k.value();
+                if acct != a || cont != c || !name.starts_with(prefix) {
+                    break 'scan;
+                }
+                if last_prefix.as_deref().is_some_and(|p| name.starts_with(p)) {
+                    continue;
+                }
+                let virtual_dir = delimiter.and_then(|d| {
+                    name[prefix.len()..]
+                        .find(d)
+                        .map(|i| name[..prefix.len() + i + d.len()].to_string())
+                });
+                if items.len() == page_size {
+                    next_marker = Some(virtual_dir.unwrap_or_else(|| name.to_string()));
+                    break 'scan;
+                }
+                match virtual_dir {
+                    Some(dir) => {
+                        items.push(BlobListItem::Prefix(dir.clone()));
+                        // Jump past every name in this virtual directory.
+                        cursor = format!("{dir}\u{10FFFF}");
+                        last_prefix = Some(dir);
+                        continue 'scan;
+                    }
+                    None => {
+                        let mut props = blob_props(name, &decode("blobs", v.value())?, now);
+                        if !options.include_metadata {
+                            props.metadata.clear();
+                        }
+                        items.push(BlobListItem::Blob(props));
+                    }
+                }
+            }
+            break;
+        }
+        Ok(Page { items, next_marker })
+    }
+
+    fn lease_blob(
+        &self,
+        account: &AccountName,
+        container: &str,
+        blob: &str,
+        action: LeaseAction,
+    ) -> Result<LeaseOutcome, BlobError> {
+        check_container(container)?;
+        check_blob(blob)?;
+        let (a, c, b) = (
+            account.as_str().to_owned(),
+            container.to_owned(),
+            blob.to_owned(),
+        );
+        self.engine.write(true, move |ctx| {
+            get_container(&ctx.txn.open_table(CONTAINERS)?, &a, &c)?;
+            let mut blobs = ctx.txn.open_table(BLOBS)?;
+            let mut rec = get_blob_record(&blobs, &a, &c, &b)?
+                .ok_or_else(|| BlobError::BlobNotFound(b.clone()))?;
+            let (lease, outcome) = rec.lease.apply(&action, ctx.now, ctx.ids)?;
+            rec.lease = lease;
+            blobs.insert(
+                (a.as_str(), c.as_str(), b.as_str()),
+                encode(&rec).as_slice(),
+            )?;
+            Ok(outcome)
+        })
+    }
+
+    fn put_block(
+        &self,
+        account: &AccountName,
+        container: &str,
+        blob: &str,
+        block_id: &[u8],
+        body: &mut dyn Read,
+        lease_id: Option<&str>,
+    ) -> Result<(), BlobError> {
+        check_container(container)?;
+        check_blob(blob)?;
+        if block_id.is_empty() || block_id.len() > MAX_BLOCK_ID_BYTES {
+            return Err(BlobError::InvalidBlockId("a block id is 1..=64 bytes"));
+        }
+        let uploaded = self.upload(body, MAX_BLOCK_BYTES)?;
+        let staged = staged_id(&uploaded);
+        let (a, c, b, id) = (
+            account.as_str().to_owned(),
+            container.to_owned(),
+            blob.to_owned(),
+            block_id.to_vec(),
+        );
+        let lease_id = lease_id.map(str::to_owned);
+        self.finish_upload(staged, move |ctx| {
+            let (ak, ck, bk) = (a.as_str(), c.as_str(), b.as_str());
+            get_container(&ctx.txn.open_table(CONTAINERS)?, ak, ck)?;
+            let existing = get_blob_record(&ctx.txn.open_table(BLOBS)?, ak, ck, bk)?;
+            check_blob_lease(existing.as_ref(), lease_id.as_deref(), ctx.now)?;
+            let committed_len = existing.as_ref().and_then(|r| {
+                r.segments
+                    .iter()
+                    .find_map(|s| s.block_id.as_ref().map(Vec::len))
+            });
+            let blocks = ctx.txn.open_table(BLOCKS)?;
+            let range = (ak, ck, bk, &[][..])..=(ak, ck, bk, &BLOCK_ID_END[..]);
+            let uncommitted_len = match blocks.range(range.clone())?.next() {
+                Some(entry) => Some(entry?.0.value().3.len()),
+                None => None,
+            };
+            if committed_len
+                .or(uncommitted_len)
+                .is_some_and(|l| l != id.len())
+            {
+                return Err(BlobError::InvalidBlockId(
+                    "all block ids of a blob must have the same length",
+                ));
+            }
+            let replaced: Option<BlockRecord> = get_record::<(&str, &str, &str, &[u8]), _>(
+                &blocks,
+                "blocks",
+                (ak, ck, bk, id.as_slice()),
+            )?;
+            if replaced.is_none() && blocks.range(range)?.count() >= MAX_UNCOMMITTED_BLOCKS {
+                return Err(BlobError::BlockCountExceedsLimit(
+                    "at most 100,000 uncommitted blocks",
+                ));
+            }
+            drop(blocks);
+            let Uploaded { body, len, .. } = uploaded;
+            let data_id = materialize(ctx, body)?;
+            if let Some(old) = replaced {
+                delete_data(&mut ctx.txn.open_table(CHUNKS)?, old.data_id)?;
+            }
+            let rec = BlockRecord { data_id, len };
+            ctx.txn
+                .open_table(BLOCKS)?
+                .insert((ak, ck, bk, id.as_slice()), encode(&rec).as_slice())?;
+            Ok(())
+        })
+    }
+
+    fn put_block_list(
+        &self,
+        account: &AccountName,
+        container: &str,
+        blob: &str,
+        blocks: &[BlockRef],
+        options: PutBlobOptions,
+    ) -> Result<BlobProperties, BlobError> {
+        check_container(container)?;
+        check_blob(blob)?;
+        check_metadata(&options.metadata)?;
+        if blocks.len() > MAX_COMMITTED_BLOCKS {
+            return Err(BlobError::BlockCountExceedsLimit(
+                "at most 50,000 committed blocks",
+            ));
+        }
+        let (a, c, b) = (
+            account.as_str().to_owned(),
+            container.to_owned(),
+            blob.to_owned(),
+        );
+        let blocks = blocks.to_vec();
+        self.engine.write(true, move |ctx| {
+            let (ak, ck, bk) = (a.as_str(), c.as_str(), b.as_str());
+            get_container(&ctx.txn.open_table(CONTAINERS)?, ak, ck)?;
+            let existing = get_blob_record(&ctx.txn.open_table(BLOBS)?, ak, ck, bk)?;
+            check_blob_lease(existing.as_ref(), options.lease_id.as_deref(), ctx.now)?;
+            options
+                .conditions
+                .check_write(
+                    existing
+                        .as_ref()
+                        .map(|r| (r.etag.as_str(), r.last_modified)),
+                    true,
+                )
+                .map_err(|e| match e {
+                    BlobError::BlobAlreadyExists(_) => BlobError::BlobAlreadyExists(b.clone()),
+                    e => e,
+                })?;
+            let staged_table = ctx.txn.open_table(BLOCKS)?;
+            let committed = |id: &[u8]| {
+                existing.as_ref().and_then(|r| {
+                    r.segments
+                        .iter()
+                        .find(|s| s.block_id.as_deref() == Some(id))
+                        .cloned()
+                })
+            };
+            let uncommitted = |id: &[u8]| -> Result<Option<Segment>, BlobError> {
+                let rec: Option<BlockRecord> = get_record::<(&str, &str, &str, &[u8]), _>(
+                    &staged_table,
+                    "blocks",
+                    (ak, ck, bk, id),
+                )?;
+                Ok(rec.map(|r| Segment {
+                    block_id: Some(id.to_vec()),
+                    data_id: r.data_id,
+                    len: r.len,
+                }))
+            };
+            let mut segments = Vec::with_capacity(blocks.len());
+            for block in &blocks {
+                let found = match block {
+                    BlockRef::Committed(id) => committed(id),
+                    BlockRef::Uncommitted(id) => uncommitted(id)?,
+                    BlockRef::Latest(id) => match uncommitted(id)? {
+                        Some(s) => Some(s),
+                        None => committed(id),
+                    },
+                };
+                let id = match block {
+                    BlockRef::Committed(id) | BlockRef::Uncommitted(id) | BlockRef::Latest(id) => {
+                        id
+                    }
+                };
+                segments.push(found.ok_or_else(|| {
+                    BlobError::InvalidBlockList(format!("block {} does not exist", base64_id(id)))
+                })?);
+            }
+            drop(staged_table);
+            // Checks done; from here on the operation only writes.
+            let keep: HashSet<u64> = segments.iter().map(|s| s.data_id).collect();
+            if let Some(old) = &existing {
+                free_segments(ctx, &old.segments, &keep)?;
+            }
+            drop_uncommitted(ctx, ak, ck, bk, &keep)?;
+            let size = segments.iter().map(|s| s.len).sum();
+            let rec = BlobRecord {
+                etag: ctx.ids.etag(),
+                created: existing.as_ref().map_or(ctx.now, |r| r.created),
+                last_modified: ctx.now,
+                content: options.content,
+                metadata: options.metadata,
+                segments,
+                size,
+                lease: existing.map(|r| r.lease).unwrap_or_default(),
+            };
+            ctx.txn
+                .open_table(BLOBS)?
+                .insert((ak, ck, bk), encode(&rec).as_slice())?;
+            Ok(blob_props(bk, &rec, ctx.now))
+        })
+    }
+
+    fn get_block_list(
+        &self,
+        account: &AccountName,
+        container: &str,
+        blob: &str,
+        which: BlockListType,
+    ) -> Result<BlockList, BlobError> {
+        check_container(container)?;
+        check_blob(blob)?;
+        let txn = self.engine.read()?;
+        let (a, c) = (account.as_str(), container);
+        get_container(&txn.open_table(CONTAINERS)?, a, c)?;
+        let existing = get_blob_record(&txn.open_table(BLOBS)?, a, c, blob)?;
+        let mut list = BlockList::default();
+        if which != BlockListType::Uncommitted {
+            if let Some(r) = &existing {
+                list.committed = r
+                    .segments
+                    .iter()
+                    .filter_map(|s| s.block_id.clone().map(|id| (id, s.len)))
+                    .collect();
+            }
+        }
+        let blocks = txn.open_table(BLOCKS)?;
+        let mut any_uncommitted = false;
+        for entry in blocks.range((a, c, blob, &[][..])..=(a, c, blob, &BLOCK_ID_END[..]))? {
+            let (k, v) = entry?;
+            any_uncommitted = true;
+            if which == BlockListType::Committed {
+                break;
+            }
+            let rec: BlockRecord = decode("blocks", v.value())?;
+            list.uncommitted.push((k.value().3.to_vec(), rec.len));
+        }
+        if existing.is_none() && !any_uncommitted {
+            return Err(BlobError::BlobNotFound(blob.to_string()));
+        }
+        Ok(list)
+    }
+}
+
+fn base64_id(id: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(id)
+}
+
+impl RedbStore {
+    /// A metadata or properties write: conditions and lease checked, new ETag and Last-Modified.
+    fn modify_blob(
+        &self,
+        account: &AccountName,
+        container: &str,
+        blob: &str,
+        conditions: &Conditions,
+        lease_id: Option<&str>,
+        change: impl FnOnce(&mut BlobRecord) + Send + 'static,
+    ) -> Result<BlobProperties, BlobError> {
+        check_container(container)?;
+        check_blob(blob)?;
+        let (a, c, b) = (
+            account.as_str().to_owned(),
+            container.to_owned(),
+            blob.to_owned(),
+        );
+        let (conditions, lease_id) = (conditions.clone(), lease_id.map(str::to_owned));
+        self.engine.write(true, move |ctx| {
+            get_container(&ctx.txn.open_table(CONTAINERS)?, &a, &c)?;
+            let mut blobs = ctx.txn.open_table(BLOBS)?;
+            let mut rec = get_blob_record(&blobs, &a, &c, &b)?
+                .ok_or_else(|| BlobError::BlobNotFound(b.clone()))?;
+            rec.lease.check_write(lease_id.as_deref(), ctx.now, false)?;
+            conditions.check_write(Some((&rec.etag, rec.last_modified)), false)?;
+            change(&mut rec);
+            rec.etag = ctx.ids.etag();
+            rec.last_modified = ctx.now;
+            blobs.insert(
+                (a.as_str(), c.as_str(), b.as_str()),
+                encode(&rec).as_slice(),
+            )?;
+            Ok(blob_props(&b, &rec, ctx.now))
+        })
+    }
+}

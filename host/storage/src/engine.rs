@@ -1,0 +1,517 @@
+//! The redb engine underneath all three services: the table layout, id generation, and the group
+//! committer that gives every write durability without one fsync per operation.
+//!
+//! # Group commit
+//! redb has one writer at a time and each durable commit costs an fsync. All writes therefore go
+//! through one committer thread: callers hand it a closure, it takes every closure queued at that
+//! moment (up to [`MAX_BATCH`]), runs them in order in one write transaction, commits once, and
+//! only then answers each caller. Under load, one fsync acknowledges many operations.
+//!
+//! **Invariant:** an operation closure checks everything before it writes anything. An operation
+//! that refuses (returns its family error) has written nothing, so it can share a transaction with
+//! operations that succeed. An engine failure (I/O, corrupt record, a panic) aborts the whole batch
+//! and every caller in it gets an error: nothing unacknowledged is ever visible.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use redb::{
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
+    WriteTransaction,
+};
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::clock::{Clock, Timestamp};
+use crate::error::{FamilyError, StorageError};
+
+// ---- Table layout (see ARCHITECTURE.md "Storage layout"). Keys start with the account name, so
+// one account's data is a contiguous key range no other account's operation can name.
+
+/// Engine counters: `seq` (the id sequence high-water mark), `salt`.
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// (account, container) -> ContainerRecord
+pub(crate) const CONTAINERS: TableDefinition<(&str, &str), &[u8]> =
+    TableDefinition::new("containers");
+/// (account, container, blob) -> BlobRecord
+pub(crate) const BLOBS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("blobs");
+/// (account, container, blob, block id) -> UncommittedBlock
+pub(crate) const BLOCKS: TableDefinition<(&str, &str, &str, &[u8]), &[u8]> =
+    TableDefinition::new("blocks");
+/// (data id, chunk index) -> bytes. Blob content, in chunks of at most [`CHUNK_SIZE`].
+pub(crate) const CHUNKS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("chunks");
+/// data id -> (). Data being streamed in and not yet referenced; removed at open after a crash.
+pub(crate) const PENDING: TableDefinition<u64, ()> = TableDefinition::new("pending_data");
+/// (account, queue) -> QueueRecord
+pub(crate) const QUEUES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("queues");
+/// (account, queue, seq) -> MessageRecord
+pub(crate) const MESSAGES: TableDefinition<(&str, &str, u64), &[u8]> =
+    TableDefinition::new("messages");
+/// (account, queue, visible-at micros, seq) -> (). The order in which messages are handed out.
+pub(crate) const VISIBLE: TableDefinition<(&str, &str, u64, u64), ()> =
+    TableDefinition::new("visible");
+/// (account, lowercase table name) -> table name as created
+pub(crate) const TABLES: TableDefinition<(&str, &str), &str> = TableDefinition::new("tables");
+/// (account, lowercase table name, PartitionKey, RowKey) -> EntityRecord
+pub(crate) const ENTITIES: TableDefinition<(&str, &str, &str, &str), &[u8]> =
+    TableDefinition::new("entities");
+
+/// Blob content is stored in chunks of this size, so neither writes nor reads ever hold a whole
+/// large blob in memory.
+pub const CHUNK_SIZE: usize = 1024 * 1024;
+
+/// Most operations one commit carries. Bounds the latency one batch adds to its last caller.
+pub const MAX_BATCH: usize = 1024;
+
+/// redb's page cache. Its write buffer is held to half of it, which bounds what a large blob
+/// upload costs in memory; 32 MiB keeps a 1 GiB put under 64 MiB of process memory.
+pub const DEFAULT_CACHE_BYTES: usize = 32 * 1024 * 1024;
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // postcard to a Vec cannot fail for our plain data types.
+    postcard::to_allocvec(value).unwrap_or_default()
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(
+    table: &'static str,
+    bytes: &[u8],
+) -> Result<T, StorageError> {
+    postcard::from_bytes(bytes).map_err(|e| StorageError::Corrupt {
+        table,
+        detail: e.to_string(),
+    })
+}
+
+/// Unique ids (ETags, message ids, pop receipts, lease ids, data ids) from one persisted
+/// sequence. Ids are deterministic given the database and its salt, which keeps simulations
+/// reproducible, and never repeat, even under a clock that does not move.
+#[derive(Debug)]
+pub(crate) struct IdGen {
+    next: u64,
+    persisted: u64,
+    salt: u64,
+}
+
+/// SplitMix64's finaliser: a bijection on u64, so distinct sequence numbers stay distinct.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl IdGen {
+    pub(crate) fn next_seq(&mut self) -> u64 {
+        let s = self.next;
+        self.next += 1;
+        s
+    }
+
+    /// An opaque quoted ETag in Azure's blob format (`"0x8D…"`).
+    pub(crate) fn etag(&mut self) -> String {
+        let s = self.next_seq();
+        format!("\"0x8D{:016X}\"", mix(s ^ self.salt))
+    }
+
+    /// A weak ETag for table entities. Opaque, unique per write.
+    pub(crate) fn weak_etag(&mut self) -> String {
+        let s = self.next_seq();
+        format!("W/\"0x{:016X}\"", mix(s ^ self.salt))
+    }
+
+    /// A GUID-shaped id whose low 64 bits are the sequence number (message ids use this to find
+    /// the message again without a second index).
+    pub(crate) fn guid_for(&self, seq: u64) -> String {
+        let hi = mix(seq ^ self.salt);
+        format!(
+            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+            hi >> 32,
+            (hi >> 16) & 0xffff,
+            hi & 0xffff,
+            seq >> 48,
+            seq & 0xffff_ffff_ffff
+        )
+    }
+
+    pub(crate) fn guid(&mut self) -> String {
+        let s = self.next_seq();
+        self.guid_for(s)
+    }
+
+    /// An opaque pop receipt.
+    pub(crate) fn receipt(&mut self) -> String {
+        let s = self.next_seq();
+        format!(
+            "AgAAAAMAAAAAAAAA{:016x}",
+            mix(s ^ self.salt.rotate_left(17))
+        )
+    }
+}
+
+/// Recovers the sequence number from an id made by [`IdGen::guid_for`].
+pub(crate) fn seq_from_guid(id: &str) -> Option<u64> {
+    let mut parts = id.split('-');
+    let (_, _, _, g4, g5) = (
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+    );
+    if parts.next().is_some() || g4.len() != 4 || g5.len() != 12 {
+        return None;
+    }
+    let hi = u64::from_str_radix(g4, 16).ok()?;
+    let lo = u64::from_str_radix(g5, 16).ok()?;
+    Some((hi << 48) | lo)
+}
+
+/// What an operation sees while it runs inside the committer.
+pub(crate) struct WriteCtx<'a> {
+    pub(crate) txn: &'a WriteTransaction,
+    /// The clock, read once per operation.
+    pub(crate) now: Timestamp,
+    pub(crate) ids: &'a mut IdGen,
+}
+
+type Completion = Box<dyn FnOnce(Result<(), Arc<StorageError>>) + Send>;
+type Job = Box<dyn FnOnce(&mut WriteCtx<'_>) -> (bool, Completion) + Send>;
+
+struct Request {
+    job: Job,
+    /// Answers the caller when the batch fails before its job could run.
+    abandon: Box<dyn FnOnce(Arc<StorageError>) + Send>,
+    durable: bool,
+}
+
+/// The engine: a redb database, its committer thread, and the clock.
+pub(crate) struct Engine {
+    pub(crate) db: Arc<Database>,
+    pub(crate) clock: Arc<dyn Clock>,
+    sender: Mutex<Option<mpsc::Sender<Request>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("clock", &self.clock)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    pub(crate) fn open(
+        path: &Path,
+        cache_bytes: usize,
+        clock: Arc<dyn Clock>,
+        id_seed: Option<u64>,
+    ) -> Result<Self, StorageError> {
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(path)?;
+        let ids = Self::prepare(&db, &*clock, id_seed)?;
+        let db = Arc::new(db);
+        let (sender, receiver) = mpsc::channel::<Request>();
+        let thread_db = db.clone();
+        let thread_clock = clock.clone();
+        let thread = std::thread::Builder::new()
+            .name("rolehost-storage-commit".into())
+            .spawn(move || committer_loop(&thread_db, &*thread_clock, ids, &receiver))
+            .map_err(|e| StorageError::Internal(format!("cannot start the committer: {e}")))?;
+        Ok(Engine {
+            db,
+            clock,
+            sender: Mutex::new(Some(sender)),
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Creates the tables, loads the id sequence, and removes data left by uploads that a crash
+    /// interrupted (their chunks are in [`PENDING`] and nothing references them).
+    fn prepare(
+        db: &Database,
+        clock: &dyn Clock,
+        id_seed: Option<u64>,
+    ) -> Result<IdGen, StorageError> {
+        let txn = db.begin_write()?;
+        let ids;
+        {
+            let mut meta = txn.open_table(META)?;
+            let next = meta.get("seq")?.map(|v| v.value()).unwrap_or(1);
+            let stored_salt = meta.get("salt")?.map(|v| v.value());
+            let salt = match stored_salt {
+                Some(s) => s,
+                None => {
+                    let s = id_seed.unwrap_or_else(|| {
+                        mix(clock.now().as_micros() ^ u64::from(std::process::id()))
+                    });
+                    meta.insert("salt", s)?;
+                    s
+                }
+            };
+            ids = IdGen {
+                next,
+                persisted: next,
+                salt,
+            };
+            txn.open_table(CONTAINERS)?;
+            txn.open_table(BLOBS)?;
+            txn.open_table(BLOCKS)?;
+            txn.open_table(QUEUES)?;
+            txn.open_table(MESSAGES)?;
+            txn.open_table(VISIBLE)?;
+            txn.open_table(TABLES)?;
+            txn.open_table(ENTITIES)?;
+            let mut pending = txn.open_table(PENDING)?;
+            let mut chunks = txn.open_table(CHUNKS)?;
+            let orphans: Vec<u64> = pending
+                .iter()?
+                .map(|r| r.map(|(k, _)| k.value()))
+                .collect::<Result<_, _>>()?;
+            for data_id in &orphans {
+                delete_data(&mut chunks, *data_id)?;
+                pending.remove(*data_id)?;
+            }
+            if !orphans.is_empty() {
+                tracing::info!(
+                    count = orphans.len(),
+                    "removed data of uploads interrupted by a crash"
+                );
+            }
+        }
+        txn.commit()?;
+        Ok(ids)
+    }
+
+    /// Runs `op` in the next group commit and returns its result once the commit is durable
+    /// (`durable = true`) or at least visible to readers (`durable = false`, used only for the
+    /// intermediate chunks of large uploads, which a later durable commit publishes).
+    pub(crate) fn write<R, E>(
+        &self,
+        durable: bool,
+        op: impl FnOnce(&mut WriteCtx<'_>) -> Result<R, E> + Send + 'static,
+    ) -> Result<R, E>
+    where
+        R: Send + 'static,
+        E: FamilyError,
+    {
+        let (reply_tx, reply_rx) = mpsc::sync_channel::<Result<R, E>>(1);
+        let abandon_tx = reply_tx.clone();
+        let abandon = Box::new(move |err: Arc<StorageError>| {
+            let _ = abandon_tx.send(Err(E::from(StorageError::CommitFailed(err))));
+        });
+        let job: Job = Box::new(move |ctx| {
+            let result = op(ctx);
+            let engine_failure = matches!(&result, Err(e) if e.is_engine_failure());
+            let completion: Completion = Box::new(move |commit| {
+                let out = match (result, commit) {
+                    // A refused operation wrote nothing: its own error is the truth.
+                    (Err(e), _) => Err(e),
+                    (Ok(r), Ok(())) => Ok(r),
+                    (Ok(_), Err(commit_err)) => {
+                        Err(E::from(StorageError::CommitFailed(commit_err)))
+                    }
+                };
+                let _ = reply_tx.send(out);
+            });
+            (engine_failure, completion)
+        });
+        {
+            let sender = self.sender.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(sender) = sender.as_ref() else {
+                return Err(E::from(StorageError::Closed));
+            };
+            sender
+                .send(Request {
+                    job,
+                    abandon,
+                    durable,
+                })
+                .map_err(|_| E::from(StorageError::Closed))?;
+        }
+        reply_rx
+            .recv()
+            .unwrap_or_else(|_| Err(E::from(StorageError::Closed)))
+    }
+
+    /// A consistent read snapshot.
+    pub(crate) fn read(&self) -> Result<ReadTransaction, StorageError> {
+        Ok(self.db.begin_read()?)
+    }
+
+    pub(crate) fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // Closing the channel ends the committer after it has answered everything queued.
+        self.sender.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn committer_loop(db: &Database, clock: &dyn Clock, mut ids: IdGen, rx: &mpsc::Receiver<Request>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let durable = batch.iter().any(|r| r.durable);
+        // Ids handed out in an aborted batch were never visible. They are skipped, not reused:
+        // `ids.next` only moves forward.
+        run_batch(db, clock, &mut ids, batch, durable);
+    }
+}
+
+fn run_batch(
+    db: &Database,
+    clock: &dyn Clock,
+    ids: &mut IdGen,
+    batch: Vec<Request>,
+    durable: bool,
+) {
+    // The operations never ran: answer each caller with the cause.
+    let fail_all = |batch: Vec<Request>, err: StorageError| {
+        tracing::error!(error = %err, "storage batch could not start");
+        let err = Arc::new(err);
+        for r in batch {
+            (r.abandon)(err.clone());
+        }
+    };
+    let mut txn = match db.begin_write() {
+        Ok(t) => t,
+        Err(e) => return fail_all(batch, e.into()),
+    };
+    if !durable {
+        if let Err(e) = txn.set_durability(Durability::None) {
+            return fail_all(batch, e.into());
+        }
+    }
+    let now = clock.now();
+    let mut completions = Vec::with_capacity(batch.len());
+    let mut failure: Option<StorageError> = None;
+    for request in batch {
+        let mut ctx = WriteCtx {
+            txn: &txn,
+            now,
+            ids: &mut *ids,
+        };
+        let Request { job, abandon, .. } = request;
+        match catch_unwind(AssertUnwindSafe(|| job(&mut ctx))) {
+            Ok((engine_failure, completion)) => {
+                if engine_failure && failure.is_none() {
+                    failure = Some(StorageError::Internal(
+                        "an operation in the batch failed".into(),
+                    ));
+                }
+                completions.push(completion);
+            }
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "panic".into());
+                tracing::error!(panic = %msg, "a storage operation panicked; aborting its batch");
+                let err = StorageError::Internal(format!("operation panicked: {msg}"));
+                abandon(Arc::new(StorageError::Internal(err.to_string())));
+                failure = Some(err);
+            }
+        }
+    }
+    let outcome: Result<(), StorageError> = match failure {
+        Some(e) => {
+            let _ = txn.abort();
+            Err(e)
+        }
+        None => persist_seq(&txn, ids).and_then(|()| txn.commit().map_err(StorageError::from)),
+    };
+    let outcome = outcome.map_err(Arc::new);
+    if let Err(e) = &outcome {
+        tracing::error!(error = %e, "storage batch aborted");
+    } else {
+        ids.persisted = ids.next;
+    }
+    for c in completions {
+        c(outcome.clone());
+    }
+}
+
+fn persist_seq(txn: &WriteTransaction, ids: &IdGen) -> Result<(), StorageError> {
+    if ids.next != ids.persisted {
+        txn.open_table(META)?.insert("seq", ids.next)?;
+    }
+    Ok(())
+}
+
+/// Deletes every chunk of a data object.
+pub(crate) fn delete_data(
+    chunks: &mut redb::Table<(u64, u32), &[u8]>,
+    data_id: u64,
+) -> Result<(), redb::StorageError> {
+    chunks.retain_in((data_id, 0)..=(data_id, u32::MAX), |_, _| false)?;
+    Ok(())
+}
+
+/// Reads one record and decodes it.
+pub(crate) fn get_record<'a, K, T>(
+    table: &impl ReadableTable<K, &'static [u8]>,
+    name: &'static str,
+    key: impl std::borrow::Borrow<K::SelfType<'a>>,
+) -> Result<Option<T>, StorageError>
+where
+    K: redb::Key + 'static,
+    T: DeserializeOwned,
+{
+    match table.get(key)? {
+        Some(v) => Ok(Some(decode(name, v.value())?)),
+        None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guid_round_trips_the_sequence() {
+        let ids = IdGen {
+            next: 1,
+            persisted: 1,
+            salt: 42,
+        };
+        for seq in [0, 1, 12345, u64::MAX >> 1, u64::MAX] {
+            let g = ids.guid_for(seq);
+            assert_eq!(g.len(), 36, "{g}");
+            assert_eq!(seq_from_guid(&g), Some(seq));
+        }
+        assert_eq!(seq_from_guid("not-a-guid"), None);
+        assert_eq!(seq_from_guid("a-b-c-zzzz-000000000001"), None);
+    }
+
+    #[test]
+    fn etags_are_unique_and_well_formed() {
+        let mut ids = IdGen {
+            next: 1,
+            persisted: 1,
+            salt: 7,
+        };
+        let tags: std::collections::HashSet<String> = (0..10_000).map(|_| ids.etag()).collect();
+        assert_eq!(tags.len(), 10_000);
+        for t in tags.iter().take(10) {
+            assert!(
+                t.starts_with("\"0x8D") && t.ends_with('"') && t.len() == 22,
+                "{t}"
+            );
+        }
+    }
+}

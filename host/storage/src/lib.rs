@@ -1,0 +1,203 @@
+//! rolehost's storage: Blob, Queue and Table with Azure Storage semantics, on redb.
+//!
+//! Roles share nothing but storage, so this crate is the ground everything else stands on. It
+//! follows `shared/design/storage-semantics.md` (names, limits, error codes) and knows nothing
+//! of Wasm or async: the runtime calls it from a blocking context.
+//!
+//! # Layout
+//! - [`engine`] (private): the redb tables, id generation, and the group committer.
+//! - [`blob`], [`queue`], [`table`]: each service's types, its backend trait (the seam a second,
+//!   distributed engine plugs into), and its redb implementation.
+//! - [`clock`]: the replaceable clock all time rules read.
+//! - [`error`]: one error enum per family, each carrying its Azure code and HTTP status.
+//! - [`names`]: naming rules, checked at the start of every operation.
+//!
+//! # Guarantees
+//! - **Durable before acknowledged.** A write returns `Ok` only after the commit carrying it is
+//!   fsync'd; after a crash of the process every acknowledged write is there and nothing
+//!   half-written is visible. Throughput comes from group commit, not weaker durability.
+//! - **Accounts are isolated.** Every key starts with the account name; no operation can name
+//!   another account's data.
+//! - **No panics on input.** Every name, limit and condition is checked and refused with a typed
+//!   error.
+//!
+//! # Example
+//! ```
+//! use rolehost_storage::{AccountName, RedbStore, StorageOptions, queue::{QueueStore, PutMessageOptions}};
+//! use std::time::Duration;
+//! let dir = tempfile::tempdir().unwrap();
+//! let store = RedbStore::open(dir.path().join("storage.redb"), StorageOptions::default()).unwrap();
+//! let acct = AccountName::new("demo").unwrap();
+//! store.create_queue(&acct, "jobs", vec![]).unwrap();
+//! store.put_message(&acct, "jobs", b"resize cat.png", PutMessageOptions::default()).unwrap();
+//! let msgs = store.get_messages(&acct, "jobs", 1, Duration::from_secs(30)).unwrap();
+//! assert_eq!(msgs[0].body, b"resize cat.png");
+//! assert_eq!(msgs[0].dequeue_count, 1);
+//! store.delete_message(&acct, "jobs", &msgs[0].id, &msgs[0].pop_receipt).unwrap();
+//! ```
+
+#![deny(missing_docs)]
+
+pub mod blob;
+pub mod clock;
+mod engine;
+pub mod error;
+pub mod names;
+pub mod queue;
+pub mod table;
+
+use std::path::Path;
+use std::sync::Arc;
+
+pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
+pub use engine::{CHUNK_SIZE, DEFAULT_CACHE_BYTES, MAX_BATCH};
+pub use error::{BlobError, NameError, QueueError, StorageError, TableError};
+
+/// User-defined metadata: name/value pairs (names are C# identifiers, compared ignoring case).
+pub type Metadata = Vec<(String, String)>;
+
+/// A validated storage account name. One account per service: the namespace of its data.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AccountName(String);
+
+impl AccountName {
+    /// Validates `name` (3–63 lowercase letters, digits and `-`, see [`names::check_account`]).
+    pub fn new(name: impl Into<String>) -> Result<Self, NameError> {
+        let name = name.into();
+        names::check_account(&name)?;
+        Ok(AccountName(name))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for AccountName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A page of a listing and the marker to pass to get the next one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Page<T> {
+    /// The items, in name order.
+    pub items: Vec<T>,
+    /// `Some` when more may follow: pass it back as the marker. A page may be short (even empty)
+    /// and still carry a marker; loop until it is `None`.
+    pub next_marker: Option<String>,
+}
+
+/// Options of a listing (containers, blobs, queues, tables).
+#[derive(Clone, Debug, Default)]
+pub struct ListOptions {
+    /// Only names starting with this.
+    pub prefix: Option<String>,
+    /// Continue from a previous page's `next_marker`.
+    pub marker: Option<String>,
+    /// At most this many items (1..=5000, default 5000).
+    pub max_results: Option<u32>,
+    /// Return each item's metadata.
+    pub include_metadata: bool,
+}
+
+/// Largest and default page size of listings.
+pub const MAX_LIST_RESULTS: u32 = 5000;
+
+impl ListOptions {
+    pub(crate) fn page_size(&self) -> Result<usize, &'static str> {
+        match self.max_results {
+            None => Ok(MAX_LIST_RESULTS as usize),
+            Some(0) => Err("maxresults must be 1..=5000"),
+            Some(n) => Ok(n.min(MAX_LIST_RESULTS) as usize),
+        }
+    }
+
+    /// The first name to list: the marker if given, else the prefix.
+    pub(crate) fn start(&self) -> &str {
+        self.marker
+            .as_deref()
+            .or(self.prefix.as_deref())
+            .unwrap_or("")
+    }
+}
+
+/// The classic 2008 queue message limit, rolehost's default.
+pub const DEFAULT_QUEUE_MESSAGE_MAX_BYTES: usize = 8 * 1024;
+/// The largest queue message limit that may be configured (today's Azure limit).
+pub const MAX_QUEUE_MESSAGE_MAX_BYTES: usize = 64 * 1024;
+
+/// How to open a [`RedbStore`].
+#[derive(Clone, Debug)]
+pub struct StorageOptions {
+    /// redb's page cache in bytes ([`DEFAULT_CACHE_BYTES`]). Its write buffer is held to half of
+    /// it, so this bounds what a large upload costs in memory.
+    pub cache_bytes: usize,
+    /// The queue message size limit ([`DEFAULT_QUEUE_MESSAGE_MAX_BYTES`], at most
+    /// [`MAX_QUEUE_MESSAGE_MAX_BYTES`]).
+    pub queue_message_max_bytes: usize,
+    /// The clock every time rule reads ([`SystemClock`] by default).
+    pub clock: Arc<dyn Clock>,
+    /// Seed of the id sequence for a new database (ETags, message ids, receipts). `None` derives
+    /// one from the clock; a simulation passes a fixed seed for reproducible ids.
+    pub id_seed: Option<u64>,
+}
+
+impl Default for StorageOptions {
+    fn default() -> Self {
+        StorageOptions {
+            cache_bytes: DEFAULT_CACHE_BYTES,
+            queue_message_max_bytes: DEFAULT_QUEUE_MESSAGE_MAX_BYTES,
+            clock: Arc::new(SystemClock),
+            id_seed: None,
+        }
+    }
+}
+
+/// The embedded engine: all three services in one redb file.
+///
+/// Cheap to share: wrap it in an `Arc` (or use it as `Arc<dyn Backend>`). Dropping the last
+/// handle waits for the committer to answer everything queued.
+#[derive(Debug)]
+pub struct RedbStore {
+    engine: engine::Engine,
+    queue_message_max_bytes: usize,
+}
+
+impl RedbStore {
+    /// Opens (or creates) the database file at `path`. Data of uploads a crash interrupted is
+    /// removed here.
+    pub fn open(path: impl AsRef<Path>, options: StorageOptions) -> Result<Self, StorageError> {
+        if options.queue_message_max_bytes == 0
+            || options.queue_message_max_bytes > MAX_QUEUE_MESSAGE_MAX_BYTES
+        {
+            return Err(StorageError::Internal(format!(
+                "queue_message_max_bytes must be 1..={MAX_QUEUE_MESSAGE_MAX_BYTES}, got {}",
+                options.queue_message_max_bytes
+            )));
+        }
+        let engine = engine::Engine::open(
+            path.as_ref(),
+            options.cache_bytes,
+            options.clock,
+            options.id_seed,
+        )?;
+        Ok(RedbStore {
+            engine,
+            queue_message_max_bytes: options.queue_message_max_bytes,
+        })
+    }
+
+    /// The clock this store reads.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.engine.clock
+    }
+}
+
+/// Everything a storage engine offers: the seam the runtime calls through. A distributed engine
+/// implements these three traits and nothing above it changes.
+pub trait Backend: blob::BlobStore + queue::QueueStore + table::TableStore + Send + Sync {}
+
+impl Backend for RedbStore {}

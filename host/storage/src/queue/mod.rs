@@ -1,0 +1,222 @@
+//! Queue service: queues of messages with visibility timeouts, pop receipts and dequeue counts.
+//!
+//! At-least-once is the contract: a message got with a visibility timeout comes back if it is not
+//! deleted in time, with its dequeue count one higher. Delete and update need the pop receipt of
+//! the latest get; a stale receipt fails with `MessageNotFound`, so a worker that lost a message
+//! to a timeout can never delete or update it under the worker that holds it now.
+
+mod store;
+
+use std::time::Duration;
+
+use crate::clock::Timestamp;
+use crate::{AccountName, ListOptions, Metadata, Page, QueueError};
+
+/// Longest visibility timeout (and visibility delay): 7 days.
+pub const MAX_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Default time to live of a message: 7 days.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Default visibility timeout of a get.
+pub const DEFAULT_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most messages one get or peek returns.
+pub const MAX_MESSAGES_PER_GET: u32 = 32;
+
+/// How long a message lives.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MessageTtl {
+    /// [`DEFAULT_TTL`].
+    #[default]
+    Default,
+    /// Never expires (`messagettl=-1`).
+    Never,
+    /// Expires this long after insertion (at least 1 s).
+    After(Duration),
+}
+
+/// Options of Put Message.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PutMessageOptions {
+    /// Invisible for this long after insertion (0..=7 days, less than the TTL).
+    pub visibility_delay: Duration,
+    /// Time to live.
+    pub ttl: MessageTtl,
+}
+
+/// What Put Message returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PutReceipt {
+    /// The message id (a GUID).
+    pub id: String,
+    /// When it was inserted.
+    pub insertion_time: Timestamp,
+    /// When it expires (`None`: never).
+    pub expiration_time: Option<Timestamp>,
+    /// A receipt valid until the message is first got.
+    pub pop_receipt: String,
+    /// When it becomes visible.
+    pub time_next_visible: Timestamp,
+}
+
+/// A message handed out by Get Messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueMessage {
+    /// The message id.
+    pub id: String,
+    /// When it was inserted.
+    pub insertion_time: Timestamp,
+    /// When it expires (`None`: never).
+    pub expiration_time: Option<Timestamp>,
+    /// How many times it has been got, this time included.
+    pub dequeue_count: u32,
+    /// The content.
+    pub body: Vec<u8>,
+    /// Needed to delete or update it; valid until it is got again or updated.
+    pub pop_receipt: String,
+    /// When it becomes visible again unless deleted or updated.
+    pub time_next_visible: Timestamp,
+}
+
+/// A message seen by Peek Messages: no receipt, nothing changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeekedMessage {
+    /// The message id.
+    pub id: String,
+    /// When it was inserted.
+    pub insertion_time: Timestamp,
+    /// When it expires (`None`: never).
+    pub expiration_time: Option<Timestamp>,
+    /// How many times it has been got.
+    pub dequeue_count: u32,
+    /// The content.
+    pub body: Vec<u8>,
+}
+
+/// What Update Message returns: the new receipt (the old one is now stale).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpdateReceipt {
+    /// The new pop receipt.
+    pub pop_receipt: String,
+    /// When the message becomes visible.
+    pub time_next_visible: Timestamp,
+}
+
+/// Create Queue's two successful outcomes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CreateQueueOutcome {
+    /// 201.
+    Created,
+    /// 204: the queue was there with the same metadata.
+    AlreadyExists,
+}
+
+/// A queue in a listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueItem {
+    /// Its name.
+    pub name: String,
+    /// Its metadata (empty unless asked for).
+    pub metadata: Metadata,
+}
+
+/// Get Queue Metadata.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueProperties {
+    /// The metadata.
+    pub metadata: Metadata,
+    /// Never lower than the true count; may include invisible and expired, not yet purged
+    /// messages.
+    pub approximate_message_count: u64,
+}
+
+/// The queue service, as any engine offers it.
+pub trait QueueStore: Send + Sync {
+    /// Creates a queue. Existing with the same metadata: `AlreadyExists`; with other metadata:
+    /// `QueueAlreadyExists`.
+    fn create_queue(
+        &self,
+        account: &AccountName,
+        queue: &str,
+        metadata: Metadata,
+    ) -> Result<CreateQueueOutcome, QueueError>;
+
+    /// Deletes a queue and its messages. `QueueNotFound` if missing.
+    fn delete_queue(&self, account: &AccountName, queue: &str) -> Result<(), QueueError>;
+
+    /// Lists queues in name order.
+    fn list_queues(
+        &self,
+        account: &AccountName,
+        options: &ListOptions,
+    ) -> Result<Page<QueueItem>, QueueError>;
+
+    /// Metadata and approximate count.
+    fn get_queue_properties(
+        &self,
+        account: &AccountName,
+        queue: &str,
+    ) -> Result<QueueProperties, QueueError>;
+
+    /// Replaces all metadata.
+    fn set_queue_metadata(
+        &self,
+        account: &AccountName,
+        queue: &str,
+        metadata: Metadata,
+    ) -> Result<(), QueueError>;
+
+    /// Adds a message. Errors: `RequestBodyTooLarge` over the size limit;
+    /// `OutOfRangeQueryParameterValue` for a delay over 7 days or a TTL under 1 s;
+    /// `InvalidQueryParameterValue` when the delay is not shorter than the TTL.
+    fn put_message(
+        &self,
+        account: &AccountName,
+        queue: &str,
+        body: &[u8],
+        options: PutMessageOptions,
+    ) -> Result<PutReceipt, QueueError>;
+
+    /// Gets up to `count` (1..=32) visible messages, making each invisible for
+    /// `visibility_timeout` (1 s..=7 days), with a new pop receipt and its dequeue count + 1.
+    /// First delivery is in insertion order. An empty queue gives an empty list.
+    fn get_messages(
+        &self,
+        account: &AccountName,
+        queue: &str,
+        count: u32,
+        visibility_timeout: Duration,
+    ) -> Result<Vec<QueueMessage>, QueueError>;
+
+    /// Up to `count` (1..=32) visible messages, changing nothing.
+    fn peek_messages(
+        &self,
+        account: &AccountName,
+        queue: &str,
+        count: u32,
+    ) -> Result<Vec<PeekedMessage>, QueueError>;
+
+    /// Deletes a message. `MessageNotFound` when it is gone or `pop_receipt` is stale. A receipt
+    /// whose timeout passed still deletes if nobody got the message since.
+    fn delete_message(
+        &self,
+        account: &AccountName,
+        queue: &str,
+        id: &str,
+        pop_receipt: &str,
+    ) -> Result<(), QueueError>;
+
+    /// Sets the message's visibility to now + `visibility_timeout` (0..=7 days; 0 makes it
+    /// visible at once) and optionally replaces its content. The dequeue count is unchanged; the
+    /// old receipt becomes stale. Errors as for delete.
+    fn update_message(
+        &self,
+        account: &AccountName,
+        queue: &str,
+        id: &str,
+        pop_receipt: &str,
+        visibility_timeout: Duration,
+        body: Option<&[u8]>,
+    ) -> Result<UpdateReceipt, QueueError>;
+
+    /// Deletes every message of the queue.
+    fn clear_messages(&self, account: &AccountName, queue: &str) -> Result<(), QueueError>;
+}
