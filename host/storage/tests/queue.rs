@@ -1,0 +1,431 @@
+//! Queue service: every operation and error case.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{code, fixture};
+use rolehost_storage::queue::{CreateQueueOutcome, MessageTtl, PutMessageOptions, QueueStore};
+use rolehost_storage::{AccountName, ListOptions};
+
+const S: Duration = Duration::from_secs(1);
+
+#[test]
+fn create_delete_list_and_metadata() {
+    let f = fixture();
+    let (s, a) = (&f.store, &f.acct);
+    assert_eq!(
+        s.create_queue(a, "que1", vec![]).unwrap(),
+        CreateQueueOutcome::Created
+    );
+    assert_eq!(
+        s.create_queue(a, "que1", vec![]).unwrap(),
+        CreateQueueOutcome::AlreadyExists
+    );
+    assert_eq!(
+        code(s.create_queue(a, "que1", vec![("k".into(), "v".into())])),
+        "QueueAlreadyExists"
+    );
+    assert_eq!(
+        code(s.create_queue(a, "Bad_Name", vec![])),
+        "InvalidResourceName"
+    );
+    s.create_queue(a, "que2", vec![("k".into(), "v".into())])
+        .unwrap();
+    s.create_queue(a, "other", vec![]).unwrap();
+    let page = s
+        .list_queues(
+            a,
+            &ListOptions {
+                prefix: Some("que".into()),
+                include_metadata: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        page.items
+            .iter()
+            .map(|q| q.name.as_str())
+            .collect::<Vec<_>>(),
+        ["que1", "que2"]
+    );
+    assert_eq!(
+        page.items[1].metadata,
+        vec![("k".to_string(), "v".to_string())]
+    );
+    let p1 = s
+        .list_queues(
+            a,
+            &ListOptions {
+                max_results: Some(2),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(p1.items.len(), 2);
+    let p2 = s
+        .list_queues(
+            a,
+            &ListOptions {
+                marker: p1.next_marker.clone(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(p2.items.len(), 1);
+    assert_eq!(p2.next_marker, None);
+    assert_eq!(
+        code(s.list_queues(
+            a,
+            &ListOptions {
+                max_results: Some(0),
+                ..Default::default()
+            }
+        )),
+        "OutOfRangeQueryParameterValue"
+    );
+    s.set_queue_metadata(a, "que1", vec![("x".into(), "1".into())])
+        .unwrap();
+    assert_eq!(
+        s.get_queue_properties(a, "que1").unwrap().metadata[0].0,
+        "x"
+    );
+    s.delete_queue(a, "que1").unwrap();
+    assert_eq!(code(s.delete_queue(a, "que1")), "QueueNotFound");
+    assert_eq!(code(s.get_queue_properties(a, "que1")), "QueueNotFound");
+    assert_eq!(
+        code(s.put_message(a, "que1", b"x", PutMessageOptions::default())),
+        "QueueNotFound"
+    );
+}
+
+#[test]
+fn accounts_are_isolated() {
+    let f = fixture();
+    let other = AccountName::new("other").unwrap();
+    f.store.create_queue(&f.acct, "que", vec![]).unwrap();
+    f.store
+        .put_message(&f.acct, "que", b"secret", PutMessageOptions::default())
+        .unwrap();
+    assert_eq!(
+        code(f.store.get_messages(&other, "que", 1, S)),
+        "QueueNotFound"
+    );
+    assert!(
+        f.store
+            .list_queues(&other, &ListOptions::default())
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert_eq!(AccountName::new("A").unwrap_err().code(), "OutOfRangeInput");
+}
+
+#[test]
+fn get_hides_bumps_count_and_redelivers_after_timeout() {
+    let f = fixture();
+    let (s, a) = (&f.store, &f.acct);
+    s.create_queue(a, "que", vec![]).unwrap();
+    for i in 0..5 {
+        s.put_message(
+            a,
+            "que",
+            format!("m{i}").as_bytes(),
+            PutMessageOptions::default(),
+        )
+        .unwrap();
+    }
+    let got = s.get_messages(a, "que", 3, 30 * S).unwrap();
+    assert_eq!(
+        got.iter().map(|m| m.body.clone()).collect::<Vec<_>>(),
+        [b"m0".to_vec(), b"m1".to_vec(), b"m2".to_vec()],
+        "first delivery is FIFO"
+    );
+    assert!(got.iter().all(|m| m.dequeue_count == 1));
+    // Peek sees only the visible two and changes nothing.
+    let peek = s.peek_messages(a, "que", 32).unwrap();
+    assert_eq!(peek.len(), 2);
+    assert_eq!(s.peek_messages(a, "que", 32).unwrap(), peek);
+    assert_eq!(
+        s.get_queue_properties(a, "que")
+            .unwrap()
+            .approximate_message_count,
+        5
+    );
+    f.clock.advance(31 * S);
+    let again = s.get_messages(a, "que", 32, 30 * S).unwrap();
+    assert_eq!(again.len(), 5);
+    let m0 = again.iter().find(|m| m.id == got[0].id).unwrap();
+    assert_eq!(m0.dequeue_count, 2);
+    assert_ne!(m0.pop_receipt, got[0].pop_receipt);
+    // The stale receipt no longer deletes: someone else holds the message now.
+    assert_eq!(
+        code(s.delete_message(a, "que", &got[0].id, &got[0].pop_receipt)),
+        "MessageNotFound"
+    );
+    s.delete_message(a, "que", &m0.id, &m0.pop_receipt).unwrap();
+    assert_eq!(
+        code(s.delete_message(a, "que", &m0.id, &m0.pop_receipt)),
+        "MessageNotFound"
+    );
+    assert_eq!(
+        code(s.delete_message(a, "que", "garbage", "x")),
+        "MessageNotFound"
+    );
+    assert!(
+        s.get_messages(a, "que", 1, S).unwrap().is_empty(),
+        "all others are invisible"
+    );
+}
+
+#[test]
+fn expired_receipt_still_deletes_if_nobody_took_the_message() {
+    let f = fixture();
+    let (s, a) = (&f.store, &f.acct);
+    s.create_queue(a, "que", vec![]).unwrap();
+    s.put_message(a, "que", b"x", PutMessageOptions::default())
+        .unwrap();
+    let m = s.get_messages(a, "que", 1, S).unwrap().remove(0);
+    f.clock.advance(10 * S);
+    s.delete_message(a, "que", &m.id, &m.pop_receipt).unwrap();
+    assert_eq!(
+        s.get_queue_properties(a, "que")
+            .unwrap()
+            .approximate_message_count,
+        0
+    );
+}
+
+#[test]
+fn update_extends_or_shortens_visibility_and_replaces_content() {
+    let f = fixture();
+    let (s, a) = (&f.store, &f.acct);
+    s.create_queue(a, "que", vec![]).unwrap();
+    s.put_message(a, "que", b"v1", PutMessageOptions::default())
+        .unwrap();
+    let m = s.get_messages(a, "que", 1, 10 * S).unwrap().remove(0);
+    let u = s
+        .update_message(a, "que", &m.id, &m.pop_receipt, 60 * S, Some(b"v2"))
+        .unwrap();
+    assert_eq!(
+        code(s.update_message(a, "que", &m.id, &m.pop_receipt, S, None)),
+        "MessageNotFound"
+    );
+    f.clock.advance(30 * S);
+    assert!(
+        s.get_messages(a, "que", 1, S).unwrap().is_empty(),
+        "extended past the first timeout"
+    );
+    let u2 = s
+        .update_message(a, "que", &m.id, &u.pop_receipt, Duration::ZERO, None)
+        .unwrap();
+    assert_eq!(u2.time_next_visible, f.clock_now());
+    let again = s.get_messages(a, "que", 1, S).unwrap().remove(0);
+    assert_eq!(again.body, b"v2");
+    assert_eq!(
+        again.dequeue_count, 2,
+        "update does not change the dequeue count"
+    );
+    assert_eq!(
+        code(s.update_message(a, "que", &m.id, &again.pop_receipt, 8 * 24 * 3600 * S, None)),
+        "OutOfRangeQueryParameterValue"
+    );
+}
+
+trait Now {
+    fn clock_now(&self) -> rolehost_storage::Timestamp;
+}
+impl Now for common::Fixture {
+    fn clock_now(&self) -> rolehost_storage::Timestamp {
+        use rolehost_storage::Clock;
+        self.clock.now()
+    }
+}
+
+#[test]
+fn put_options_limits_and_ttl() {
+    let f = fixture();
+    let (s, a) = (&f.store, &f.acct);
+    s.create_queue(a, "que", vec![]).unwrap();
+    assert_eq!(
+        code(s.put_message(
+            a,
+            "que",
+            &vec![0; 8 * 1024 + 1],
+            PutMessageOptions::default()
+        )),
+        "RequestBodyTooLarge"
+    );
+    s.put_message(a, "que", &vec![0; 8 * 1024], PutMessageOptions::default())
+        .unwrap();
+    s.clear_messages(a, "que").unwrap();
+    let bad = |delay: u32, ttl: MessageTtl| {
+        code(s.put_message(
+            a,
+            "que",
+            b"x",
+            PutMessageOptions {
+                visibility_delay: delay * S,
+                ttl,
+            },
+        ))
+    };
+    assert_eq!(
+        bad(8 * 24 * 3600, MessageTtl::Never),
+        "OutOfRangeQueryParameterValue"
+    );
+    assert_eq!(
+        bad(10, MessageTtl::After(10 * S)),
+        "InvalidQueryParameterValue"
+    );
+    assert_eq!(
+        bad(0, MessageTtl::After(Duration::from_millis(500))),
+        "OutOfRangeQueryParameterValue"
+    );
+    assert_eq!(
+        code(s.get_messages(a, "que", 0, S)),
+        "OutOfRangeQueryParameterValue"
+    );
+    assert_eq!(
+        code(s.get_messages(a, "que", 33, S)),
+        "OutOfRangeQueryParameterValue"
+    );
+    assert_eq!(
+        code(s.get_messages(a, "que", 1, Duration::ZERO)),
+        "OutOfRangeQueryParameterValue"
+    );
+    assert_eq!(
+        code(s.peek_messages(a, "que", 0)),
+        "OutOfRangeQueryParameterValue"
+    );
+
+    // A delayed message appears only after its delay.
+    s.put_message(
+        a,
+        "que",
+        b"later",
+        PutMessageOptions {
+            visibility_delay: 5 * S,
+            ttl: MessageTtl::Default,
+        },
+    )
+    .unwrap();
+    assert!(s.get_messages(a, "que", 1, S).unwrap().is_empty());
+    f.clock.advance(5 * S);
+    assert_eq!(s.get_messages(a, "que", 1, S).unwrap()[0].body, b"later");
+    s.clear_messages(a, "que").unwrap();
+
+    // Expiry: a short TTL vanishes, a never-expiring one stays.
+    let short = s
+        .put_message(
+            a,
+            "que",
+            b"short",
+            PutMessageOptions {
+                ttl: MessageTtl::After(2 * S),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let never = s
+        .put_message(
+            a,
+            "que",
+            b"never",
+            PutMessageOptions {
+                ttl: MessageTtl::Never,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert!(short.expiration_time.is_some() && never.expiration_time.is_none());
+    f.clock.advance(365 * 24 * 3600 * S);
+    assert_eq!(s.peek_messages(a, "que", 32).unwrap().len(), 1);
+    let got = s.get_messages(a, "que", 32, S).unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].body, b"never");
+    assert_eq!(
+        s.get_queue_properties(a, "que")
+            .unwrap()
+            .approximate_message_count,
+        1,
+        "the expired one was purged"
+    );
+    s.clear_messages(a, "que").unwrap();
+    assert_eq!(
+        s.get_queue_properties(a, "que")
+            .unwrap()
+            .approximate_message_count,
+        0
+    );
+    assert!(s.peek_messages(a, "que", 32).unwrap().is_empty());
+}
+
+#[test]
+fn configurable_message_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = rolehost_storage::StorageOptions {
+        queue_message_max_bytes: 64 * 1024,
+        ..Default::default()
+    };
+    let s = rolehost_storage::RedbStore::open(dir.path().join("s.redb"), opts).unwrap();
+    let a = AccountName::new("acct").unwrap();
+    s.create_queue(&a, "que", vec![]).unwrap();
+    s.put_message(&a, "que", &vec![1; 64 * 1024], PutMessageOptions::default())
+        .unwrap();
+    assert_eq!(
+        code(s.put_message(
+            &a,
+            "que",
+            &vec![1; 64 * 1024 + 1],
+            PutMessageOptions::default()
+        )),
+        "RequestBodyTooLarge"
+    );
+    let too_big = rolehost_storage::StorageOptions {
+        queue_message_max_bytes: 64 * 1024 + 1,
+        ..Default::default()
+    };
+    assert!(rolehost_storage::RedbStore::open(dir.path().join("t.redb"), too_big).is_err());
+}
+
+#[test]
+fn concurrent_workers_each_message_once_with_group_commit() {
+    let f = fixture();
+    let s = std::sync::Arc::new(f.store);
+    s.create_queue(&f.acct, "que", vec![]).unwrap();
+    for i in 0..400u32 {
+        s.put_message(
+            &f.acct,
+            "que",
+            &i.to_le_bytes(),
+            PutMessageOptions::default(),
+        )
+        .unwrap();
+    }
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let (s, a) = (s.clone(), f.acct.clone());
+            std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                loop {
+                    let msgs = s.get_messages(&a, "que", 4, 60 * S).unwrap();
+                    if msgs.is_empty() {
+                        return seen;
+                    }
+                    for m in msgs {
+                        s.delete_message(&a, "que", &m.id, &m.pop_receipt).unwrap();
+                        seen.push(u32::from_le_bytes(m.body.try_into().unwrap()));
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut all: Vec<u32> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    all.sort_unstable();
+    assert_eq!(all, (0..400).collect::<Vec<_>>());
+}
