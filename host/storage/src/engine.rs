@@ -170,7 +170,7 @@ pub(crate) fn seq_from_guid(id: &str) -> Option<u64> {
 /// What an operation sees while it runs inside the committer.
 pub(crate) struct WriteCtx<'a> {
     pub(crate) txn: &'a WriteTransaction,
-    /// The clock, read once per operation.
+    /// The clock, read once per batch: the operations of one commit happen at the same instant.
     pub(crate) now: Timestamp,
     pub(crate) ids: &'a mut IdGen,
 }

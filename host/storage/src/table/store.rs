@@ -37,6 +37,19 @@ fn table_key(table: &str) -> String {
     table.to_ascii_lowercase()
 }
 
+/// `TableNotFound` unless the table exists (`t` is the lowercase key, `display` the caller's name).
+fn ensure_table(
+    tables: &impl ReadableTable<(&'static str, &'static str), &'static str>,
+    a: &str,
+    t: &str,
+    display: &str,
+) -> Result<(), TableError> {
+    if tables.get((a, t))?.is_none() {
+        return Err(TableError::TableNotFound(display.to_string()));
+    }
+    Ok(())
+}
+
 fn check_etag(rec: &EntityRecord, if_match: &IfMatch) -> Result<(), TableError> {
     match if_match {
         IfMatch::Any => Ok(()),
@@ -55,9 +68,7 @@ fn apply_ops(
     ops: Vec<TableOp>,
     in_batch: bool,
 ) -> Result<Vec<Option<String>>, TableError> {
-    if ctx.txn.open_table(TABLES)?.get((a, t))?.is_none() {
-        return Err(TableError::TableNotFound(display.to_string()));
-    }
+    ensure_table(&ctx.txn.open_table(TABLES)?, a, t, display)?;
     let entities = ctx.txn.open_table(ENTITIES)?;
     // (pk, rk) -> state after the operations so far (None = deleted).
     let mut staged: HashMap<(String, String), Option<EntityRecord>> = HashMap::new();
@@ -297,9 +308,7 @@ impl TableStore for RedbStore {
         check_table(table)?;
         let txn = self.engine.read()?;
         let (a, t) = (account.as_str(), table_key(table));
-        if txn.open_table(TABLES)?.get((a, t.as_str()))?.is_none() {
-            return Err(TableError::TableNotFound(table.to_string()));
-        }
+        ensure_table(&txn.open_table(TABLES)?, a, &t, table)?;
         let entities = txn.open_table(ENTITIES)?;
         let rec: EntityRecord = get_record::<(&str, &str, &str, &str), _>(
             &entities,
@@ -331,9 +340,7 @@ impl TableStore for RedbStore {
         let txn = self.engine.read()?;
         let (a, t) = (account.as_str(), table_key(table));
         let t = t.as_str();
-        if txn.open_table(TABLES)?.get((a, t))?.is_none() {
-            return Err(TableError::TableNotFound(table.to_string()));
-        }
+        ensure_table(&txn.open_table(TABLES)?, a, t, table)?;
         let entities = txn.open_table(ENTITIES)?;
 
         // Where the scan starts: the key range's lower end, or the continuation if later.
