@@ -1,0 +1,137 @@
+//! A worker for the host's tests; the `mode` setting picks its behaviour:
+//!
+//! - `record`: processes queue `record` (setting `queue`), writing for each message a blob
+//!   `seen/<body>` whose content is `<instance id> <dequeue count>` (create-only: a second
+//!   handling fails loudly).
+//! - `fail`: processes queue `fail` with a handler that always fails (poison after
+//!   `max-dequeue`, default 5; failure delay `failure-delay-ms`, default 100).
+//! - `env`: writes what the environment says to blob `env/<instance id>`, writes and reads a
+//!   file in each local resource, then waits for a stop.
+//! - `trap`: panics `trap-after-ms` (default 200) after `run` starts.
+//! - `return`: returns from `run` at once without a stop request.
+//! - `stuck`: ignores stop requests, sleeping in a loop.
+//! - `spin`: ignores stop requests, spinning the CPU.
+//! - `print`: prints a line to stdout and one to stderr, then waits for a stop.
+
+use std::time::Duration;
+
+use rolehost_sdk::{Container, PutOptions, QueueProcessor, WorkerRole, env};
+
+struct Testbed {
+    mode: String,
+}
+
+fn setting_u64(name: &str, default: u64) -> u64 {
+    env::setting(name)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+impl WorkerRole for Testbed {
+    fn on_start() -> Result<Self, String> {
+        let mode = env::setting("mode").ok_or("setting `mode` is missing")?;
+        if mode == "fail-start" {
+            return Err("on-start refused, as asked".into());
+        }
+        Ok(Testbed { mode })
+    }
+
+    fn run(&mut self) -> Result<(), String> {
+        match self.mode.as_str() {
+            "record" => record(),
+            "fail" => {
+                QueueProcessor::new(&env::setting("queue").unwrap_or_else(|| "fail".into()))
+                    .max_dequeue_count(setting_u64("max-dequeue", 5) as u32)
+                    .failure_delay(Duration::from_millis(setting_u64("failure-delay-ms", 100)))
+                    .visibility_timeout(Duration::from_secs(2))
+                    .poll_wait(Duration::from_millis(200))
+                    .run(|job| Err(format!("always failing on {}", job.body_str())))
+                    .map_err(|e| e.to_string())?;
+                Ok(())
+            }
+            "env" => environment(),
+            "trap" => {
+                env::wait_for_stop(Duration::from_millis(setting_u64("trap-after-ms", 200)));
+                panic!("testbed trapping as asked");
+            }
+            "return" => Ok(()),
+            "stuck" => loop {
+                std::thread::sleep(Duration::from_millis(50));
+            },
+            "spin" => {
+                let mut x: u64 = 1;
+                loop {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    if x == 0 {
+                        return Ok(());
+                    }
+                }
+            }
+            "print" => {
+                println!("hello from stdout of {}", env::instance_id());
+                eprintln!("hello from stderr of {}", env::instance_id());
+                while !env::wait_for_stop(Duration::from_secs(5)) {}
+                Ok(())
+            }
+            other => Err(format!("unknown mode {other:?}")),
+        }
+    }
+
+    fn on_stop(&mut self) {
+        env::info(&format!("{} stopping cleanly", env::instance_id()));
+    }
+}
+
+fn record() -> Result<(), String> {
+    let seen = Container::new("seen");
+    seen.create_if_not_exists().map_err(|e| e.to_string())?;
+    let me = env::instance_id();
+    let work_ms = setting_u64("work-ms", 0);
+    QueueProcessor::new(&env::setting("queue").unwrap_or_else(|| "record".into()))
+        .poll_wait(Duration::from_millis(500))
+        .run(|job| {
+            if work_ms > 0 {
+                std::thread::sleep(Duration::from_millis(work_ms));
+            }
+            let content = format!("{me} {}", job.dequeue_count());
+            seen.blob(job.body_str().trim())
+                .put_with(content.as_bytes(), &PutOptions::default().create_only())
+                .map(drop)
+        })
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+fn environment() -> Result<(), String> {
+    let mut report = vec![
+        format!("service={}", env::service_name()),
+        format!("role={}", env::role_name()),
+        format!("instance={}", env::instance_id()),
+        format!("deployment={}", env::deployment_id()),
+    ];
+    for (k, v) in env::settings() {
+        report.push(format!("setting {k}={v}"));
+    }
+    for r in env::local_resources() {
+        let file = format!("{}/probe.txt", r.path);
+        let outcome = std::fs::write(&file, b"probe")
+            .and_then(|()| std::fs::read(&file))
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_else(|e| format!("error: {e}"));
+        report.push(format!(
+            "local {}={} quota={} read={outcome}",
+            r.name, r.path, r.quota_bytes
+        ));
+    }
+    let c = Container::new("env");
+    c.create_if_not_exists().map_err(|e| e.to_string())?;
+    c.blob(env::instance_id())
+        .put(report.join("\n").as_bytes())
+        .map_err(|e| e.to_string())?;
+    while !env::wait_for_stop(Duration::from_secs(5)) {}
+    Ok(())
+}
+
+rolehost_sdk::worker!(Testbed);
