@@ -391,10 +391,8 @@ fn run_batch(
         Ok(t) => t,
         Err(e) => return fail_all(batch, e.into()),
     };
-    if !durable {
-        if let Err(e) = txn.set_durability(Durability::None) {
-            return fail_all(batch, e.into());
-        }
+    if !durable && let Err(e) = txn.set_durability(Durability::None) {
+        return fail_all(batch, e.into());
     }
     let now = clock.now();
     let mut completions = Vec::with_capacity(batch.len());

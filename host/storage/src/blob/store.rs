@@ -1067,14 +1067,14 @@ impl BlobStore for RedbStore {
         get_container(&txn.open_table(CONTAINERS)?, a, c)?;
         let existing = get_blob_record(&txn.open_table(BLOBS)?, a, c, blob)?;
         let mut list = BlockList::default();
-        if which != BlockListType::Uncommitted {
-            if let Some(r) = &existing {
-                list.committed = r
-                    .segments
-                    .iter()
-                    .filter_map(|s| s.block_id.clone().map(|id| (id, s.len)))
-                    .collect();
-            }
+        if which != BlockListType::Uncommitted
+            && let Some(r) = &existing
+        {
+            list.committed = r
+                .segments
+                .iter()
+                .filter_map(|s| s.block_id.clone().map(|id| (id, s.len)))
+                .collect();
         }
         let blocks = txn.open_table(BLOCKS)?;
         let mut any_uncommitted = false;

@@ -433,13 +433,13 @@ impl QueueStore for RedbStore {
     ) -> Result<UpdateReceipt, QueueError> {
         check_queue(queue)?;
         check_visibility(visibility_timeout, Duration::ZERO)?;
-        if let Some(b) = body {
-            if b.len() > self.queue_message_max_bytes {
-                return Err(QueueError::RequestBodyTooLarge {
-                    size: b.len(),
-                    max: self.queue_message_max_bytes,
-                });
-            }
+        if let Some(b) = body
+            && b.len() > self.queue_message_max_bytes
+        {
+            return Err(QueueError::RequestBodyTooLarge {
+                size: b.len(),
+                max: self.queue_message_max_bytes,
+            });
         }
         let (a, q, id, receipt) = (
             account.as_str().to_owned(),

@@ -211,7 +211,7 @@ fn lex(input: &str) -> Result<Vec<Token>, TableError> {
 }
 
 fn parse_hex(s: &str) -> Result<Vec<u8>, TableError> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return Err(err("binary literal needs an even number of hex digits"));
     }
     (0..s.len())

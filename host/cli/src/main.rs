@@ -1,0 +1,178 @@
+//! `rolehost`: run, build and inspect services of Wasm roles.
+
+mod storage_cmd;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use rolehost_runtime::manifest::{ComponentSource, MANIFEST_FILE, Manifest};
+use rolehost_runtime::service::{self, Service, ServiceOptions};
+
+/// rolehost: Windows Azure Cloud Services (2008) as a WebAssembly runtime.
+#[derive(Parser, Debug)]
+#[command(name = "rolehost", version, about, long_about = None)]
+struct Cli {
+    /// More log output (-v: debug, -vv: trace). `RUST_LOG` overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Build what needs building and run a service in the foreground on embedded storage.
+    /// Ctrl-C stops every instance gracefully.
+    Run {
+        /// The service: a directory holding rolehost.toml, or the manifest file itself.
+        #[arg(default_value = ".")]
+        path: PathBuf,
+        /// The data directory (storage, local resources); default: the manifest's
+        /// `storage.data-dir`, or `.rolehost` next to it.
+        #[arg(long, env = "ROLEHOST_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Cargo target directory for guest builds.
+        #[arg(long)]
+        target_dir: Option<PathBuf>,
+        /// Stop gracefully after this many seconds instead of waiting for Ctrl-C.
+        #[arg(long, value_name = "SECONDS")]
+        stop_after: Option<u64>,
+    },
+    /// Compile the service's guest crates (or one crate) to wasm32-wasip2 components,
+    /// installing the target if it is missing.
+    Build {
+        /// A service directory or manifest, or a guest crate directory.
+        #[arg(default_value = ".")]
+        path: PathBuf,
+        /// Cargo target directory.
+        #[arg(long)]
+        target_dir: Option<PathBuf>,
+    },
+    /// Create, put, get, peek and list blobs, queue messages and table entities in a data
+    /// directory (while no host is running on it).
+    Storage(storage_cmd::StorageArgs),
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "info,cranelift=warn,wasmtime=warn",
+        1 => "debug,cranelift=warn,wasmtime=info",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Run {
+                path,
+                data_dir,
+                target_dir,
+                stop_after,
+            } => run(&path, data_dir, target_dir.as_deref(), stop_after).await,
+            Command::Build { path, target_dir } => build(&path, target_dir.as_deref()),
+            Command::Storage(args) => storage_cmd::run(args),
+        }
+    })
+}
+
+async fn run(
+    path: &Path,
+    data_dir: Option<PathBuf>,
+    target_dir: Option<&Path>,
+    stop_after: Option<u64>,
+) -> anyhow::Result<()> {
+    let manifest = Manifest::load(path)?;
+    let data_dir = data_dir.unwrap_or_else(|| manifest.storage.data_dir.clone());
+    let components =
+        tokio::task::block_in_place(|| service::resolve_components(&manifest, target_dir))?;
+    let store = service::open_storage(&data_dir, &manifest, None)
+        .context("is another rolehost using this data directory? only one process may open it")?;
+    let options = ServiceOptions {
+        data_dir: data_dir.clone(),
+        cache_dir: Some(data_dir.join("cache")),
+        faults: None,
+    };
+    let service = Service::start(&manifest, &components, store, options).await?;
+    eprintln!(
+        "rolehost: service {} is running ({} instances, data in {}). Ctrl-C stops it.",
+        service.name(),
+        service.status().len(),
+        data_dir.display()
+    );
+    let stop_timer = async {
+        match stop_after {
+            Some(secs) => tokio::time::sleep(Duration::from_secs(secs)).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("listening for Ctrl-C")?,
+        () = terminate() => {}
+        () = stop_timer => {}
+    }
+    eprintln!("rolehost: stopping (Ctrl-C again to quit at once)");
+    let shutdown = tokio::spawn(service.shutdown());
+    tokio::select! {
+        statuses = shutdown => {
+            let statuses = statuses.context("waiting for the instances")?;
+            let interrupted = statuses.iter().filter(|s| s.interrupted).count();
+            let restarts: u32 = statuses.iter().map(|s| s.restarts).sum();
+            eprintln!(
+                "rolehost: stopped {} instances ({interrupted} interrupted after their grace period, {restarts} recycles in all)",
+                statuses.len()
+            );
+        }
+        _ = tokio::signal::ctrl_c() => bail!("interrupted before every instance stopped"),
+    }
+    Ok(())
+}
+
+/// Completes on SIGTERM (a service manager stopping us), never elsewhere.
+async fn terminate() {
+    #[cfg(unix)]
+    {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+            return;
+        }
+    }
+    std::future::pending::<()>().await
+}
+
+fn build(path: &Path, target_dir: Option<&Path>) -> anyhow::Result<()> {
+    let is_service =
+        path.join(MANIFEST_FILE).is_file() || path.extension().is_some_and(|e| e == "toml");
+    if is_service {
+        let manifest = Manifest::load(path)?;
+        for (name, role) in &manifest.roles {
+            if let ComponentSource::Crate(dir) = &role.source {
+                let built = rolehost_runtime::build::build_crate(dir, target_dir)?;
+                for p in built {
+                    println!("{name}: {}", p.display());
+                }
+            }
+        }
+    } else {
+        for p in rolehost_runtime::build::build_crate(path, target_dir)? {
+            println!("{}", p.display());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,196 @@
+//! The `environment` capability: who the instance is, its settings and local resources, the
+//! stop signal, and a log line that needs no stream handle in the guest.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::component::{HasSelf, Linker};
+
+use crate::bindings::environment::{self as wit, Host, LogLevel};
+use crate::stop::StopSignal;
+
+/// Longest log line kept; the rest is cut (a guest cannot make the host hold a huge string).
+pub const MAX_LOG_LINE: usize = 16 * 1024;
+
+/// What an instance is told about itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InstanceInfo {
+    /// The service (and its storage account).
+    pub service: String,
+    /// The role.
+    pub role: String,
+    /// The instance id, `<role>_IN_<n>`.
+    pub instance_id: String,
+    /// The deployment id.
+    pub deployment_id: String,
+    /// The role's configuration settings, sorted by name.
+    pub settings: Vec<(String, String)>,
+    /// The local resources.
+    pub local_resources: Vec<LocalResourceInfo>,
+}
+
+/// A local resource as the guest sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalResourceInfo {
+    /// Its name.
+    pub name: String,
+    /// Its preopened path in the guest.
+    pub guest_path: String,
+    /// Its quota in bytes.
+    pub quota_bytes: u64,
+}
+
+/// What the environment capability needs.
+#[derive(Debug)]
+pub struct EnvironmentCtx {
+    info: Arc<InstanceInfo>,
+    stop: StopSignal,
+}
+
+impl EnvironmentCtx {
+    /// A context telling `info`, reading `stop`.
+    pub fn new(info: Arc<InstanceInfo>, stop: StopSignal) -> Self {
+        EnvironmentCtx { info, stop }
+    }
+}
+
+/// Adds `rolehost:platform/environment` to `linker`.
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> &mut EnvironmentCtx,
+) -> wasmtime::Result<()> {
+    wit::add_to_linker::<T, HasSelf<EnvironmentCtx>>(linker, get)
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary.
+pub(crate) fn truncate(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push_str(" [cut]");
+    }
+}
+
+impl Host for EnvironmentCtx {
+    async fn service_name(&mut self) -> wasmtime::Result<String> {
+        Ok(self.info.service.clone())
+    }
+
+    async fn role_name(&mut self) -> wasmtime::Result<String> {
+        Ok(self.info.role.clone())
+    }
+
+    async fn instance_id(&mut self) -> wasmtime::Result<String> {
+        Ok(self.info.instance_id.clone())
+    }
+
+    async fn deployment_id(&mut self) -> wasmtime::Result<String> {
+        Ok(self.info.deployment_id.clone())
+    }
+
+    async fn configuration_setting(&mut self, name: String) -> wasmtime::Result<Option<String>> {
+        Ok(self
+            .info
+            .settings
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.clone()))
+    }
+
+    async fn configuration_settings(&mut self) -> wasmtime::Result<Vec<(String, String)>> {
+        Ok(self.info.settings.clone())
+    }
+
+    async fn local_resources(&mut self) -> wasmtime::Result<Vec<wit::LocalResource>> {
+        Ok(self
+            .info
+            .local_resources
+            .iter()
+            .map(|r| wit::LocalResource {
+                name: r.name.clone(),
+                path: r.guest_path.clone(),
+                quota_bytes: r.quota_bytes,
+            })
+            .collect())
+    }
+
+    async fn stop_requested(&mut self) -> wasmtime::Result<bool> {
+        Ok(self.stop.is_requested())
+    }
+
+    async fn wait_for_stop(&mut self, timeout_ms: u64) -> wasmtime::Result<bool> {
+        let _ =
+            tokio::time::timeout(Duration::from_millis(timeout_ms), self.stop.requested()).await;
+        Ok(self.stop.is_requested())
+    }
+
+    async fn log(&mut self, level: LogLevel, mut message: String) -> wasmtime::Result<()> {
+        truncate(&mut message, MAX_LOG_LINE);
+        let instance = self.info.instance_id.as_str();
+        match level {
+            LogLevel::Trace => tracing::trace!(target: "guest", instance, "{message}"),
+            LogLevel::Debug => tracing::debug!(target: "guest", instance, "{message}"),
+            LogLevel::Info => tracing::info!(target: "guest", instance, "{message}"),
+            LogLevel::Warn => tracing::warn!(target: "guest", instance, "{message}"),
+            LogLevel::Error => tracing::error!(target: "guest", instance, "{message}"),
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        let mut s = "ééé".to_string(); // 6 bytes
+        truncate(&mut s, 3);
+        assert_eq!(s, "é [cut]");
+        let mut short = "ok".to_string();
+        truncate(&mut short, 3);
+        assert_eq!(short, "ok");
+    }
+
+    #[tokio::test]
+    async fn settings_and_stop_are_what_the_host_says() {
+        let (handle, signal) = crate::stop::stop_signal();
+        let info = InstanceInfo {
+            service: "svc".into(),
+            role: "Worker".into(),
+            instance_id: "Worker_IN_3".into(),
+            deployment_id: "d1".into(),
+            settings: vec![("a".into(), "1".into()), ("b".into(), "2".into())],
+            local_resources: vec![LocalResourceInfo {
+                name: "scratch".into(),
+                guest_path: "/local/scratch".into(),
+                quota_bytes: 10,
+            }],
+        };
+        let mut ctx = EnvironmentCtx::new(Arc::new(info), signal);
+        assert_eq!(ctx.instance_id().await.unwrap(), "Worker_IN_3");
+        assert_eq!(
+            ctx.configuration_setting("b".into())
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("2")
+        );
+        assert_eq!(ctx.configuration_setting("c".into()).await.unwrap(), None);
+        assert_eq!(
+            ctx.local_resources().await.unwrap()[0].path,
+            "/local/scratch"
+        );
+        assert!(!ctx.stop_requested().await.unwrap());
+        // A wait with no stop times out and says "not stopped".
+        assert!(!ctx.wait_for_stop(10).await.unwrap());
+        handle.request();
+        // A long wait returns at once once stopped.
+        let started = std::time::Instant::now();
+        assert!(ctx.wait_for_stop(60_000).await.unwrap());
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+}

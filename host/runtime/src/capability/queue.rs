@@ -1,0 +1,349 @@
+//! The `queue` capability: WIT `rolehost:platform/queue` on the storage engine's queue service,
+//! plus `wait-for-messages`, the long poll a worker's loop blocks in.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rolehost_storage::queue as store;
+use tokio::sync::Notify;
+use wasmtime::component::{HasSelf, Linker};
+
+use super::{invalid, list_options, to_wit_error};
+use crate::bindings::queue::{self as wit, Host};
+use crate::bindings::types::{ErrorCode, ListOptions, StorageError};
+use crate::link::Link;
+use crate::stop::StopSignal;
+
+/// Longest `wait-for-messages` a guest may ask for.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+/// While waiting, the queue is read again at least this often: messages also become visible
+/// when a visibility timeout or delay expires, or when another process puts them, and no
+/// wake-up tells of those.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Wakes instances waiting on a queue when a message is put through this host.
+#[derive(Debug, Default)]
+pub struct QueueWakers {
+    queues: Mutex<HashMap<String, Arc<Notify>>>,
+}
+
+impl QueueWakers {
+    fn get(&self, queue: &str) -> Arc<Notify> {
+        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        queues.entry(queue.to_string()).or_default().clone()
+    }
+
+    /// Wakes every instance waiting on `queue`.
+    pub fn wake(&self, queue: &str) {
+        let notify = self
+            .queues
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(queue)
+            .cloned();
+        if let Some(n) = notify {
+            n.notify_waiters();
+        }
+    }
+}
+
+/// What the queue capability needs: the link, the service's wakers and the stop signal.
+#[derive(Debug)]
+pub struct QueueCtx {
+    link: Link,
+    wakers: Arc<QueueWakers>,
+    stop: StopSignal,
+}
+
+impl QueueCtx {
+    /// A context for one instance.
+    pub fn new(link: Link, wakers: Arc<QueueWakers>, stop: StopSignal) -> Self {
+        QueueCtx { link, wakers, stop }
+    }
+}
+
+/// Adds `rolehost:platform/queue` to `linker`.
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> &mut QueueCtx,
+) -> wasmtime::Result<()> {
+    wit::add_to_linker::<T, HasSelf<QueueCtx>>(linker, get)
+}
+
+type Reply<T> = wasmtime::Result<Result<T, StorageError>>;
+
+fn message(m: store::QueueMessage) -> wit::Message {
+    wit::Message {
+        id: m.id,
+        insertion_time: m.insertion_time.as_micros(),
+        expiration_time: m.expiration_time.map(|t| t.as_micros()),
+        dequeue_count: m.dequeue_count,
+        body: m.body,
+        pop_receipt: m.pop_receipt,
+        time_next_visible: m.time_next_visible.as_micros(),
+    }
+}
+
+fn secs(s: u32) -> Duration {
+    Duration::from_secs(u64::from(s))
+}
+
+impl QueueCtx {
+    async fn get(&self, queue: &str, count: u32, vt: u32) -> Reply<Vec<wit::Message>> {
+        let q = queue.to_string();
+        let r = self
+            .link
+            .call("queue.get-messages", queue, move |b, a| {
+                b.get_messages(a, &q, count, secs(vt))
+            })
+            .await?;
+        Ok(r.map(|ms| ms.into_iter().map(message).collect())
+            .map_err(to_wit_error))
+    }
+}
+
+impl Host for QueueCtx {
+    async fn create_queue(
+        &mut self,
+        queue: String,
+        metadata: Vec<(String, String)>,
+    ) -> Reply<wit::CreateOutcome> {
+        let target = queue.clone();
+        let r = self
+            .link
+            .call("queue.create-queue", &target, move |b, a| {
+                b.create_queue(a, &queue, metadata)
+            })
+            .await?;
+        Ok(r.map(|o| match o {
+            store::CreateQueueOutcome::Created => wit::CreateOutcome::Created,
+            store::CreateQueueOutcome::AlreadyExists => wit::CreateOutcome::AlreadyExists,
+        })
+        .map_err(to_wit_error))
+    }
+
+    async fn delete_queue(&mut self, queue: String) -> Reply<()> {
+        let target = queue.clone();
+        let r = self
+            .link
+            .call("queue.delete-queue", &target, move |b, a| {
+                b.delete_queue(a, &queue)
+            })
+            .await?;
+        Ok(r.map_err(to_wit_error))
+    }
+
+    async fn list_queues(&mut self, options: ListOptions) -> Reply<wit::QueuePage> {
+        let options = list_options(options);
+        let r = self
+            .link
+            .call("queue.list-queues", "", move |b, a| {
+                b.list_queues(a, &options)
+            })
+            .await?;
+        Ok(r.map(|page| wit::QueuePage {
+            items: page
+                .items
+                .into_iter()
+                .map(|q| wit::QueueItem {
+                    name: q.name,
+                    metadata: q.metadata,
+                })
+                .collect(),
+            next_marker: page.next_marker,
+        })
+        .map_err(to_wit_error))
+    }
+
+    async fn get_queue_properties(&mut self, queue: String) -> Reply<wit::QueueProperties> {
+        let target = queue.clone();
+        let r = self
+            .link
+            .call("queue.get-queue-properties", &target, move |b, a| {
+                b.get_queue_properties(a, &queue)
+            })
+            .await?;
+        Ok(r.map(|p| wit::QueueProperties {
+            metadata: p.metadata,
+            approximate_message_count: p.approximate_message_count,
+        })
+        .map_err(to_wit_error))
+    }
+
+    async fn set_queue_metadata(
+        &mut self,
+        queue: String,
+        metadata: Vec<(String, String)>,
+    ) -> Reply<()> {
+        let target = queue.clone();
+        let r = self
+            .link
+            .call("queue.set-queue-metadata", &target, move |b, a| {
+                b.set_queue_metadata(a, &queue, metadata)
+            })
+            .await?;
+        Ok(r.map_err(to_wit_error))
+    }
+
+    async fn put_message(
+        &mut self,
+        queue: String,
+        body: Vec<u8>,
+        options: wit::PutOptions,
+    ) -> Reply<wit::PutReceipt> {
+        let options = store::PutMessageOptions {
+            visibility_delay: secs(options.visibility_delay_seconds),
+            ttl: match options.ttl {
+                wit::MessageTtl::Standard => store::MessageTtl::Default,
+                wit::MessageTtl::Never => store::MessageTtl::Never,
+                wit::MessageTtl::Seconds(s) => store::MessageTtl::After(secs(s)),
+            },
+        };
+        let q = queue.clone();
+        let r = self
+            .link
+            .call("queue.put-message", &queue, move |b, a| {
+                b.put_message(a, &q, &body, options)
+            })
+            .await?;
+        if r.is_ok() {
+            self.wakers.wake(&queue);
+        }
+        Ok(r.map(|p| wit::PutReceipt {
+            id: p.id,
+            insertion_time: p.insertion_time.as_micros(),
+            expiration_time: p.expiration_time.map(|t| t.as_micros()),
+            time_next_visible: p.time_next_visible.as_micros(),
+        })
+        .map_err(to_wit_error))
+    }
+
+    async fn get_messages(
+        &mut self,
+        queue: String,
+        count: u32,
+        visibility_timeout_seconds: u32,
+    ) -> Reply<Vec<wit::Message>> {
+        self.get(&queue, count, visibility_timeout_seconds).await
+    }
+
+    async fn wait_for_messages(
+        &mut self,
+        queue: String,
+        count: u32,
+        visibility_timeout_seconds: u32,
+        wait_ms: u32,
+    ) -> Reply<Vec<wit::Message>> {
+        let wait = Duration::from_millis(u64::from(wait_ms));
+        if wait > MAX_WAIT {
+            return Ok(Err(invalid(
+                ErrorCode::OutOfRangeQueryParameterValue,
+                format!("wait-ms is {wait_ms}, at most {}", MAX_WAIT.as_millis()),
+            )));
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        let notify = self.wakers.get(&queue);
+        loop {
+            // Register for a wake-up before reading, so a put in between is not missed.
+            let woken = notify.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            match self.get(&queue, count, visibility_timeout_seconds).await? {
+                Ok(ms) if ms.is_empty() => {}
+                other => return Ok(other),
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline || self.stop.is_requested() {
+                return Ok(Ok(Vec::new()));
+            }
+            let nap = (deadline - now).min(POLL_INTERVAL);
+            tokio::select! {
+                () = &mut woken => {}
+                () = tokio::time::sleep(nap) => {}
+                () = self.stop.requested() => return Ok(Ok(Vec::new())),
+            }
+        }
+    }
+
+    async fn peek_messages(&mut self, queue: String, count: u32) -> Reply<Vec<wit::PeekedMessage>> {
+        let target = queue.clone();
+        let r = self
+            .link
+            .call("queue.peek-messages", &target, move |b, a| {
+                b.peek_messages(a, &queue, count)
+            })
+            .await?;
+        Ok(r.map(|ms| {
+            ms.into_iter()
+                .map(|m| wit::PeekedMessage {
+                    id: m.id,
+                    insertion_time: m.insertion_time.as_micros(),
+                    expiration_time: m.expiration_time.map(|t| t.as_micros()),
+                    dequeue_count: m.dequeue_count,
+                    body: m.body,
+                })
+                .collect()
+        })
+        .map_err(to_wit_error))
+    }
+
+    async fn delete_message(
+        &mut self,
+        queue: String,
+        id: String,
+        pop_receipt: String,
+    ) -> Reply<()> {
+        let target = queue.clone();
+        let r = self
+            .link
+            .call("queue.delete-message", &target, move |b, a| {
+                b.delete_message(a, &queue, &id, &pop_receipt)
+            })
+            .await?;
+        Ok(r.map_err(to_wit_error))
+    }
+
+    async fn update_message(
+        &mut self,
+        queue: String,
+        id: String,
+        pop_receipt: String,
+        visibility_timeout_seconds: u32,
+        body: Option<Vec<u8>>,
+    ) -> Reply<wit::UpdateReceipt> {
+        let q = queue.clone();
+        let r = self
+            .link
+            .call("queue.update-message", &queue, move |b, a| {
+                b.update_message(
+                    a,
+                    &q,
+                    &id,
+                    &pop_receipt,
+                    secs(visibility_timeout_seconds),
+                    body.as_deref(),
+                )
+            })
+            .await?;
+        if r.is_ok() && visibility_timeout_seconds == 0 {
+            self.wakers.wake(&queue);
+        }
+        Ok(r.map(|u| wit::UpdateReceipt {
+            pop_receipt: u.pop_receipt,
+            time_next_visible: u.time_next_visible.as_micros(),
+        })
+        .map_err(to_wit_error))
+    }
+
+    async fn clear_messages(&mut self, queue: String) -> Reply<()> {
+        let target = queue.clone();
+        let r = self
+            .link
+            .call("queue.clear-messages", &target, move |b, a| {
+                b.clear_messages(a, &queue)
+            })
+            .await?;
+        Ok(r.map_err(to_wit_error))
+    }
+}

@@ -1,0 +1,24 @@
+//! The rolehost runtime: runs roles (Wasm components) as instances against rolehost storage.
+//!
+//! - [`engine`] builds the one wasmtime engine; [`bindings`] holds the one `bindgen!`.
+//! - [`capability`] implements the platform's imports, one module per capability.
+//! - [`link`] is the seam every storage call passes through (faults are injected there).
+//! - [`instance`] builds an instance's store; [`worker`] supervises worker instances.
+//! - [`manifest`] reads `rolehost.toml`; [`service`] runs a whole service; [`build`] compiles
+//!   guest crates.
+
+pub mod bindings;
+pub mod build;
+pub mod capability;
+pub mod engine;
+pub mod error;
+pub mod instance;
+pub mod link;
+pub mod manifest;
+pub mod service;
+pub mod stop;
+pub mod worker;
+
+mod guest_log;
+
+pub use error::RuntimeError;

@@ -1,0 +1,185 @@
+//! The link: the one path from an instance to storage (Architecture Invariant).
+//!
+//! Every storage call a guest makes goes through [`Link::call`]. In production it runs the
+//! operation on the storage engine (on a blocking thread: the engine does disk I/O and
+//! fsyncs) and hands back its result. A [`FaultPlan`] can instead lose the request, lose the
+//! response, or crash the instance just before or after the call; `rolehost verify` drives
+//! those faults. The engine itself never knows.
+
+use std::sync::Arc;
+
+use rolehost_storage::{AccountName, Backend};
+
+/// What the link knows of a call: enough to name it in a log, a trace or a fault plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallInfo {
+    /// The calling instance, e.g. `WorkerRole1_IN_0`.
+    pub instance: Arc<str>,
+    /// The WIT function, e.g. `queue.delete-message`.
+    pub operation: &'static str,
+    /// The queue, container or table the call names (empty for account-wide calls).
+    pub target: String,
+}
+
+/// What happens to one call.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Fault {
+    /// Delivered; the answer comes back.
+    #[default]
+    None,
+    /// The request is lost: nothing happens, the caller sees a timeout.
+    LoseRequest,
+    /// The call happens, the answer is lost: the caller sees a timeout.
+    LoseResponse,
+    /// The instance crashes just before the call (nothing happens).
+    CrashBefore,
+    /// The instance crashes just after the call took effect.
+    CrashAfter,
+}
+
+/// Decides the fate of each call. The default plan delivers everything.
+pub trait FaultPlan: Send + Sync {
+    /// The fault for this call.
+    fn fault(&self, call: &CallInfo) -> Fault;
+}
+
+/// Why a call through the link did not give the engine's answer.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError<E> {
+    /// The engine refused the operation (a missing queue, a failed condition, ...).
+    #[error(transparent)]
+    Service(E),
+    /// The request or its answer was lost.
+    #[error("the call timed out ({operation} on {target:?}); it may or may not have happened")]
+    Timeout {
+        /// The WIT function.
+        operation: &'static str,
+        /// What it named.
+        target: String,
+    },
+    /// The operation could not run (its blocking task panicked or was cancelled).
+    #[error("internal error running {operation}: {detail}")]
+    Internal {
+        /// The WIT function.
+        operation: &'static str,
+        /// What happened.
+        detail: String,
+    },
+}
+
+/// A crash injected by a [`FaultPlan`]; it traps the instance.
+#[derive(Debug, thiserror::Error)]
+#[error("instance crashed {when} {operation} on {target:?} (injected by the link)")]
+pub struct InjectedCrash {
+    /// "before" or "after".
+    pub when: &'static str,
+    /// The WIT function.
+    pub operation: &'static str,
+    /// What it named.
+    pub target: String,
+}
+
+/// One instance's link to its service's storage account.
+#[derive(Clone)]
+pub struct Link {
+    backend: Arc<dyn Backend>,
+    account: AccountName,
+    instance: Arc<str>,
+    faults: Option<Arc<dyn FaultPlan>>,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("account", &self.account)
+            .field("instance", &self.instance)
+            .field("faults", &self.faults.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Link {
+    /// A link for `instance` to `account` on `backend`, delivering every call.
+    pub fn new(backend: Arc<dyn Backend>, account: AccountName, instance: Arc<str>) -> Self {
+        Link {
+            backend,
+            account,
+            instance,
+            faults: None,
+        }
+    }
+
+    /// Routes every call through `plan` first.
+    pub fn with_faults(mut self, plan: Arc<dyn FaultPlan>) -> Self {
+        self.faults = Some(plan);
+        self
+    }
+
+    /// The account this link reaches.
+    pub fn account(&self) -> &AccountName {
+        &self.account
+    }
+
+    /// The instance this link belongs to.
+    pub fn instance(&self) -> &Arc<str> {
+        &self.instance
+    }
+
+    /// Runs `op` on the storage engine. The outer `Err` traps the calling instance (an
+    /// injected crash); the inner one is what the guest sees.
+    pub async fn call<T, E, F>(
+        &self,
+        operation: &'static str,
+        target: &str,
+        op: F,
+    ) -> wasmtime::Result<Result<T, CallError<E>>>
+    where
+        T: Send + 'static,
+        E: Send + 'static,
+        F: FnOnce(&dyn Backend, &AccountName) -> Result<T, E> + Send + 'static,
+    {
+        let fault = match &self.faults {
+            None => Fault::None,
+            Some(plan) => plan.fault(&CallInfo {
+                instance: self.instance.clone(),
+                operation,
+                target: target.to_string(),
+            }),
+        };
+        let timeout = || CallError::Timeout {
+            operation,
+            target: target.to_string(),
+        };
+        match fault {
+            Fault::LoseRequest => return Ok(Err(timeout())),
+            Fault::CrashBefore => {
+                return Err(wasmtime::Error::new(InjectedCrash {
+                    when: "before",
+                    operation,
+                    target: target.to_string(),
+                }));
+            }
+            Fault::None | Fault::LoseResponse | Fault::CrashAfter => {}
+        }
+        let backend = self.backend.clone();
+        let account = self.account.clone();
+        let joined = tokio::task::spawn_blocking(move || op(&*backend, &account)).await;
+        let result = match joined {
+            Ok(r) => r.map_err(CallError::Service),
+            Err(e) => Err(CallError::Internal {
+                operation,
+                detail: e.to_string(),
+            }),
+        };
+        tracing::trace!(instance = %self.instance, operation, target, ok = result.is_ok(), "storage call");
+        match fault {
+            Fault::LoseResponse => Ok(Err(timeout())),
+            Fault::CrashAfter => Err(wasmtime::Error::new(InjectedCrash {
+                when: "after",
+                operation,
+                target: target.to_string(),
+            })),
+            _ => Ok(result),
+        }
+    }
+}

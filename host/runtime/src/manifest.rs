@@ -1,0 +1,516 @@
+//! `rolehost.toml`: the service manifest (Azure's ServiceDefinition and ServiceConfiguration in
+//! one file).
+//!
+//! ```toml
+//! [service]
+//! name = "demo"                 # also the storage account: 3-63 lowercase letters and digits
+//!
+//! [storage]
+//! data-dir = ".rolehost"        # relative to this file; `rolehost run --data-dir` overrides
+//! queue-message-max-bytes = 8192
+//!
+//! [roles.Counter]
+//! kind = "worker"               # "worker" or "web"
+//! crate = "counter"             # a guest crate to build, or: component = "counter.wasm"
+//! instances = 2
+//! vm-size = "Small"             # ExtraSmall, Small, Medium, Large, ExtraLarge
+//! grace-period-secs = 30        # how long a stopping instance gets before it is interrupted
+//! recycle-backoff-ms = 1000     # first wait before a failed instance restarts (doubles, max 60 s)
+//!
+//! [roles.Counter.settings]
+//! queue = "increments"
+//!
+//! [[roles.Counter.local-resources]]
+//! name = "scratch"
+//! size-mb = 100
+//! clean-on-recycle = true
+//! ```
+//!
+//! Every error names the offending key.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{ManifestError, RuntimeError};
+
+/// The file name `rolehost run <dir>` looks for.
+pub const MANIFEST_FILE: &str = "rolehost.toml";
+/// Default grace period of a stopping instance (Azure's 30 s).
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+/// Default first backoff before a recycled instance restarts.
+pub const DEFAULT_RECYCLE_BACKOFF: Duration = Duration::from_secs(1);
+/// Most instances of one role on one host.
+pub const MAX_INSTANCES: u32 = 10_000;
+
+/// A parsed, validated manifest with paths resolved against its directory.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Manifest {
+    /// Where the file is.
+    pub path: PathBuf,
+    /// The service name (and storage account).
+    pub service: String,
+    /// Storage settings.
+    pub storage: StorageSettings,
+    /// The roles, by name.
+    pub roles: BTreeMap<String, RoleSpec>,
+}
+
+/// `[storage]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StorageSettings {
+    /// The data directory (database, local resources, compile cache).
+    pub data_dir: PathBuf,
+    /// The queue message size limit.
+    pub queue_message_max_bytes: usize,
+}
+
+/// Worker or web.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RoleKind {
+    /// A background loop (exports the worker lifecycle).
+    Worker,
+    /// An HTTP endpoint (exports `wasi:http/incoming-handler`).
+    Web,
+}
+
+/// Where a role's component comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ComponentSource {
+    /// A component file.
+    File(PathBuf),
+    /// A guest crate to build for wasm32-wasip2.
+    Crate(PathBuf),
+}
+
+/// An Azure VM size: one name for all of an instance's limits (enforced by the quotas layer).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum VmSize {
+    /// A fraction of a core, 768 MB.
+    ExtraSmall,
+    /// One core, 1.7 GB (the 2008 VM).
+    #[default]
+    Small,
+    /// Two cores, 3.5 GB.
+    Medium,
+    /// Four cores, 7 GB.
+    Large,
+    /// Eight cores, 14 GB.
+    ExtraLarge,
+}
+
+impl VmSize {
+    /// Parses a size name, ignoring case, dashes and underscores (`extra-small` = `ExtraSmall`).
+    pub fn parse(s: &str) -> Option<Self> {
+        let key: String = s
+            .chars()
+            .filter(|c| *c != '-' && *c != '_')
+            .flat_map(char::to_lowercase)
+            .collect();
+        Some(match key.as_str() {
+            "extrasmall" => VmSize::ExtraSmall,
+            "small" => VmSize::Small,
+            "medium" => VmSize::Medium,
+            "large" => VmSize::Large,
+            "extralarge" => VmSize::ExtraLarge,
+            _ => return None,
+        })
+    }
+
+    /// Total local storage an instance of this size may declare, in MiB (Azure's table).
+    pub fn local_storage_mb(self) -> u64 {
+        match self {
+            VmSize::ExtraSmall => 20 * 1024,
+            VmSize::Small => 50 * 1024,
+            VmSize::Medium => 490 * 1024,
+            VmSize::Large => 1000 * 1024,
+            VmSize::ExtraLarge => 2040 * 1024,
+        }
+    }
+}
+
+/// A local resource of a role.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalResourceSpec {
+    /// Its name; the guest sees it at `/local/<name>`.
+    pub name: String,
+    /// Its quota in bytes.
+    pub size_bytes: u64,
+    /// Wipe it when the instance is recycled (it is always wiped when the instance stops).
+    pub clean_on_recycle: bool,
+}
+
+/// One role.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoleSpec {
+    /// Its name.
+    pub name: String,
+    /// Worker or web.
+    pub kind: RoleKind,
+    /// Its component.
+    pub source: ComponentSource,
+    /// How many instances.
+    pub instances: u32,
+    /// Its VM size.
+    pub vm_size: VmSize,
+    /// Grace period of a stopping instance.
+    pub grace_period: Duration,
+    /// First backoff before a recycled instance restarts.
+    pub recycle_backoff: Duration,
+    /// Configuration settings, sorted by name.
+    pub settings: Vec<(String, String)>,
+    /// Local resources.
+    pub local_resources: Vec<LocalResourceSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct File {
+    service: ServiceSection,
+    #[serde(default)]
+    storage: StorageSection,
+    #[serde(default)]
+    roles: BTreeMap<String, RoleSection>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct ServiceSection {
+    name: String,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct StorageSection {
+    data_dir: Option<PathBuf>,
+    queue_message_max_bytes: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RoleSection {
+    kind: RoleKind,
+    component: Option<PathBuf>,
+    #[serde(rename = "crate")]
+    krate: Option<PathBuf>,
+    #[serde(default = "one")]
+    instances: u32,
+    vm_size: Option<String>,
+    grace_period_secs: Option<u64>,
+    recycle_backoff_ms: Option<u64>,
+    #[serde(default)]
+    settings: BTreeMap<String, toml::Value>,
+    #[serde(default)]
+    local_resources: Vec<LocalResourceSection>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct LocalResourceSection {
+    name: String,
+    size_mb: u64,
+    #[serde(default = "yes")]
+    clean_on_recycle: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Manifest {
+    /// Reads the manifest at `path`, or `<path>/rolehost.toml` when `path` is a directory.
+    pub fn load(path: &Path) -> Result<Manifest, RuntimeError> {
+        let file = if path.is_dir() {
+            path.join(MANIFEST_FILE)
+        } else {
+            path.to_path_buf()
+        };
+        // Absolute, so paths resolved against it stay right whatever the working directory.
+        let file = std::path::absolute(&file).map_err(|source| RuntimeError::Io {
+            path: file.clone(),
+            source,
+        })?;
+        let text = std::fs::read_to_string(&file).map_err(|source| RuntimeError::Io {
+            path: file.clone(),
+            source,
+        })?;
+        Manifest::parse(&text, &file)
+            .map_err(|source| RuntimeError::Manifest { path: file, source })
+    }
+
+    /// Parses manifest text; relative paths resolve against `path`'s directory.
+    pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
+        let file: File = toml::from_str(text)?;
+        let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let service = file.service.name;
+        rolehost_storage::AccountName::new(service.clone())
+            .map_err(|e| ManifestError::invalid("service.name", e.to_string()))?;
+        let queue_message_max_bytes = file
+            .storage
+            .queue_message_max_bytes
+            .unwrap_or(rolehost_storage::DEFAULT_QUEUE_MESSAGE_MAX_BYTES);
+        if !(1..=rolehost_storage::MAX_QUEUE_MESSAGE_MAX_BYTES).contains(&queue_message_max_bytes) {
+            return Err(ManifestError::invalid(
+                "storage.queue-message-max-bytes",
+                format!(
+                    "{queue_message_max_bytes} is out of range 1..={}",
+                    rolehost_storage::MAX_QUEUE_MESSAGE_MAX_BYTES
+                ),
+            ));
+        }
+        let storage = StorageSettings {
+            data_dir: base.join(file.storage.data_dir.unwrap_or_else(|| ".rolehost".into())),
+            queue_message_max_bytes,
+        };
+        let mut roles = BTreeMap::new();
+        for (name, role) in file.roles {
+            let spec = role_spec(&base, &name, role)?;
+            roles.insert(name, spec);
+        }
+        if roles.is_empty() {
+            return Err(ManifestError::invalid("roles", "the service has no roles"));
+        }
+        Ok(Manifest {
+            path: path.to_path_buf(),
+            service,
+            storage,
+            roles,
+        })
+    }
+}
+
+fn valid_role_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && name.len() <= 64
+}
+
+fn role_spec(base: &Path, name: &str, role: RoleSection) -> Result<RoleSpec, ManifestError> {
+    let key = |k: &str| format!("roles.{name}.{k}");
+    if !valid_role_name(name) {
+        return Err(ManifestError::invalid(
+            format!("roles.{name}"),
+            "a role name is 1-64 ASCII letters, digits, `-` and `_`, starting with a letter",
+        ));
+    }
+    let source = match (role.component, role.krate) {
+        (Some(c), None) => ComponentSource::File(base.join(c)),
+        (None, Some(k)) => ComponentSource::Crate(base.join(k)),
+        (Some(_), Some(_)) => {
+            return Err(ManifestError::invalid(
+                format!("roles.{name}"),
+                "give either `component` or `crate`, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(ManifestError::invalid(
+                format!("roles.{name}"),
+                "give `component` (a .wasm file) or `crate` (a guest crate to build)",
+            ));
+        }
+    };
+    if role.instances > MAX_INSTANCES {
+        return Err(ManifestError::invalid(
+            key("instances"),
+            format!("{} is more than {MAX_INSTANCES}", role.instances),
+        ));
+    }
+    let vm_size = match role.vm_size {
+        None => VmSize::default(),
+        Some(s) => VmSize::parse(&s).ok_or_else(|| {
+            ManifestError::invalid(
+                key("vm-size"),
+                format!("{s:?} is not one of ExtraSmall, Small, Medium, Large, ExtraLarge"),
+            )
+        })?,
+    };
+    let mut settings = Vec::with_capacity(role.settings.len());
+    for (k, v) in role.settings {
+        let value = match v {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => {
+                return Err(ManifestError::invalid(
+                    format!("roles.{name}.settings.{k}"),
+                    format!(
+                        "a setting is a string, number or boolean, not a {}",
+                        other.type_str()
+                    ),
+                ));
+            }
+        };
+        settings.push((k, value));
+    }
+    let mut local_resources: Vec<LocalResourceSpec> = Vec::new();
+    let mut total_mb = 0u64;
+    for (i, r) in role.local_resources.into_iter().enumerate() {
+        let rkey = format!("roles.{name}.local-resources[{i}]");
+        let ok_name = !r.name.is_empty()
+            && r.name.len() <= 64
+            && r.name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !ok_name {
+            return Err(ManifestError::invalid(
+                format!("{rkey}.name"),
+                format!("{:?}: 1-64 ASCII letters, digits, `-` and `_`", r.name),
+            ));
+        }
+        if local_resources.iter().any(|l| l.name == r.name) {
+            return Err(ManifestError::invalid(
+                format!("{rkey}.name"),
+                format!("{:?} is declared twice", r.name),
+            ));
+        }
+        if r.size_mb == 0 {
+            return Err(ManifestError::invalid(
+                format!("{rkey}.size-mb"),
+                "must be at least 1",
+            ));
+        }
+        total_mb = total_mb.saturating_add(r.size_mb);
+        local_resources.push(LocalResourceSpec {
+            name: r.name,
+            size_bytes: r.size_mb.saturating_mul(1024 * 1024),
+            clean_on_recycle: r.clean_on_recycle,
+        });
+    }
+    if total_mb > vm_size.local_storage_mb() {
+        return Err(ManifestError::invalid(
+            key("local-resources"),
+            format!(
+                "{total_mb} MB in all, more than the {} MB of a {vm_size:?} instance",
+                vm_size.local_storage_mb()
+            ),
+        ));
+    }
+    Ok(RoleSpec {
+        name: name.to_string(),
+        kind: role.kind,
+        source,
+        instances: role.instances,
+        vm_size,
+        grace_period: role
+            .grace_period_secs
+            .map_or(DEFAULT_GRACE, Duration::from_secs),
+        recycle_backoff: role
+            .recycle_backoff_ms
+            .map_or(DEFAULT_RECYCLE_BACKOFF, Duration::from_millis),
+        settings,
+        local_resources,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Manifest, ManifestError> {
+        Manifest::parse(text, Path::new("/svc/rolehost.toml"))
+    }
+
+    #[test]
+    fn full_manifest_resolves_paths_and_defaults() {
+        let m = parse(
+            r#"
+            [service]
+            name = "demo"
+            [roles.Counter]
+            kind = "worker"
+            crate = "guests/counter"
+            instances = 4
+            vm-size = "extra-small"
+            [roles.Counter.settings]
+            queue = "increments"
+            batch = 3
+            [[roles.Counter.local-resources]]
+            name = "scratch"
+            size-mb = 10
+            [roles.Thumbs]
+            kind = "worker"
+            component = "thumb.wasm"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(m.service, "demo");
+        assert_eq!(m.storage.data_dir, Path::new("/svc/.rolehost"));
+        let c = &m.roles["Counter"];
+        assert_eq!(
+            c.source,
+            ComponentSource::Crate("/svc/guests/counter".into())
+        );
+        assert_eq!(c.instances, 4);
+        assert_eq!(c.vm_size, VmSize::ExtraSmall);
+        assert_eq!(c.grace_period, DEFAULT_GRACE);
+        assert_eq!(
+            c.settings,
+            vec![
+                ("batch".into(), "3".into()),
+                ("queue".into(), "increments".into())
+            ]
+        );
+        assert_eq!(c.local_resources[0].size_bytes, 10 << 20);
+        assert!(c.local_resources[0].clean_on_recycle);
+        let t = &m.roles["Thumbs"];
+        assert_eq!(t.instances, 1);
+        assert_eq!(t.source, ComponentSource::File("/svc/thumb.wasm".into()));
+    }
+
+    fn error_of(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_offending_key() {
+        let head = "[service]\nname = \"demo\"\n";
+        let e = error_of(&format!(
+            "{head}[roles.A]\nkind = \"worker\"\ncomponent = \"a.wasm\"\ninstancs = 2\n"
+        ));
+        assert!(e.contains("instancs"), "{e}");
+        let e = error_of(&format!(
+            "{head}[roles.A]\nkind = \"worker\"\ncomponent = \"a.wasm\"\ninstances = \"two\"\n"
+        ));
+        assert!(e.contains("instances"), "{e}");
+        let e = error_of(&format!(
+            "{head}[roles.A]\nkind = \"worker\"\ncomponent = \"a.wasm\"\nvm-size = \"Huge\"\n"
+        ));
+        assert!(e.contains("roles.A.vm-size") && e.contains("Huge"), "{e}");
+        let e = error_of(&format!("{head}[roles.A]\nkind = \"worker\"\n"));
+        assert!(e.contains("roles.A") && e.contains("component"), "{e}");
+        let e = error_of(&format!(
+            "{head}[roles.A]\nkind = \"robot\"\ncomponent = \"a.wasm\"\n"
+        ));
+        assert!(e.contains("robot"), "{e}");
+        let e = error_of(
+            "[service]\nname = \"Bad_Name\"\n[roles.A]\nkind = \"worker\"\ncomponent = \"a\"\n",
+        );
+        assert!(e.contains("service.name"), "{e}");
+        let e = error_of(&format!(
+            "{head}[roles.A]\nkind = \"worker\"\ncomponent = \"a\"\n[roles.A.settings]\nx = [1]\n"
+        ));
+        assert!(e.contains("roles.A.settings.x"), "{e}");
+        let e = error_of(&format!(
+            "{head}[roles.A]\nkind = \"worker\"\ncomponent = \"a\"\n[[roles.A.local-resources]]\nname = \"s\"\nsize-mb = 0\n"
+        ));
+        assert!(e.contains("roles.A.local-resources[0].size-mb"), "{e}");
+        let e = error_of(&format!(
+            "{head}[roles.A]\nkind = \"worker\"\ncomponent = \"a\"\n[[roles.A.local-resources]]\nname = \"s\"\nsize-mb = 999999999\n"
+        ));
+        assert!(
+            e.contains("roles.A.local-resources") && e.contains("Small"),
+            "{e}"
+        );
+        let e = error_of(head);
+        assert!(e.contains("roles"), "{e}");
+    }
+}

@@ -1,0 +1,255 @@
+//! A running service: its storage, engine, compiled roles and instance supervisors.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rolehost_storage::{AccountName, Backend, Clock, RedbStore, StorageOptions};
+use tokio::task::JoinHandle;
+use wasmtime::component::Component;
+
+use crate::bindings::WorkerRolePre;
+use crate::capability::queue::QueueWakers;
+use crate::engine::{EpochTicker, build_engine};
+use crate::error::RuntimeError;
+use crate::instance::linker;
+use crate::link::FaultPlan;
+use crate::manifest::{ComponentSource, Manifest, RoleKind};
+use crate::stop::{StopHandle, stop_signal};
+use crate::worker::{InstanceStatus, Phase, RoleRuntime};
+
+/// The database file inside a data directory.
+pub const DATABASE_FILE: &str = "storage.redb";
+
+/// Opens (or creates) the embedded storage of a data directory.
+pub fn open_storage(
+    data_dir: &Path,
+    manifest: &Manifest,
+    clock: Option<Arc<dyn Clock>>,
+) -> Result<Arc<RedbStore>, RuntimeError> {
+    std::fs::create_dir_all(data_dir).map_err(|source| RuntimeError::Io {
+        path: data_dir.to_path_buf(),
+        source,
+    })?;
+    let path = data_dir.join(DATABASE_FILE);
+    let mut options = StorageOptions {
+        queue_message_max_bytes: manifest.storage.queue_message_max_bytes,
+        ..StorageOptions::default()
+    };
+    if let Some(clock) = clock {
+        options.clock = clock;
+    }
+    RedbStore::open(&path, options)
+        .map(Arc::new)
+        .map_err(|source| RuntimeError::Storage { path, source })
+}
+
+/// Builds the roles given as crates; returns each role's component file.
+pub fn resolve_components(
+    manifest: &Manifest,
+    target_dir: Option<&Path>,
+) -> Result<BTreeMap<String, PathBuf>, RuntimeError> {
+    let mut out = BTreeMap::new();
+    for (name, role) in &manifest.roles {
+        let path = match &role.source {
+            ComponentSource::File(p) => p.clone(),
+            ComponentSource::Crate(dir) => {
+                let built = crate::build::build_crate(dir, target_dir)?;
+                // A crate that is a workspace may build several; take the one named like it.
+                let stem = dir
+                    .file_name()
+                    .map(|s| s.to_string_lossy().replace('-', "_"));
+                built
+                    .iter()
+                    .find(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()) == stem)
+                    .or(built.first())
+                    .cloned()
+                    .ok_or_else(|| crate::error::BuildError::NoComponent {
+                        crate_dir: dir.clone(),
+                    })?
+            }
+        };
+        out.insert(name.clone(), path);
+    }
+    Ok(out)
+}
+
+/// How to run a service.
+#[derive(Default)]
+pub struct ServiceOptions {
+    /// Where local resources go (`<data dir>/local`).
+    pub data_dir: PathBuf,
+    /// Where compiled components are cached.
+    pub cache_dir: Option<PathBuf>,
+    /// Faults to inject on every instance's link (verification only).
+    pub faults: Option<Arc<dyn FaultPlan>>,
+}
+
+struct InstanceSlot {
+    stop: StopHandle,
+    task: JoinHandle<()>,
+    status: Arc<Mutex<InstanceStatus>>,
+}
+
+/// A running service.
+pub struct Service {
+    name: String,
+    deployment_id: String,
+    instances: Vec<InstanceSlot>,
+    _ticker: EpochTicker,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("name", &self.name)
+            .field("deployment_id", &self.deployment_id)
+            .field("instances", &self.instances.len())
+            .finish()
+    }
+}
+
+fn deployment_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "{:016x}",
+        (nanos as u64) ^ (u64::from(std::process::id()) << 48)
+    )
+}
+
+impl Service {
+    /// Compiles every role's component, checks it against its world, and starts the instances.
+    /// Nothing starts unless every role is valid.
+    pub async fn start(
+        manifest: &Manifest,
+        components: &BTreeMap<String, PathBuf>,
+        backend: Arc<dyn Backend>,
+        options: ServiceOptions,
+    ) -> Result<Service, RuntimeError> {
+        let engine = build_engine(options.cache_dir.as_deref())
+            .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let linker = linker(&engine).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let account = AccountName::new(manifest.service.clone()).map_err(|e| {
+            RuntimeError::Unsupported(format!("service name {:?}: {e}", manifest.service))
+        })?;
+        let deployment_id = deployment_id();
+        let wakers = Arc::new(QueueWakers::default());
+        let mut roles = Vec::new();
+        for (name, spec) in &manifest.roles {
+            if spec.kind == RoleKind::Web {
+                return Err(RuntimeError::Unsupported(format!(
+                    "role {name} is a web role; this version of rolehost runs worker roles only"
+                )));
+            }
+            let path = components.get(name).ok_or_else(|| {
+                RuntimeError::Unsupported(format!("role {name} has no component"))
+            })?;
+            let component_err = |detail: String| RuntimeError::Component {
+                role: name.clone(),
+                path: path.clone(),
+                detail,
+            };
+            let bytes = std::fs::read(path).map_err(|source| RuntimeError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            let compile_engine = engine.clone();
+            let started = std::time::Instant::now();
+            let component =
+                tokio::task::spawn_blocking(move || Component::new(&compile_engine, &bytes))
+                    .await
+                    .map_err(|e| component_err(format!("compilation panicked: {e}")))?
+                    .map_err(|e| component_err(format!("not a valid component: {e:#}")))?;
+            tracing::info!(role = %name, elapsed = ?started.elapsed(), "compiled");
+            let pre = linker.instantiate_pre(&component).map_err(|e| {
+                component_err(format!(
+                    "imports something the host does not provide: {e:#}"
+                ))
+            })?;
+            let pre = WorkerRolePre::new(pre).map_err(|e| {
+                component_err(format!(
+                    "is not a worker role (rolehost:platform/worker-role): {e:#}"
+                ))
+            })?;
+            roles.push(Arc::new(RoleRuntime {
+                spec: spec.clone(),
+                service: manifest.service.clone(),
+                deployment_id: deployment_id.clone(),
+                engine: engine.clone(),
+                pre,
+                backend: backend.clone(),
+                account: account.clone(),
+                wakers: wakers.clone(),
+                local_root: options.data_dir.join("local").join(name),
+                faults: options.faults.clone(),
+            }));
+        }
+        let ticker =
+            EpochTicker::start(&engine).map_err(|e| RuntimeError::Engine(e.to_string()))?;
+        let mut instances = Vec::new();
+        for role in roles {
+            for index in 0..role.spec.instances {
+                let (stop, signal) = stop_signal();
+                let status = Arc::new(Mutex::new(InstanceStatus {
+                    role: role.spec.name.clone(),
+                    instance_id: format!("{}_IN_{index}", role.spec.name),
+                    phase: Phase::Starting,
+                    restarts: 0,
+                    last_recycle_reason: None,
+                    interrupted: false,
+                }));
+                let task = tokio::spawn(role.clone().supervise(index, signal, status.clone()));
+                instances.push(InstanceSlot { stop, task, status });
+            }
+        }
+        tracing::info!(
+            service = %manifest.service,
+            deployment = %deployment_id,
+            instances = instances.len(),
+            "service started"
+        );
+        Ok(Service {
+            name: manifest.service.clone(),
+            deployment_id,
+            instances,
+            _ticker: ticker,
+        })
+    }
+
+    /// The service's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// This deployment's id.
+    pub fn deployment_id(&self) -> &str {
+        &self.deployment_id
+    }
+
+    /// Every instance's status.
+    pub fn status(&self) -> Vec<InstanceStatus> {
+        self.instances
+            .iter()
+            .map(|i| i.status.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .collect()
+    }
+
+    /// Asks every instance to stop and waits until all have stopped (each within its grace
+    /// period). Returns their final status.
+    pub async fn shutdown(self) -> Vec<InstanceStatus> {
+        tracing::info!(service = %self.name, "stopping all instances");
+        for i in &self.instances {
+            i.stop.request();
+        }
+        let mut out = Vec::with_capacity(self.instances.len());
+        for i in self.instances {
+            if let Err(e) = i.task.await {
+                tracing::error!(error = %e, "instance supervisor failed");
+            }
+            out.push(i.status.lock().unwrap_or_else(|p| p.into_inner()).clone());
+        }
+        out
+    }
+}

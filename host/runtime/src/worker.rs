@@ -1,0 +1,352 @@
+//! Worker role instances: start, run, stop with a grace period, recycle with backoff.
+//!
+//! One supervisor task per instance slot runs incarnations of the instance one after the other.
+//! An incarnation is a fresh store: `on-start`, then `run` until the host asks it to stop, then
+//! `on-stop`. A trap, an `err`, or a `run` that returns unasked ends the incarnation; the
+//! supervisor logs why, waits a backoff (doubling up to [`MAX_BACKOFF`]) and starts a new one.
+//! The host and the other instances go on.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rolehost_storage::{AccountName, Backend};
+use tokio::time::Instant;
+use wasmtime::Engine;
+
+use crate::bindings::WorkerRolePre;
+use crate::capability::environment::{InstanceInfo, LocalResourceInfo};
+use crate::capability::queue::QueueWakers;
+use crate::instance::{InstanceParts, InstanceState, new_store};
+use crate::link::{FaultPlan, InjectedCrash, Link};
+use crate::manifest::RoleSpec;
+use crate::stop::StopSignal;
+
+/// Longest wait between recycles.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// An incarnation that ran this long was healthy: the next failure starts the backoff afresh.
+pub const HEALTHY_RUN: Duration = Duration::from_secs(60);
+
+/// Where an instance is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Instantiating and in `on-start`.
+    Starting,
+    /// In `run`.
+    Running,
+    /// Asked to stop; finishing `run` and `on-stop` within the grace period.
+    Stopping,
+    /// Failed; waiting out the backoff before a new incarnation.
+    Recycling,
+    /// Done.
+    Stopped,
+}
+
+/// What the host knows of an instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstanceStatus {
+    /// The role.
+    pub role: String,
+    /// The instance id.
+    pub instance_id: String,
+    /// Where it is.
+    pub phase: Phase,
+    /// How many times it was recycled.
+    pub restarts: u32,
+    /// Why it was last recycled.
+    pub last_recycle_reason: Option<String>,
+    /// Whether its last stop had to interrupt it after the grace period.
+    pub interrupted: bool,
+}
+
+/// Everything the instances of one worker role share.
+pub struct RoleRuntime {
+    /// The role.
+    pub spec: RoleSpec,
+    /// The service name.
+    pub service: String,
+    /// The deployment id.
+    pub deployment_id: String,
+    /// The engine.
+    pub engine: Engine,
+    /// The role's component, linked and ready to instantiate.
+    pub pre: WorkerRolePre<InstanceState>,
+    /// Storage.
+    pub backend: Arc<dyn Backend>,
+    /// The service's account.
+    pub account: AccountName,
+    /// Queue wake-ups of the service.
+    pub wakers: Arc<QueueWakers>,
+    /// Where this role's local resources live: `<root>/<instance id>/<resource>`.
+    pub local_root: PathBuf,
+    /// Faults to inject on the link (verification runs only).
+    pub faults: Option<Arc<dyn FaultPlan>>,
+}
+
+impl std::fmt::Debug for RoleRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoleRuntime")
+            .field("role", &self.spec.name)
+            .field("service", &self.service)
+            .finish_non_exhaustive()
+    }
+}
+
+enum Outcome {
+    Stopped { interrupted: bool },
+    Recycle(String),
+}
+
+/// The instance did not finish within the grace period.
+struct Interrupted;
+
+/// Runs `fut` until it completes; once a stop is requested, gives it until the grace deadline
+/// and then drops it (which interrupts the guest at its next yield: every epoch tick).
+async fn guarded<F: Future>(
+    fut: F,
+    stop: &StopSignal,
+    grace: Duration,
+    deadline: &mut Option<Instant>,
+) -> Result<F::Output, Interrupted> {
+    tokio::pin!(fut);
+    if deadline.is_none() {
+        tokio::select! {
+            biased;
+            out = &mut fut => return Ok(out),
+            () = stop.requested() => {}
+        }
+    }
+    let at = *deadline.get_or_insert_with(|| Instant::now() + grace);
+    tokio::time::timeout_at(at, fut)
+        .await
+        .map_err(|_| Interrupted)
+}
+
+fn describe_failure(phase: &str, e: &wasmtime::Error) -> String {
+    if let Some(crash) = e.downcast_ref::<InjectedCrash>() {
+        return crash.to_string();
+    }
+    match e.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) => format!("{phase} trapped: {trap}"),
+        None => format!("{phase} failed: {e}"),
+    }
+}
+
+fn set_phase(status: &Mutex<InstanceStatus>, phase: Phase) {
+    status.lock().unwrap_or_else(|p| p.into_inner()).phase = phase;
+}
+
+impl RoleRuntime {
+    fn instance_dir(&self, instance_id: &str) -> PathBuf {
+        self.local_root.join(instance_id)
+    }
+
+    /// Creates the instance's local resource directories (emptied first when `clean`).
+    fn prepare_local(
+        &self,
+        instance_id: &str,
+        fresh: bool,
+    ) -> std::io::Result<Vec<(PathBuf, String)>> {
+        let mut dirs = Vec::new();
+        for r in &self.spec.local_resources {
+            let host = self.instance_dir(instance_id).join(&r.name);
+            if (fresh || r.clean_on_recycle) && host.exists() {
+                std::fs::remove_dir_all(&host)?;
+            }
+            std::fs::create_dir_all(&host)?;
+            dirs.push((host, format!("/local/{}", r.name)));
+        }
+        Ok(dirs)
+    }
+
+    fn wipe_local(&self, instance_id: &str) {
+        let dir = self.instance_dir(instance_id);
+        if dir.exists()
+            && let Err(e) = std::fs::remove_dir_all(&dir)
+        {
+            tracing::warn!(instance = instance_id, error = %e, "could not wipe local resources");
+        }
+    }
+
+    fn info(&self, instance_id: &str) -> InstanceInfo {
+        InstanceInfo {
+            service: self.service.clone(),
+            role: self.spec.name.clone(),
+            instance_id: instance_id.to_string(),
+            deployment_id: self.deployment_id.clone(),
+            settings: self.spec.settings.clone(),
+            local_resources: self
+                .spec
+                .local_resources
+                .iter()
+                .map(|r| LocalResourceInfo {
+                    name: r.name.clone(),
+                    guest_path: format!("/local/{}", r.name),
+                    quota_bytes: r.size_bytes,
+                })
+                .collect(),
+        }
+    }
+
+    async fn incarnation(
+        &self,
+        instance_id: &str,
+        first: bool,
+        stop: &StopSignal,
+        status: &Mutex<InstanceStatus>,
+    ) -> Outcome {
+        let grace = self.spec.grace_period;
+        let local_dirs = match self.prepare_local(instance_id, first) {
+            Ok(d) => d,
+            Err(e) => return Outcome::Recycle(format!("preparing local resources: {e}")),
+        };
+        let mut link = Link::new(
+            self.backend.clone(),
+            self.account.clone(),
+            Arc::from(instance_id),
+        );
+        if let Some(plan) = &self.faults {
+            link = link.with_faults(plan.clone());
+        }
+        let parts = InstanceParts {
+            info: Arc::new(self.info(instance_id)),
+            local_dirs,
+            link,
+            wakers: self.wakers.clone(),
+            stop: stop.clone(),
+        };
+        let mut store = match new_store(&self.engine, parts) {
+            Ok(s) => s,
+            Err(e) => return Outcome::Recycle(format!("creating the store: {e:#}")),
+        };
+        let mut deadline = None;
+        let bindings = match guarded(
+            self.pre.instantiate_async(&mut store),
+            stop,
+            grace,
+            &mut deadline,
+        )
+        .await
+        {
+            Err(Interrupted) => return Outcome::Stopped { interrupted: true },
+            Ok(Err(e)) => return Outcome::Recycle(describe_failure("instantiation", &e)),
+            Ok(Ok(b)) => b,
+        };
+        let worker = bindings.rolehost_platform_worker();
+
+        match guarded(worker.call_on_start(&mut store), stop, grace, &mut deadline).await {
+            Err(Interrupted) => return Outcome::Stopped { interrupted: true },
+            Ok(Err(e)) => {
+                tracing::debug!(instance = instance_id, error = ?e, "on-start failed");
+                return Outcome::Recycle(describe_failure("on-start", &e));
+            }
+            Ok(Ok(Err(msg))) => {
+                return Outcome::Recycle(format!("on-start returned an error: {msg}"));
+            }
+            Ok(Ok(Ok(()))) => {}
+        }
+
+        if !stop.is_requested() {
+            set_phase(status, Phase::Running);
+            tracing::info!(instance = instance_id, "running");
+            match guarded(worker.call_run(&mut store), stop, grace, &mut deadline).await {
+                Err(Interrupted) => return Outcome::Stopped { interrupted: true },
+                Ok(Err(e)) => {
+                    tracing::debug!(instance = instance_id, error = ?e, "run failed");
+                    let reason = describe_failure("run", &e);
+                    if stop.is_requested() {
+                        tracing::warn!(instance = instance_id, %reason, "failed while stopping");
+                        return Outcome::Stopped { interrupted: false };
+                    }
+                    return Outcome::Recycle(reason);
+                }
+                Ok(Ok(Err(msg))) if !stop.is_requested() => {
+                    return Outcome::Recycle(format!("run returned an error: {msg}"));
+                }
+                Ok(Ok(Err(msg))) => {
+                    tracing::warn!(
+                        instance = instance_id,
+                        "run returned an error while stopping: {msg}"
+                    );
+                }
+                Ok(Ok(Ok(()))) if !stop.is_requested() => {
+                    return Outcome::Recycle("run returned without a stop request".into());
+                }
+                Ok(Ok(Ok(()))) => {}
+            }
+        }
+
+        set_phase(status, Phase::Stopping);
+        let at = *deadline.get_or_insert_with(|| Instant::now() + grace);
+        match tokio::time::timeout_at(at, worker.call_on_stop(&mut store)).await {
+            Err(_) => Outcome::Stopped { interrupted: true },
+            Ok(Err(e)) => {
+                tracing::warn!(
+                    instance = instance_id,
+                    reason = describe_failure("on-stop", &e),
+                    "on-stop failed"
+                );
+                Outcome::Stopped { interrupted: false }
+            }
+            Ok(Ok(())) => Outcome::Stopped { interrupted: false },
+        }
+    }
+
+    /// Runs instance `index` of this role until `stop` is requested, recycling it on failure.
+    pub async fn supervise(
+        self: Arc<Self>,
+        index: u32,
+        stop: StopSignal,
+        status: Arc<Mutex<InstanceStatus>>,
+    ) {
+        let instance_id = format!("{}_IN_{index}", self.spec.name);
+        let mut backoff = self.spec.recycle_backoff;
+        let mut first = true;
+        loop {
+            set_phase(&status, Phase::Starting);
+            let started = Instant::now();
+            let outcome = self.incarnation(&instance_id, first, &stop, &status).await;
+            first = false;
+            match outcome {
+                Outcome::Stopped { interrupted } => {
+                    if interrupted {
+                        tracing::warn!(
+                            instance = %instance_id,
+                            grace = ?self.spec.grace_period,
+                            "did not stop within the grace period; interrupted"
+                        );
+                    } else {
+                        tracing::info!(instance = %instance_id, "stopped");
+                    }
+                    self.wipe_local(&instance_id);
+                    let mut s = status.lock().unwrap_or_else(|p| p.into_inner());
+                    s.interrupted = interrupted;
+                    s.phase = Phase::Stopped;
+                    return;
+                }
+                Outcome::Recycle(reason) => {
+                    if started.elapsed() >= HEALTHY_RUN {
+                        backoff = self.spec.recycle_backoff;
+                    }
+                    tracing::warn!(instance = %instance_id, %reason, ?backoff, "recycling instance");
+                    {
+                        let mut s = status.lock().unwrap_or_else(|p| p.into_inner());
+                        s.restarts += 1;
+                        s.last_recycle_reason = Some(reason);
+                        s.phase = Phase::Recycling;
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = stop.requested() => {
+                            self.wipe_local(&instance_id);
+                            set_phase(&status, Phase::Stopped);
+                            return;
+                        }
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+}
