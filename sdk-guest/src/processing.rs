@@ -60,15 +60,15 @@ thread_local! {
 /// Extends the current message's visibility if half of its timeout has passed. Called before
 /// every SDK storage call and by [`Job::heartbeat`].
 pub(crate) fn heartbeat_if_due() {
-    extend(false);
+    extend();
 }
 
-fn extend(force: bool) -> bool {
+fn extend() -> bool {
     // Take the state out, so no RefCell borrow is held across the host call.
     let Some(mut cur) = CURRENT.with(|c| c.borrow_mut().take()) else {
         return false;
     };
-    let due = force || cur.extended_at.elapsed() >= cur.visibility_timeout / 2;
+    let due = cur.extended_at.elapsed() >= cur.visibility_timeout / 2;
     let mut ok = true;
     if due {
         let secs = u32::try_from(cur.visibility_timeout.as_secs()).unwrap_or(u32::MAX);
@@ -118,10 +118,11 @@ impl Job {
         self.message.dequeue_count
     }
 
-    /// Extends the message's visibility now. Returns false if that failed (the message may be
-    /// handed to another instance: the work may then be done twice).
+    /// Keeps the message invisible: extends its visibility timeout if half of it has passed
+    /// (cheap otherwise, so call it often from long computations). Returns false if the
+    /// extension failed: another instance may get the message, and the work may be done twice.
     pub fn heartbeat(&self) -> bool {
-        extend(true)
+        extend()
     }
 }
 

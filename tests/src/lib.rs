@@ -1,1 +1,134 @@
-//! Integration tests live in `tests/`; this library is empty.
+//! Shared harness of the integration tests: builds the guests of `guests/` once (on a fresh
+//! machine too), and runs services on a temporary data directory.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use rolehost_runtime::manifest::Manifest;
+use rolehost_runtime::service::{self, Service, ServiceOptions};
+use rolehost_storage::{AccountName, RedbStore};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// The cargo target directory the tests run from (`<target>/debug/deps/<test>`).
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    exe.ancestors()
+        .nth(3)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| repo_root().join("target"))
+}
+
+/// Builds every guest of `guests/` (release, wasm32-wasip2) once per test process, in a target
+/// directory shared by all test processes; returns component paths by crate name.
+pub fn guests() -> &'static BTreeMap<String, PathBuf> {
+    static GUESTS: OnceLock<BTreeMap<String, PathBuf>> = OnceLock::new();
+    GUESTS.get_or_init(|| {
+        let built = rolehost_runtime::build::build_crate(
+            &repo_root().join("guests"),
+            Some(&target_dir().join("guests")),
+        )
+        .expect("building the guests of guests/");
+        built
+            .into_iter()
+            .filter_map(|p| Some((p.file_stem()?.to_string_lossy().into_owned(), p)))
+            .collect()
+    })
+}
+
+/// The component of guest crate `name`.
+pub fn guest(name: &str) -> PathBuf {
+    guests()
+        .get(name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no guest component named {name}"))
+}
+
+/// A service running on a temporary data directory.
+pub struct TestService {
+    /// The data directory (removed on drop).
+    pub dir: tempfile::TempDir,
+    /// The storage, shared with the service.
+    pub store: Arc<RedbStore>,
+    /// The service's account.
+    pub account: AccountName,
+    /// The manifest.
+    pub manifest: Manifest,
+    /// The service, until shut down.
+    pub service: Option<Service>,
+}
+
+/// Parses `manifest` (TOML; `{guest:NAME}` stands for that guest's component path) and opens
+/// its storage in a fresh directory, without starting it.
+pub fn prepare(manifest: &str) -> TestService {
+    let mut text = manifest.to_string();
+    while let Some(start) = text.find("{guest:") {
+        let end = start + text[start..].find('}').expect("unclosed {guest:");
+        let name = &text[start + 7..end];
+        let path = guest(name).display().to_string();
+        text.replace_range(start..=end, &path);
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let manifest = Manifest::parse(&text, &dir.path().join("rolehost.toml")).expect("manifest");
+    let store = service::open_storage(dir.path(), &manifest, None).expect("storage");
+    let account = AccountName::new(manifest.service.clone()).expect("account");
+    TestService {
+        dir,
+        store,
+        account,
+        manifest,
+        service: None,
+    }
+}
+
+impl TestService {
+    /// Starts the service.
+    pub async fn start(&mut self) {
+        let components = service::resolve_components(&self.manifest, None).expect("components");
+        let options = ServiceOptions {
+            data_dir: self.dir.path().to_path_buf(),
+            cache_dir: Some(target_dir().join("rolehost-component-cache")),
+            faults: None,
+        };
+        let svc = Service::start(&self.manifest, &components, self.store.clone(), options)
+            .await
+            .expect("service starts");
+        self.service = Some(svc);
+    }
+
+    /// The running service.
+    pub fn service(&self) -> &Service {
+        self.service.as_ref().expect("service started")
+    }
+
+    /// Stops the service and returns the instances' final status.
+    pub async fn shutdown(&mut self) -> Vec<rolehost_runtime::worker::InstanceStatus> {
+        self.service
+            .take()
+            .expect("service started")
+            .shutdown()
+            .await
+    }
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics after `timeout` with `what`.
+pub async fn wait_for<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        if started.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -2,8 +2,10 @@
 //!
 //! - `record`: processes queue `record` (setting `queue`), writing for each message a blob
 //!   `seen/<body>` whose content is `<instance id> <dequeue count>` (create-only: a second
-//!   handling fails loudly).
-//! - `fail`: processes queue `fail` with a handler that always fails (poison after
+//!   handling fails loudly). `work-ms` makes each handling take that long (heartbeating);
+//!   `visibility-secs` sets the visibility timeout (default 30).
+//! - `fail`: processes queue `fail` with a handler that records each attempt as blob
+//!   `attempts/<body>-<dequeue count>` and always fails (poison after
 //!   `max-dequeue`, default 5; failure delay `failure-delay-ms`, default 100).
 //! - `env`: writes what the environment says to blob `env/<instance id>`, writes and reads a
 //!   file in each local resource, then waits for a stop.
@@ -40,12 +42,23 @@ impl WorkerRole for Testbed {
         match self.mode.as_str() {
             "record" => record(),
             "fail" => {
+                Container::new("attempts")
+                    .create_if_not_exists()
+                    .map_err(|e| e.to_string())?;
                 QueueProcessor::new(&env::setting("queue").unwrap_or_else(|| "fail".into()))
                     .max_dequeue_count(setting_u64("max-dequeue", 5) as u32)
                     .failure_delay(Duration::from_millis(setting_u64("failure-delay-ms", 100)))
                     .visibility_timeout(Duration::from_secs(2))
                     .poll_wait(Duration::from_millis(200))
-                    .run(|job| Err(format!("always failing on {}", job.body_str())))
+                    .run(|job| {
+                        // Leave a trace of every attempt, then fail.
+                        let attempt = format!("{}-{}", job.body_str().trim(), job.dequeue_count());
+                        Container::new("attempts")
+                            .blob(attempt)
+                            .put(b"")
+                            .map_err(|e| e.to_string())?;
+                        Err(format!("always failing on {}", job.body_str()))
+                    })
                     .map_err(|e| e.to_string())?;
                 Ok(())
             }
@@ -88,12 +101,16 @@ fn record() -> Result<(), String> {
     let seen = Container::new("seen");
     seen.create_if_not_exists().map_err(|e| e.to_string())?;
     let me = env::instance_id();
-    let work_ms = setting_u64("work-ms", 0);
+    let work = Duration::from_millis(setting_u64("work-ms", 0));
     QueueProcessor::new(&env::setting("queue").unwrap_or_else(|| "record".into()))
         .poll_wait(Duration::from_millis(500))
+        .visibility_timeout(Duration::from_secs(setting_u64("visibility-secs", 30)))
         .run(|job| {
-            if work_ms > 0 {
-                std::thread::sleep(Duration::from_millis(work_ms));
+            // Work in slices, keeping the message invisible meanwhile.
+            let started = std::time::Instant::now();
+            while started.elapsed() < work {
+                std::thread::sleep(Duration::from_millis(20).min(work));
+                job.heartbeat();
             }
             let content = format!("{me} {}", job.dequeue_count());
             seen.blob(job.body_str().trim())
