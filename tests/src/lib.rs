@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use rolehost_runtime::link::FaultPlan;
 use rolehost_runtime::manifest::Manifest;
 use rolehost_runtime::service::{self, Service, ServiceOptions};
 use rolehost_storage::{AccountName, RedbStore};
@@ -92,11 +93,16 @@ pub fn prepare(manifest: &str) -> TestService {
 impl TestService {
     /// Starts the service.
     pub async fn start(&mut self) {
+        self.start_with_faults(None).await
+    }
+
+    /// Starts the service with a fault plan on every instance's link.
+    pub async fn start_with_faults(&mut self, faults: Option<Arc<dyn FaultPlan>>) {
         let components = service::resolve_components(&self.manifest, None).expect("components");
         let options = ServiceOptions {
             data_dir: self.dir.path().to_path_buf(),
             cache_dir: Some(target_dir().join("rolehost-component-cache")),
-            faults: None,
+            faults,
         };
         let svc = Service::start(&self.manifest, &components, self.store.clone(), options)
             .await

@@ -5,6 +5,10 @@ use std::collections::BTreeSet;
 use std::io::Read;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use rolehost_runtime::link::{CallInfo, Fault, FaultPlan};
 use rolehost_runtime::worker::Phase;
 use rolehost_storage::blob::{BlobListItem, BlobStore, GetBlobOptions};
 use rolehost_storage::queue::{PutMessageOptions, QueueStore};
@@ -439,5 +443,135 @@ async fn the_environment_is_what_the_manifest_says_and_local_resources_are_wiped
     assert!(
         !local.exists(),
         "local resources are wiped when the instance stops"
+    );
+}
+
+/// Reads the width and height from a PNG's IHDR chunk.
+fn png_size(bytes: &[u8]) -> Option<(u32, u32)> {
+    if bytes.len() < 24 || &bytes[..8] != b"\x89PNG\r\n\x1a\n" || &bytes[12..16] != b"IHDR" {
+        return None;
+    }
+    let be = |i: usize| u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    Some((be(16), be(20)))
+}
+
+fn read_bytes(
+    store: &RedbStore,
+    account: &AccountName,
+    container: &str,
+    name: &str,
+) -> Option<Vec<u8>> {
+    let mut read = store
+        .get_blob(account, container, name, &GetBlobOptions::default())
+        .ok()?;
+    let mut v = Vec::new();
+    read.reader.read_to_end(&mut v).ok()?;
+    Some(v)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_roles_make_a_real_thumbnail_of_every_image() {
+    let mut t = prepare(
+        r#"
+        [service]
+        name = "thumbs"
+        [roles.Producer]
+        kind = "worker"
+        component = "{guest:producer}"
+        [roles.Producer.settings]
+        interval-ms = 100
+        count = 4
+        [roles.Thumbnailer]
+        kind = "worker"
+        component = "{guest:thumbnail}"
+        instances = 2
+        [roles.Thumbnailer.settings]
+        size = 64
+        "#,
+    );
+    t.start().await;
+    let thumbs = wait_for(Duration::from_secs(120), "four thumbnails", || {
+        let names = blob_names(&t.store, &t.account, "thumbnails");
+        (names.len() == 4 && queue_len(&t, "thumbnails") == 0).then_some(names)
+    })
+    .await;
+    for name in thumbs {
+        let source = name.strip_suffix(".thumb.png").expect("thumbnail name");
+        let original =
+            read_bytes(&t.store, &t.account, "images", source).expect("the source image");
+        assert_eq!(png_size(&original), Some((640, 480)), "{source}");
+        let thumb = read_bytes(&t.store, &t.account, "thumbnails", &name).unwrap();
+        assert_eq!(
+            png_size(&thumb),
+            Some((64, 48)),
+            "{name}: aspect kept, longer side 64"
+        );
+        assert!(thumb.len() < original.len() / 4);
+    }
+    let counted = read_blob(&t.store, &t.account, "counters", "images");
+    assert_eq!(
+        counted, None,
+        "no counter role in this service, so nobody counted"
+    );
+    assert_eq!(
+        queue_len(&t, "increments"),
+        4,
+        "the producer asked for four counts"
+    );
+    t.shutdown().await;
+}
+
+/// Loses the requests of the first `n` calls of one operation.
+struct LoseFirst {
+    operation: &'static str,
+    remaining: AtomicU32,
+}
+
+impl FaultPlan for LoseFirst {
+    fn fault(&self, call: &CallInfo) -> Fault {
+        let take = call.operation == self.operation
+            && self
+                .remaining
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+        if take {
+            Fault::LoseRequest
+        } else {
+            Fault::None
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_retry_policy_rides_out_lost_requests() {
+    let mut t = prepare(
+        r#"
+        [service]
+        name = "retries"
+        [roles.Counter]
+        kind = "worker"
+        component = "{guest:counter}"
+        "#,
+    );
+    put_messages(&t, "increments", ["total".to_string()]);
+    let plan = Arc::new(LoseFirst {
+        operation: "blob.put-blob",
+        remaining: AtomicU32::new(2),
+    });
+    t.start_with_faults(Some(plan.clone())).await;
+    wait_for(Duration::from_secs(30), "the increment", || {
+        let v = read_blob(&t.store, &t.account, "counters", "total")?;
+        (v == "1" && queue_len(&t, "increments") == 0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        plan.remaining.load(Ordering::SeqCst),
+        0,
+        "both requests were lost"
+    );
+    let s = t.shutdown().await;
+    assert_eq!(
+        s[0].restarts, 0,
+        "timeouts were retried inside the guest: {s:?}"
     );
 }
