@@ -183,3 +183,96 @@ fn a_bad_manifest_is_refused_naming_the_key() {
     let stderr = String::from_utf8_lossy(&rolehost(&["run", &svc]).stderr).into_owned();
     assert!(stderr.contains("roles.A.vm-size"), "{stderr}");
 }
+
+/// A child process that is killed if the test fails before it exits.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+    }
+}
+
+#[test]
+fn ctrl_c_stops_every_instance_gracefully() {
+    let dir = tempfile::tempdir().unwrap();
+    let testbed = rolehost_tests::guest("testbed");
+    let svc = write_manifest(
+        dir.path(),
+        &format!(
+            "[service]\nname = \"sigint\"\n[storage]\ndata-dir = \"data\"\n\
+             [roles.Probe]\nkind = \"worker\"\ncomponent = {:?}\ninstances = 3\n\
+             [roles.Probe.settings]\nmode = \"env\"\n",
+            testbed.display().to_string()
+        ),
+    );
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_rolehost"))
+            .args(["run", &svc])
+            .env("RUST_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // Follow the log until the three instances run.
+    let stderr = child.0.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line.clone());
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let mut running = 0;
+    while running < 3 {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the service comes up");
+        if line.contains(" running") && line.contains("Probe_IN_") {
+            running += 1;
+        }
+    }
+    let pid = i32::try_from(child.0.id()).unwrap();
+    // SAFETY: sending a signal to our own child process.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::kill(pid, libc::SIGINT) };
+    assert_eq!(rc, 0);
+    let status = child.0.wait().unwrap();
+    let stderr = reader.join().unwrap();
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.contains("stopped 3 instances (0 interrupted"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("stopping cleanly").count(),
+        3,
+        "on-stop ran everywhere: {stderr}"
+    );
+}
+
+#[test]
+fn build_compiles_a_guest_crate_to_a_component() {
+    let target = rolehost_tests::target_dir().join("guests");
+    let crate_dir = rolehost_tests::repo_root().join("guests/counter");
+    let out = ok(&[
+        "build",
+        &crate_dir.display().to_string(),
+        "--target-dir",
+        &target.display().to_string(),
+    ]);
+    let path = out
+        .lines()
+        .find(|l| l.ends_with("counter.wasm"))
+        .expect("the component's path");
+    let bytes = std::fs::read(path).unwrap();
+    // A component (layer 1), not a core module.
+    assert_eq!(&bytes[..8], b"\0asm\x0d\0\x01\0");
+}
