@@ -14,6 +14,15 @@
 //! - `stuck`: ignores stop requests, sleeping in a loop.
 //! - `spin`: ignores stop requests, spinning the CPU.
 //! - `print`: prints a line to stdout and one to stderr, then waits for a stop.
+//!
+//! Misbehaving modes (the host must contain each):
+//! - `membomb`: allocates without limit (infallibly): aborts when memory runs out.
+//! - `memtry`: allocates with `try_reserve` until refused, writes blob `memtry/<instance id>`
+//!   with how far it got, then keeps running.
+//! - `stackoverflow`: recurses without end.
+//! - `flood`: prints to stdout as fast as it can.
+//! - `escape`: tries to reach files outside its local resource (`..`, absolute paths, a
+//!   symlink), writes the outcome of each to blob `escape/<instance id>`, then waits.
 
 use std::time::Duration;
 
@@ -88,6 +97,33 @@ impl WorkerRole for Testbed {
                 while !env::wait_for_stop(Duration::from_secs(5)) {}
                 Ok(())
             }
+            "membomb" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    // Touch the pages so the allocation is real.
+                    hoard.push(vec![1u8; 16 << 20]);
+                }
+            }
+            "memtry" => memtry(),
+            "stackoverflow" => {
+                #[allow(unconditional_recursion)]
+                fn deeper(n: u64, pad: &mut [u8; 256]) -> u64 {
+                    pad[(n % 256) as usize] = n as u8;
+                    let mut next = [0u8; 256];
+                    deeper(n + 1, &mut next) + u64::from(pad[0])
+                }
+                let mut pad = [0u8; 256];
+                let depth = deeper(0, &mut pad);
+                Err(format!("returned from endless recursion at {depth}?"))
+            }
+            "flood" => {
+                let mut n: u64 = 0;
+                loop {
+                    println!("flood line {n}");
+                    n += 1;
+                }
+            }
+            "escape" => escape(),
             other => Err(format!("unknown mode {other:?}")),
         }
     }
@@ -152,3 +188,88 @@ fn environment() -> Result<(), String> {
 }
 
 rolehost_sdk::worker!(Testbed);
+
+fn memtry() -> Result<(), String> {
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+    let mut total: usize = 0;
+    loop {
+        let mut chunk: Vec<u8> = Vec::new();
+        if chunk.try_reserve_exact(16 << 20).is_err() {
+            break;
+        }
+        chunk.resize(16 << 20, 1);
+        total += chunk.len();
+        hoard.push(chunk);
+    }
+    drop(hoard);
+    let c = Container::new("memtry");
+    c.create_if_not_exists().map_err(|e| e.to_string())?;
+    c.blob(env::instance_id())
+        .put(format!("refused after {} MiB", total >> 20).as_bytes())
+        .map_err(|e| e.to_string())?;
+    // Still alive, and memory works again once freed.
+    let again: Vec<u8> = vec![2; 1 << 20];
+    env::info(&format!(
+        "allocation refused after {} MiB; still running ({} bytes again)",
+        total >> 20,
+        again.len()
+    ));
+    while !env::wait_for_stop(Duration::from_secs(5)) {}
+    Ok(())
+}
+
+fn escape() -> Result<(), String> {
+    let root = env::local_resources()
+        .into_iter()
+        .next()
+        .map(|r| r.path)
+        .ok_or("escape mode needs a local resource")?;
+    let outcome = |r: std::io::Result<Vec<u8>>| match r {
+        Ok(bytes) => format!("READ {} bytes", bytes.len()),
+        Err(e) => format!("refused: {e}"),
+    };
+    let mut report = Vec::new();
+    report.push(format!(
+        "dotdot {}",
+        outcome(std::fs::read(format!("{root}/../../../../etc/passwd")))
+    ));
+    report.push(format!(
+        "absolute {}",
+        outcome(std::fs::read("/etc/passwd"))
+    ));
+    // std has no stable symlink on WASI: use the filesystem interface directly.
+    let dir = wasip2::filesystem::preopens::get_directories()
+        .into_iter()
+        .find(|(_, path)| *path == root)
+        .map(|(d, _)| d)
+        .ok_or("the local resource is not preopened")?;
+    let made = dir.symlink_at("/etc", "link").map_err(|e| format!("{e:?}"));
+    report.push(format!("symlink-create {made:?}"));
+    report.push(format!(
+        "symlink-read {}",
+        outcome(std::fs::read(format!("{root}/link/passwd")))
+    ));
+    let rel = dir
+        .symlink_at("../../../../../../etc", "rel")
+        .map_err(|e| format!("{e:?}"));
+    drop(dir);
+    report.push(format!("relative-symlink-create {rel:?}"));
+    report.push(format!(
+        "relative-symlink-read {}",
+        outcome(std::fs::read(format!("{root}/rel/passwd")))
+    ));
+    report.push(format!(
+        "inside {}",
+        outcome(
+            std::fs::write(format!("{root}/ok.txt"), b"fine")
+                .and_then(|()| std::fs::read(format!("{root}/ok.txt")))
+        )
+    ));
+    let c = Container::new("escape");
+    c.create_if_not_exists().map_err(|e| e.to_string())?;
+    c.blob(env::instance_id())
+        .put(report.join("\n").as_bytes())
+        .map_err(|e| e.to_string())?;
+    while !env::wait_for_stop(Duration::from_secs(5)) {}
+    Ok(())
+}

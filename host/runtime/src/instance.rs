@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use wasmtime::component::{Linker, ResourceTable};
-use wasmtime::{Engine, Store};
+use wasmtime::{CallHook, Engine, Store, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::capability::blob::BlobCtx;
@@ -13,8 +13,11 @@ use crate::capability::environment::{EnvironmentCtx, InstanceInfo};
 use crate::capability::queue::{QueueCtx, QueueWakers};
 use crate::capability::table::TableCtx;
 use crate::capability::{self, Capabilities, CapabilityView};
-use crate::guest_log::{GuestOutput, Stream};
+use crate::guest_log::{GuestOutput, LineBudget, Stream};
 use crate::link::Link;
+use crate::quota::{
+    CpuMeter, Limits, MAX_HOST_HANDLES, MAX_HOSTCALL_BYTES, MemoryLimiter, UsageCell, Verdict,
+};
 use crate::stop::StopSignal;
 
 /// The data of an instance's `Store`.
@@ -22,6 +25,31 @@ pub struct InstanceState {
     wasi: WasiCtx,
     table: ResourceTable,
     capabilities: Capabilities,
+    /// Memory and table limits.
+    pub limiter: MemoryLimiter,
+    /// The CPU share.
+    pub cpu: CpuMeter,
+    /// The per-call fuel budget, if any.
+    pub call_budget: Option<u64>,
+    /// Where usage is published.
+    pub usage: Arc<UsageCell>,
+    /// Fuel consumed by earlier incarnations of this instance slot.
+    fuel_base: u64,
+}
+
+impl InstanceState {
+    /// Publishes the current usage.
+    fn publish(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.usage
+            .fuel
+            .store(self.fuel_base + self.cpu.consumed, Relaxed);
+        self.usage
+            .memory
+            .store(self.limiter.current as u64, Relaxed);
+        let throttled = u64::try_from(self.cpu.throttled.as_micros()).unwrap_or(u64::MAX);
+        self.usage.throttled_us.store(throttled, Relaxed);
+    }
 }
 
 impl std::fmt::Debug for InstanceState {
@@ -60,6 +88,10 @@ pub struct InstanceParts {
     pub wakers: Arc<QueueWakers>,
     /// Its stop signal.
     pub stop: StopSignal,
+    /// Whether the engine meters fuel ([`crate::engine::EngineOptions::metering`]).
+    pub metered: bool,
+    /// Where its usage is published.
+    pub usage: Arc<UsageCell>,
 }
 
 /// The linker every instance is instantiated with: WASI p2 and the platform.
@@ -70,25 +102,47 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<InstanceState>> {
     Ok(linker)
 }
 
-/// A fresh store for one instance.
-pub fn new_store(engine: &Engine, parts: InstanceParts) -> wasmtime::Result<Store<InstanceState>> {
+/// Fuel given to a store without a per-call budget: never runs out in practice (the CPU share
+/// is enforced by the meter, not by running dry).
+const UNBOUNDED_FUEL: u64 = u64::MAX / 4;
+
+/// A fresh store for one instance, with its limits applied.
+pub fn new_store(
+    engine: &Engine,
+    parts: InstanceParts,
+    limits: &Limits,
+) -> wasmtime::Result<Store<InstanceState>> {
     let instance: Arc<str> = Arc::from(parts.info.instance_id.as_str());
     let mut wasi = WasiCtxBuilder::new();
-    wasi.stdout(GuestOutput::new(instance.clone(), Stream::Stdout))
-        .stderr(GuestOutput::new(instance, Stream::Stderr))
-        // Instances share nothing but storage: no sockets, no name lookups.
-        .allow_tcp(false)
-        .allow_udp(false)
-        .allow_ip_name_lookup(false)
-        .env("ROLEHOST_SERVICE", &parts.info.service)
-        .env("ROLEHOST_ROLE", &parts.info.role)
-        .env("ROLEHOST_INSTANCE_ID", &parts.info.instance_id);
+    let budget = LineBudget::new();
+    wasi.stdout(GuestOutput::new(
+        instance.clone(),
+        Stream::Stdout,
+        budget.clone(),
+    ))
+    .stderr(GuestOutput::new(instance, Stream::Stderr, budget))
+    // Instances share nothing but storage: no sockets, no name lookups.
+    .allow_tcp(false)
+    .allow_udp(false)
+    .allow_ip_name_lookup(false)
+    .env("ROLEHOST_SERVICE", &parts.info.service)
+    .env("ROLEHOST_ROLE", &parts.info.role)
+    .env("ROLEHOST_INSTANCE_ID", &parts.info.instance_id);
     for (host, guest) in &parts.local_dirs {
         wasi.preopened_dir(host, guest, FsPerms::ReadWrite)?;
     }
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(MAX_HOST_HANDLES);
+    let metered = parts.metered;
+    let initial_fuel = limits.call_budget.unwrap_or(UNBOUNDED_FUEL);
     let state = InstanceState {
         wasi: wasi.build(),
-        table: ResourceTable::new(),
+        table,
+        limiter: MemoryLimiter::new(limits.memory_bytes),
+        cpu: CpuMeter::new(limits.fuel_per_sec, initial_fuel),
+        call_budget: limits.call_budget.filter(|_| metered),
+        fuel_base: parts.usage.fuel.load(std::sync::atomic::Ordering::Relaxed),
+        usage: parts.usage,
         capabilities: Capabilities {
             blob: BlobCtx::new(parts.link.clone()),
             queue: QueueCtx::new(parts.link.clone(), parts.wakers, parts.stop.clone()),
@@ -97,10 +151,41 @@ pub fn new_store(engine: &Engine, parts: InstanceParts) -> wasmtime::Result<Stor
         },
     };
     let mut store = Store::new(engine, state);
-    // Yield to the executor at every epoch tick, so a busy guest never starves its
-    // neighbours, and a stuck one can be interrupted (its future dropped) at the next tick.
+    store.limiter(|s| &mut s.limiter);
+    store.set_hostcall_fuel(MAX_HOSTCALL_BYTES);
     // The deadline must be set before instantiation: the default of 0 would trap at once.
     store.set_epoch_deadline(1);
-    store.epoch_deadline_async_yield_and_update(1);
+    if metered {
+        // Fuel must be there before instantiation too: instantiating runs wasm.
+        store.set_fuel(initial_fuel)?;
+        // At every epoch tick: charge the fuel used to the CPU share, then yield (so a busy
+        // guest never starves its neighbours, and a stuck one can be interrupted at the next
+        // tick), sleeping first if the instance is over its share.
+        store.epoch_deadline_callback(|mut ctx| {
+            let fuel = ctx.get_fuel()?;
+            let verdict = ctx.data_mut().cpu.tick(fuel, std::time::Instant::now());
+            ctx.data().publish();
+            Ok(match verdict {
+                Verdict::Yield => UpdateDeadline::Yield(1),
+                Verdict::Sleep(d) => {
+                    UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep(d)))
+                }
+            })
+        });
+        if let Some(budget) = limits.call_budget {
+            // Each entry into the guest and each return from the host starts a new budget:
+            // only code that runs that long without calling the host runs out.
+            store.call_hook(move |mut ctx, hook| {
+                if matches!(hook, CallHook::CallingWasm | CallHook::ReturningFromHost) {
+                    let fuel = ctx.get_fuel()?;
+                    ctx.data_mut().cpu.reset_fuel(fuel, budget);
+                    ctx.set_fuel(budget)?;
+                }
+                Ok(())
+            });
+        }
+    } else {
+        store.epoch_deadline_async_yield_and_update(1);
+    }
     Ok(store)
 }

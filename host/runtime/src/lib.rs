@@ -3,6 +3,7 @@
 //! - [`engine`] builds the one wasmtime engine; [`bindings`] holds the one `bindgen!`.
 //! - [`capability`] implements the platform's imports, one module per capability.
 //! - [`link`] is the seam every storage call passes through (faults are injected there).
+//! - [`quota`] holds the VM sizes and the CPU and memory limits;
 //! - [`instance`] builds an instance's store; [`worker`] supervises worker instances.
 //! - [`manifest`] reads `rolehost.toml`; [`service`] runs a whole service; [`build`] compiles
 //!   guest crates.
@@ -15,6 +16,7 @@ pub mod error;
 pub mod instance;
 pub mod link;
 pub mod manifest;
+pub mod quota;
 pub mod service;
 pub mod stop;
 pub mod worker;

@@ -24,6 +24,12 @@
 //! name = "scratch"
 //! size-mb = 100
 //! clean-on-recycle = true
+//!
+//! [roles.Counter.limits]        # overrides of the VM size (all optional)
+//! cpu-cores = 0.5               # CPU share in reference cores (a 1.6 GHz 2008 core)
+//! memory-mb = 512               # linear memory cap
+//! local-storage-mb = 1024       # total the local resources may declare
+//! call-fuel-budget = 5000000000 # fuel a call may use without calling the host
 //! ```
 //!
 //! Every error names the offending key.
@@ -35,6 +41,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::{ManifestError, RuntimeError};
+use crate::quota::{Limits, REFERENCE_CORE_FUEL_PER_SEC, WASM32_MAX_MEMORY};
 
 /// The file name `rolehost run <dir>` looks for.
 pub const MANIFEST_FILE: &str = "rolehost.toml";
@@ -119,17 +126,6 @@ impl VmSize {
             _ => return None,
         })
     }
-
-    /// Total local storage an instance of this size may declare, in MiB (Azure's table).
-    pub fn local_storage_mb(self) -> u64 {
-        match self {
-            VmSize::ExtraSmall => 20 * 1024,
-            VmSize::Small => 50 * 1024,
-            VmSize::Medium => 490 * 1024,
-            VmSize::Large => 1000 * 1024,
-            VmSize::ExtraLarge => 2040 * 1024,
-        }
-    }
 }
 
 /// A local resource of a role.
@@ -156,6 +152,8 @@ pub struct RoleSpec {
     pub instances: u32,
     /// Its VM size.
     pub vm_size: VmSize,
+    /// The limits of its instances: the VM size's, with the manifest's overrides.
+    pub limits: Limits,
     /// Grace period of a stopping instance.
     pub grace_period: Duration,
     /// First backoff before a recycled instance restarts.
@@ -205,6 +203,18 @@ struct RoleSection {
     settings: BTreeMap<String, toml::Value>,
     #[serde(default)]
     local_resources: Vec<LocalResourceSection>,
+    #[serde(default)]
+    limits: LimitsSection,
+}
+
+/// `[roles.<name>.limits]`: overrides of the VM size's limits.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct LimitsSection {
+    cpu_cores: Option<f64>,
+    memory_mb: Option<u64>,
+    local_storage_mb: Option<u64>,
+    call_fuel_budget: Option<u64>,
 }
 
 fn one() -> u32 {
@@ -351,6 +361,40 @@ fn role_spec(base: &Path, name: &str, role: RoleSection) -> Result<RoleSpec, Man
         };
         settings.push((k, value));
     }
+    let mut limits = Limits::of(vm_size);
+    if let Some(cores) = role.limits.cpu_cores {
+        if !(cores.is_finite() && (0.01..=64.0).contains(&cores)) {
+            return Err(ManifestError::invalid(
+                key("limits.cpu-cores"),
+                format!("{cores} is outside 0.01..=64"),
+            ));
+        }
+        limits.fuel_per_sec = (cores * REFERENCE_CORE_FUEL_PER_SEC as f64) as u64;
+    }
+    if let Some(mb) = role.limits.memory_mb {
+        if mb == 0 || mb > WASM32_MAX_MEMORY >> 20 {
+            return Err(ManifestError::invalid(
+                key("limits.memory-mb"),
+                format!(
+                    "{mb} is outside 1..={} (a wasm32 instance addresses at most 4 GiB)",
+                    WASM32_MAX_MEMORY >> 20
+                ),
+            ));
+        }
+        limits.memory_bytes = mb << 20;
+    }
+    if let Some(mb) = role.limits.local_storage_mb {
+        limits.local_storage_bytes = mb.saturating_mul(1 << 20);
+    }
+    if let Some(budget) = role.limits.call_fuel_budget {
+        if budget == 0 {
+            return Err(ManifestError::invalid(
+                key("limits.call-fuel-budget"),
+                "must be at least 1",
+            ));
+        }
+        limits.call_budget = Some(budget);
+    }
     let mut local_resources: Vec<LocalResourceSpec> = Vec::new();
     let mut total_mb = 0u64;
     for (i, r) in role.local_resources.into_iter().enumerate() {
@@ -385,12 +429,12 @@ fn role_spec(base: &Path, name: &str, role: RoleSection) -> Result<RoleSpec, Man
             clean_on_recycle: r.clean_on_recycle,
         });
     }
-    if total_mb > vm_size.local_storage_mb() {
+    if total_mb.saturating_mul(1 << 20) > limits.local_storage_bytes {
         return Err(ManifestError::invalid(
             key("local-resources"),
             format!(
-                "{total_mb} MB in all, more than the {} MB of a {vm_size:?} instance",
-                vm_size.local_storage_mb()
+                "{total_mb} MB in all, more than the {} MB of local storage of this role ({vm_size:?})",
+                limits.local_storage_bytes >> 20
             ),
         ));
     }
@@ -400,6 +444,7 @@ fn role_spec(base: &Path, name: &str, role: RoleSection) -> Result<RoleSpec, Man
         source,
         instances: role.instances,
         vm_size,
+        limits,
         grace_period: role
             .grace_period_secs
             .map_or(DEFAULT_GRACE, Duration::from_secs),
@@ -461,6 +506,7 @@ mod tests {
         );
         assert_eq!(c.local_resources[0].size_bytes, 10 << 20);
         assert!(c.local_resources[0].clean_on_recycle);
+        assert_eq!(c.limits, Limits::of(VmSize::ExtraSmall));
         let t = &m.roles["Thumbs"];
         assert_eq!(t.instances, 1);
         assert_eq!(t.source, ComponentSource::File("/svc/thumb.wasm".into()));
@@ -512,5 +558,17 @@ mod tests {
         );
         let e = error_of(head);
         assert!(e.contains("roles"), "{e}");
+        let e = error_of(&format!(
+            "{head}[roles.A]\nkind = \"worker\"\ncomponent = \"a\"\n[roles.A.limits]\nmemory-mb = 5000\n"
+        ));
+        assert!(e.contains("roles.A.limits.memory-mb"), "{e}");
+        let e = error_of(&format!(
+            "{head}[roles.A]\nkind = \"worker\"\ncomponent = \"a\"\n[roles.A.limits]\ncpu-cores = -1\n"
+        ));
+        assert!(e.contains("roles.A.limits.cpu-cores"), "{e}");
+        let e = error_of(&format!(
+            "{head}[roles.A]\nkind = \"worker\"\ncomponent = \"a\"\n[roles.A.limits]\ncpu = 1\n"
+        ));
+        assert!(e.contains("cpu"), "{e}");
     }
 }

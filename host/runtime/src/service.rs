@@ -10,11 +10,13 @@ use wasmtime::component::Component;
 
 use crate::bindings::WorkerRolePre;
 use crate::capability::queue::QueueWakers;
-use crate::engine::{EpochTicker, build_engine};
+use crate::engine::{EngineOptions, EpochTicker, build_engine};
 use crate::error::RuntimeError;
 use crate::instance::linker;
 use crate::link::FaultPlan;
 use crate::manifest::{ComponentSource, Manifest, RoleKind};
+use crate::quota::Usage;
+use crate::quota::UsageCell;
 use crate::stop::{StopHandle, stop_signal};
 use crate::worker::{InstanceStatus, Phase, RoleRuntime};
 
@@ -89,6 +91,27 @@ struct InstanceSlot {
     stop: StopHandle,
     task: JoinHandle<()>,
     status: Arc<Mutex<InstanceStatus>>,
+    usage: Arc<UsageCell>,
+    role: Arc<RoleRuntime>,
+}
+
+impl InstanceSlot {
+    fn read(&self) -> InstanceStatus {
+        let mut s = self
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let disk_quota = self
+            .role
+            .spec
+            .local_resources
+            .iter()
+            .map(|r| r.size_bytes)
+            .sum();
+        s.usage = self.usage.read(&self.role.spec.limits, disk_quota);
+        s
+    }
 }
 
 /// A running service.
@@ -128,8 +151,16 @@ impl Service {
         backend: Arc<dyn Backend>,
         options: ServiceOptions,
     ) -> Result<Service, RuntimeError> {
-        let engine = build_engine(options.cache_dir.as_deref())
-            .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let total: u32 = manifest.roles.values().map(|r| r.instances).sum();
+        let engine_options = EngineOptions {
+            cache_dir: options.cache_dir.clone(),
+            metering: true,
+            // Room for every instance, and for a recycled one's replacement while the old
+            // store is still being dropped.
+            pool_capacity: Some(total.saturating_mul(2).max(16)),
+        };
+        let engine =
+            build_engine(&engine_options).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let linker = linker(&engine).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let account = AccountName::new(manifest.service.clone()).map_err(|e| {
             RuntimeError::Unsupported(format!("service name {:?}: {e}", manifest.service))
@@ -184,6 +215,7 @@ impl Service {
                 wakers: wakers.clone(),
                 local_root: options.data_dir.join("local").join(name),
                 faults: options.faults.clone(),
+                metered: engine_options.metering,
             }));
         }
         let ticker =
@@ -199,9 +231,22 @@ impl Service {
                     restarts: 0,
                     last_recycle_reason: None,
                     interrupted: false,
+                    usage: Usage::default(),
                 }));
-                let task = tokio::spawn(role.clone().supervise(index, signal, status.clone()));
-                instances.push(InstanceSlot { stop, task, status });
+                let usage = Arc::new(UsageCell::default());
+                let task = tokio::spawn(role.clone().supervise(
+                    index,
+                    signal,
+                    status.clone(),
+                    usage.clone(),
+                ));
+                instances.push(InstanceSlot {
+                    stop,
+                    task,
+                    status,
+                    usage,
+                    role: role.clone(),
+                });
             }
         }
         tracing::info!(
@@ -230,10 +275,7 @@ impl Service {
 
     /// Every instance's status.
     pub fn status(&self) -> Vec<InstanceStatus> {
-        self.instances
-            .iter()
-            .map(|i| i.status.lock().unwrap_or_else(|p| p.into_inner()).clone())
-            .collect()
+        self.instances.iter().map(InstanceSlot::read).collect()
     }
 
     /// Asks every instance to stop and waits until all have stopped (each within its grace
@@ -244,11 +286,11 @@ impl Service {
             i.stop.request();
         }
         let mut out = Vec::with_capacity(self.instances.len());
-        for i in self.instances {
-            if let Err(e) = i.task.await {
+        for mut i in self.instances {
+            if let Err(e) = (&mut i.task).await {
                 tracing::error!(error = %e, "instance supervisor failed");
             }
-            out.push(i.status.lock().unwrap_or_else(|p| p.into_inner()).clone());
+            out.push(i.read());
         }
         out
     }

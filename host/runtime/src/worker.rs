@@ -21,6 +21,7 @@ use crate::capability::queue::QueueWakers;
 use crate::instance::{InstanceParts, InstanceState, new_store};
 use crate::link::{FaultPlan, InjectedCrash, Link};
 use crate::manifest::RoleSpec;
+use crate::quota::{Usage, UsageCell};
 use crate::stop::StopSignal;
 
 /// Longest wait between recycles.
@@ -58,6 +59,8 @@ pub struct InstanceStatus {
     pub last_recycle_reason: Option<String>,
     /// Whether its last stop had to interrupt it after the grace period.
     pub interrupted: bool,
+    /// What it uses against its quotas (filled in when read).
+    pub usage: Usage,
 }
 
 /// Everything the instances of one worker role share.
@@ -82,6 +85,8 @@ pub struct RoleRuntime {
     pub local_root: PathBuf,
     /// Faults to inject on the link (verification runs only).
     pub faults: Option<Arc<dyn FaultPlan>>,
+    /// Whether the engine meters fuel.
+    pub metered: bool,
 }
 
 impl std::fmt::Debug for RoleRuntime {
@@ -123,14 +128,32 @@ async fn guarded<F: Future>(
         .map_err(|_| Interrupted)
 }
 
-fn describe_failure(phase: &str, e: &wasmtime::Error) -> String {
+/// Why a call failed, in words for the log: names the quota when one was hit.
+fn describe_failure(phase: &str, e: &wasmtime::Error, state: Option<&InstanceState>) -> String {
     if let Some(crash) = e.downcast_ref::<InjectedCrash>() {
         return crash.to_string();
     }
-    match e.downcast_ref::<wasmtime::Trap>() {
+    let mut reason = match e.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::OutOfFuel) => {
+            let budget = state.and_then(|s| s.call_budget).unwrap_or_default();
+            format!(
+                "{phase} used its per-call CPU budget ({budget} fuel) without calling the host \
+                 (a runaway loop?)"
+            )
+        }
+        Some(wasmtime::Trap::StackOverflow) => format!("{phase} overflowed its stack"),
         Some(trap) => format!("{phase} trapped: {trap}"),
         None => format!("{phase} failed: {e}"),
+    };
+    if let Some(asked) = state.and_then(|s| s.limiter.refused) {
+        let cap = state.map_or(0, |s| s.limiter.cap());
+        reason.push_str(&format!(
+            " after hitting its memory quota ({} MiB; it asked for {} MiB)",
+            cap >> 20,
+            asked >> 20
+        ));
     }
+    reason
 }
 
 fn set_phase(status: &Mutex<InstanceStatus>, phase: Phase) {
@@ -195,6 +218,7 @@ impl RoleRuntime {
         first: bool,
         stop: &StopSignal,
         status: &Mutex<InstanceStatus>,
+        usage: &Arc<UsageCell>,
     ) -> Outcome {
         let grace = self.spec.grace_period;
         let local_dirs = match self.prepare_local(instance_id, first) {
@@ -215,8 +239,10 @@ impl RoleRuntime {
             link,
             wakers: self.wakers.clone(),
             stop: stop.clone(),
+            metered: self.metered,
+            usage: usage.clone(),
         };
-        let mut store = match new_store(&self.engine, parts) {
+        let mut store = match new_store(&self.engine, parts, &self.spec.limits) {
             Ok(s) => s,
             Err(e) => return Outcome::Recycle(format!("creating the store: {e:#}")),
         };
@@ -230,7 +256,9 @@ impl RoleRuntime {
         .await
         {
             Err(Interrupted) => return Outcome::Stopped { interrupted: true },
-            Ok(Err(e)) => return Outcome::Recycle(describe_failure("instantiation", &e)),
+            Ok(Err(e)) => {
+                return Outcome::Recycle(describe_failure("instantiation", &e, Some(store.data())));
+            }
             Ok(Ok(b)) => b,
         };
         let worker = bindings.rolehost_platform_worker();
@@ -239,7 +267,7 @@ impl RoleRuntime {
             Err(Interrupted) => return Outcome::Stopped { interrupted: true },
             Ok(Err(e)) => {
                 tracing::debug!(instance = instance_id, error = ?e, "on-start failed");
-                return Outcome::Recycle(describe_failure("on-start", &e));
+                return Outcome::Recycle(describe_failure("on-start", &e, Some(store.data())));
             }
             Ok(Ok(Err(msg))) => {
                 return Outcome::Recycle(format!("on-start returned an error: {msg}"));
@@ -254,7 +282,7 @@ impl RoleRuntime {
                 Err(Interrupted) => return Outcome::Stopped { interrupted: true },
                 Ok(Err(e)) => {
                     tracing::debug!(instance = instance_id, error = ?e, "run failed");
-                    let reason = describe_failure("run", &e);
+                    let reason = describe_failure("run", &e, Some(store.data()));
                     if stop.is_requested() {
                         tracing::warn!(instance = instance_id, %reason, "failed while stopping");
                         return Outcome::Stopped { interrupted: false };
@@ -282,11 +310,8 @@ impl RoleRuntime {
         match tokio::time::timeout_at(at, worker.call_on_stop(&mut store)).await {
             Err(_) => Outcome::Stopped { interrupted: true },
             Ok(Err(e)) => {
-                tracing::warn!(
-                    instance = instance_id,
-                    reason = describe_failure("on-stop", &e),
-                    "on-stop failed"
-                );
+                let reason = describe_failure("on-stop", &e, Some(store.data()));
+                tracing::warn!(instance = instance_id, %reason, "on-stop failed");
                 Outcome::Stopped { interrupted: false }
             }
             Ok(Ok(())) => Outcome::Stopped { interrupted: false },
@@ -299,6 +324,7 @@ impl RoleRuntime {
         index: u32,
         stop: StopSignal,
         status: Arc<Mutex<InstanceStatus>>,
+        usage: Arc<UsageCell>,
     ) {
         let instance_id = format!("{}_IN_{index}", self.spec.name);
         let mut backoff = self.spec.recycle_backoff;
@@ -306,7 +332,9 @@ impl RoleRuntime {
         loop {
             set_phase(&status, Phase::Starting);
             let started = Instant::now();
-            let outcome = self.incarnation(&instance_id, first, &stop, &status).await;
+            let outcome = self
+                .incarnation(&instance_id, first, &stop, &status, &usage)
+                .await;
             first = false;
             match outcome {
                 Outcome::Stopped { interrupted } => {

@@ -1,12 +1,13 @@
 //! The `environment` capability: who the instance is, its settings and local resources, the
 //! stop signal, and a log line that needs no stream handle in the guest.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use wasmtime::component::{HasSelf, Linker};
 
 use crate::bindings::environment::{self as wit, Host, LogLevel};
+use crate::guest_log::LineBudget;
 use crate::stop::StopSignal;
 
 /// Longest log line kept; the rest is cut (a guest cannot make the host hold a huge string).
@@ -45,12 +46,18 @@ pub struct LocalResourceInfo {
 pub struct EnvironmentCtx {
     info: Arc<InstanceInfo>,
     stop: StopSignal,
+    /// `log` has its own budget of lines per second (as stdout and stderr share one).
+    budget: Arc<Mutex<LineBudget>>,
 }
 
 impl EnvironmentCtx {
     /// A context telling `info`, reading `stop`.
     pub fn new(info: Arc<InstanceInfo>, stop: StopSignal) -> Self {
-        EnvironmentCtx { info, stop }
+        EnvironmentCtx {
+            info,
+            stop,
+            budget: LineBudget::new(),
+        }
     }
 }
 
@@ -128,8 +135,11 @@ impl Host for EnvironmentCtx {
     }
 
     async fn log(&mut self, level: LogLevel, mut message: String) -> wasmtime::Result<()> {
-        truncate(&mut message, MAX_LOG_LINE);
         let instance = self.info.instance_id.as_str();
+        if !LineBudget::admit(&self.budget, instance) {
+            return Ok(());
+        }
+        truncate(&mut message, MAX_LOG_LINE);
         match level {
             LogLevel::Trace => tracing::trace!(target: "guest", instance, "{message}"),
             LogLevel::Debug => tracing::debug!(target: "guest", instance, "{message}"),

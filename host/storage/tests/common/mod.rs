@@ -5,14 +5,14 @@ use std::sync::Arc;
 
 use rolehost_storage::{AccountName, ManualClock, RedbStore, StorageOptions, Timestamp};
 
-pub struct Fixture {
+pub(crate) struct Fixture {
     pub store: RedbStore,
     pub clock: ManualClock,
     pub acct: AccountName,
     pub dir: tempfile::TempDir,
 }
 
-pub fn fixture() -> Fixture {
+pub(crate) fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(Timestamp::from_secs(1_800_000_000));
     let options = StorageOptions {
@@ -30,14 +30,14 @@ pub fn fixture() -> Fixture {
 }
 
 /// The Azure code of an error result.
-pub fn code<T: std::fmt::Debug, E: CodeOf>(r: Result<T, E>) -> &'static str {
+pub(crate) fn code<T: std::fmt::Debug, E: CodeOf>(r: Result<T, E>) -> &'static str {
     match r {
         Ok(v) => panic!("expected an error, got {v:?}"),
         Err(e) => e.code_of(),
     }
 }
 
-pub trait CodeOf {
+pub(crate) trait CodeOf {
     fn code_of(&self) -> &'static str;
 }
 impl CodeOf for rolehost_storage::BlobError {
