@@ -1,5 +1,10 @@
 //! Guest stdout and stderr, line by line, into the host's log, tagged with the instance.
+//!
+//! Each instance has a budget of lines per second. A guest that writes faster is made to wait
+//! (its writes block, like writes to a slow terminal): it is throttled, it loses nothing, and
+//! it costs the host neither log volume nor CPU beyond its budget.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -10,8 +15,7 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 
 /// Longest line kept whole; a longer one is logged in pieces of this size.
 const MAX_LINE: usize = 16 * 1024;
-/// Lines per second an instance may log through stdout and stderr together; beyond it lines
-/// are dropped (and counted), so a flooding guest cannot drown the host's log or its disk.
+/// Lines per second an instance may log through stdout and stderr together.
 pub(crate) const LINES_PER_SEC: f64 = 200.0;
 /// Lines an instance may log in a burst above [`LINES_PER_SEC`].
 pub(crate) const LINE_BURST: f64 = 1000.0;
@@ -23,62 +27,40 @@ pub(crate) enum Stream {
     Stderr,
 }
 
-/// The log budget of one instance (shared by its stdout and stderr).
+/// The log budget of one instance: a token bucket of lines.
 #[derive(Debug)]
 pub(crate) struct LineBudget {
     tokens: f64,
     last: Instant,
-    dropped: u64,
-    last_report: Instant,
 }
 
 impl LineBudget {
     pub(crate) fn new() -> Arc<Mutex<LineBudget>> {
-        let now = Instant::now();
         Arc::new(Mutex::new(LineBudget {
             tokens: LINE_BURST,
-            last: now,
-            dropped: 0,
-            last_report: now,
+            last: Instant::now(),
         }))
     }
 
-    /// Whether `instance` may log one more line now. Once a second, logs how many lines were
-    /// dropped.
-    pub(crate) fn admit(budget: &Mutex<LineBudget>, instance: &str) -> bool {
-        let (allowed, dropped) = budget
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take(Instant::now());
-        if let Some(n) = dropped {
-            tracing::warn!(
-                target: "guest",
-                instance,
-                "dropped {n} lines of output: over {LINES_PER_SEC} lines per second"
-            );
-        }
-        allowed
-    }
-
-    /// Whether one more line may be logged now; also returns how many were dropped since the
-    /// last report, once a second.
-    fn take(&mut self, now: Instant) -> (bool, Option<u64>) {
+    /// Spends `lines` at `now`; returns how long the writer must wait before writing again
+    /// (zero while within the budget).
+    fn spend(&mut self, lines: f64, now: Instant) -> Duration {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
-        self.tokens = (self.tokens + elapsed * LINES_PER_SEC).min(LINE_BURST);
-        let allowed = self.tokens >= 1.0;
-        if allowed {
-            self.tokens -= 1.0;
+        self.tokens = (self.tokens + elapsed * LINES_PER_SEC).min(LINE_BURST) - lines;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
         } else {
-            self.dropped += 1;
+            Duration::from_secs_f64(-self.tokens / LINES_PER_SEC)
         }
-        let report = (self.dropped > 0
-            && now.saturating_duration_since(self.last_report) >= Duration::from_secs(1))
-        .then(|| {
-            self.last_report = now;
-            std::mem::take(&mut self.dropped)
-        });
-        (allowed, report)
+    }
+
+    /// Spends `lines` of a shared budget; see [`LineBudget::spend`].
+    pub(crate) fn charge(budget: &Mutex<LineBudget>, lines: f64) -> Duration {
+        budget
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .spend(lines, Instant::now())
     }
 }
 
@@ -111,6 +93,8 @@ impl StdoutStream for GuestOutput {
         Box::new(LineWriter {
             out: self.clone(),
             line: Vec::new(),
+            emitted: 0,
+            wait: None,
         })
     }
 }
@@ -118,14 +102,14 @@ impl StdoutStream for GuestOutput {
 struct LineWriter {
     out: GuestOutput,
     line: Vec<u8>,
+    /// Lines emitted by the current write.
+    emitted: u32,
+    /// The wait owed before the next write is taken.
+    wait: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl LineWriter {
     fn emit(&mut self) {
-        if !LineBudget::admit(&self.out.budget, &self.out.instance) {
-            self.line.clear();
-            return;
-        }
         let text = String::from_utf8_lossy(&self.line);
         let text = text.trim_end_matches(['\n', '\r']);
         let instance = &*self.out.instance;
@@ -138,6 +122,7 @@ impl LineWriter {
             }
         }
         self.line.clear();
+        self.emitted += 1;
     }
 
     fn push(&mut self, mut buf: &[u8]) {
@@ -159,10 +144,22 @@ impl LineWriter {
 impl AsyncWrite for LineWriter {
     fn poll_write(
         mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
+        cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        // Pay for the previous write's lines first.
+        if let Some(wait) = self.wait.as_mut() {
+            if wait.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.wait = None;
+        }
+        self.emitted = 0;
         self.push(buf);
+        let owed = LineBudget::charge(&self.out.budget, f64::from(self.emitted));
+        if !owed.is_zero() {
+            self.wait = Some(Box::pin(tokio::time::sleep(owed)));
+        }
         Poll::Ready(Ok(buf.len()))
     }
 
@@ -191,18 +188,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_flood_is_cut_to_the_rate_and_counted() {
+    fn a_flood_is_made_to_wait_for_its_budget() {
         let budget = LineBudget::new();
         let mut b = budget.lock().unwrap();
         let start = Instant::now();
-        let allowed = (0..5000).filter(|_| b.take(start).0).count();
-        assert_eq!(allowed, LINE_BURST as usize);
-        // A second later: the rate's worth more, and a report of what was dropped.
-        let later = start + Duration::from_secs(1);
-        let (ok, report) = b.take(later);
-        assert!(ok);
-        assert_eq!(report, Some(5000 - LINE_BURST as u64));
-        let more = (0..1000).filter(|_| b.take(later).0).count();
-        assert_eq!(more, LINES_PER_SEC as usize - 1);
+        assert_eq!(
+            b.spend(LINE_BURST, start),
+            Duration::ZERO,
+            "the burst is free"
+        );
+        // 200 more lines at once: a second's worth of rate to wait.
+        let wait = b.spend(LINES_PER_SEC, start);
+        assert!((wait.as_secs_f64() - 1.0).abs() < 1e-6, "{wait:?}");
+        // After waiting it out, one line owes 5 ms.
+        let wait = b.spend(1.0, start + Duration::from_secs(1));
+        assert!(
+            (wait.as_secs_f64() - 1.0 / LINES_PER_SEC).abs() < 1e-6,
+            "{wait:?}"
+        );
     }
 }

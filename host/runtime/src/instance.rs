@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{CallHook, Engine, Store, UpdateDeadline};
@@ -35,12 +36,16 @@ pub struct InstanceState {
     pub usage: Arc<UsageCell>,
     /// Fuel consumed by earlier incarnations of this instance slot.
     fuel_base: u64,
+    /// Platform calls made (storage and environment); the call budget restarts after each.
+    platform_calls: Arc<AtomicU64>,
+    /// `platform_calls` when the budget last restarted.
+    budget_mark: u64,
 }
 
 impl InstanceState {
     /// Publishes the current usage.
     fn publish(&self) {
-        use std::sync::atomic::Ordering::Relaxed;
+        use Ordering::Relaxed;
         self.usage
             .fuel
             .store(self.fuel_base + self.cpu.consumed, Relaxed);
@@ -106,6 +111,10 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<InstanceState>> {
 /// is enforced by the meter, not by running dry).
 const UNBOUNDED_FUEL: u64 = u64::MAX / 4;
 
+/// Fuel per slice: the meter's reading is exact to within one slice (about a millisecond of a
+/// busy guest on current hardware), and each slice ends in a cheap yield.
+const FUEL_SLICE: u64 = 10_000_000;
+
 /// A fresh store for one instance, with its limits applied.
 pub fn new_store(
     engine: &Engine,
@@ -131,6 +140,8 @@ pub fn new_store(
     for (host, guest) in &parts.local_dirs {
         wasi.preopened_dir(host, guest, FsPerms::ReadWrite)?;
     }
+    let platform_calls = Arc::new(AtomicU64::new(0));
+    let link = parts.link.counting(platform_calls.clone());
     let mut table = ResourceTable::new();
     table.set_max_capacity(MAX_HOST_HANDLES);
     let metered = parts.metered;
@@ -141,13 +152,15 @@ pub fn new_store(
         limiter: MemoryLimiter::new(limits.memory_bytes),
         cpu: CpuMeter::new(limits.fuel_per_sec, initial_fuel),
         call_budget: limits.call_budget.filter(|_| metered),
-        fuel_base: parts.usage.fuel.load(std::sync::atomic::Ordering::Relaxed),
+        fuel_base: parts.usage.fuel.load(Ordering::Relaxed),
+        platform_calls: platform_calls.clone(),
+        budget_mark: 0,
         usage: parts.usage,
         capabilities: Capabilities {
-            blob: BlobCtx::new(parts.link.clone()),
-            queue: QueueCtx::new(parts.link.clone(), parts.wakers, parts.stop.clone()),
-            table: TableCtx::new(parts.link),
-            environment: EnvironmentCtx::new(parts.info, parts.stop),
+            blob: BlobCtx::new(link.clone()),
+            queue: QueueCtx::new(link.clone(), parts.wakers, parts.stop.clone()),
+            table: TableCtx::new(link),
+            environment: EnvironmentCtx::new(parts.info, parts.stop).counting(platform_calls),
         },
     };
     let mut store = Store::new(engine, state);
@@ -158,6 +171,9 @@ pub fn new_store(
     if metered {
         // Fuel must be there before instantiation too: instantiating runs wasm.
         store.set_fuel(initial_fuel)?;
+        // Running code keeps its fuel count in a register; the store's count (what the meter
+        // reads at each epoch tick) is brought up to date each time a slice is used up.
+        store.fuel_async_yield_interval(Some(FUEL_SLICE))?;
         // At every epoch tick: charge the fuel used to the CPU share, then yield (so a busy
         // guest never starves its neighbours, and a stuck one can be interrupted at the next
         // tick), sleeping first if the instance is over its share.
@@ -173,10 +189,22 @@ pub fn new_store(
             })
         });
         if let Some(budget) = limits.call_budget {
-            // Each entry into the guest and each return from the host starts a new budget:
-            // only code that runs that long without calling the host runs out.
+            // Each call into the guest, and each return from a platform call, starts a new
+            // budget: only code that runs that long without calling the platform runs out.
+            // (Returns from wasmtime's own libcalls, such as the fuel and epoch checks, also
+            // come here; the platform-call counter tells them apart.)
             store.call_hook(move |mut ctx, hook| {
-                if matches!(hook, CallHook::CallingWasm | CallHook::ReturningFromHost) {
+                let restart = match hook {
+                    CallHook::CallingWasm => true,
+                    CallHook::ReturningFromHost => {
+                        let calls = ctx.data().platform_calls.load(Ordering::Relaxed);
+                        let new = calls != ctx.data().budget_mark;
+                        ctx.data_mut().budget_mark = calls;
+                        new
+                    }
+                    _ => false,
+                };
+                if restart {
                     let fuel = ctx.get_fuel()?;
                     ctx.data_mut().cpu.reset_fuel(fuel, budget);
                     ctx.set_fuel(budget)?;

@@ -7,6 +7,7 @@
 //! those faults. The engine itself never knows.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rolehost_storage::{AccountName, Backend};
 
@@ -86,6 +87,7 @@ pub struct Link {
     account: AccountName,
     instance: Arc<str>,
     faults: Option<Arc<dyn FaultPlan>>,
+    calls: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Link {
@@ -106,7 +108,15 @@ impl Link {
             account,
             instance,
             faults: None,
+            calls: Arc::default(),
         }
+    }
+
+    /// Counts every call in `calls` (the instance's platform-call counter; the per-call CPU
+    /// budget starts afresh after each platform call).
+    pub fn counting(mut self, calls: Arc<AtomicU64>) -> Self {
+        self.calls = calls;
+        self
     }
 
     /// Routes every call through `plan` first.
@@ -138,6 +148,7 @@ impl Link {
         E: Send + 'static,
         F: FnOnce(&dyn Backend, &AccountName) -> Result<T, E> + Send + 'static,
     {
+        self.calls.fetch_add(1, Ordering::Relaxed);
         let fault = match &self.faults {
             None => Fault::None,
             Some(plan) => plan.fault(&CallInfo {

@@ -142,6 +142,12 @@ fn describe_failure(phase: &str, e: &wasmtime::Error, state: Option<&InstanceSta
             )
         }
         Some(wasmtime::Trap::StackOverflow) => format!("{phase} overflowed its stack"),
+        // Rust and C guests keep their stack in linear memory: when it overflows, the first
+        // sign is an access below address 0.
+        Some(wasmtime::Trap::MemoryOutOfBounds) => format!(
+            "{phase} trapped: out of bounds memory access (a stack overflow in linear memory, or \
+             a bad pointer)"
+        ),
         Some(trap) => format!("{phase} trapped: {trap}"),
         None => format!("{phase} failed: {e}"),
     };

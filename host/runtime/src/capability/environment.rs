@@ -1,6 +1,7 @@
 //! The `environment` capability: who the instance is, its settings and local resources, the
 //! stop signal, and a log line that needs no stream handle in the guest.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -48,6 +49,7 @@ pub struct EnvironmentCtx {
     stop: StopSignal,
     /// `log` has its own budget of lines per second (as stdout and stderr share one).
     budget: Arc<Mutex<LineBudget>>,
+    calls: Arc<AtomicU64>,
 }
 
 impl EnvironmentCtx {
@@ -57,7 +59,19 @@ impl EnvironmentCtx {
             info,
             stop,
             budget: LineBudget::new(),
+            calls: Arc::default(),
         }
+    }
+
+    /// Counts the calls that mark progress (`stop-requested`, `wait-for-stop`, `log`) in
+    /// `calls`, the instance's platform-call counter.
+    pub fn counting(mut self, calls: Arc<AtomicU64>) -> Self {
+        self.calls = calls;
+        self
+    }
+
+    fn progress(&self) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -125,20 +139,25 @@ impl Host for EnvironmentCtx {
     }
 
     async fn stop_requested(&mut self) -> wasmtime::Result<bool> {
+        self.progress();
         Ok(self.stop.is_requested())
     }
 
     async fn wait_for_stop(&mut self, timeout_ms: u64) -> wasmtime::Result<bool> {
+        self.progress();
         let _ =
             tokio::time::timeout(Duration::from_millis(timeout_ms), self.stop.requested()).await;
         Ok(self.stop.is_requested())
     }
 
     async fn log(&mut self, level: LogLevel, mut message: String) -> wasmtime::Result<()> {
-        let instance = self.info.instance_id.as_str();
-        if !LineBudget::admit(&self.budget, instance) {
-            return Ok(());
+        self.progress();
+        // Over the budget, the guest waits: throttled, nothing lost.
+        let owed = LineBudget::charge(&self.budget, 1.0);
+        if !owed.is_zero() {
+            tokio::time::sleep(owed).await;
         }
+        let instance = self.info.instance_id.as_str();
         truncate(&mut message, MAX_LOG_LINE);
         match level {
             LogLevel::Trace => tracing::trace!(target: "guest", instance, "{message}"),

@@ -1,0 +1,410 @@
+//! VM-size quotas on real guests: the CPU share, per-call budgets, memory, the log budget,
+//! confinement to local resources, and a healthy neighbour's throughput while others misbehave.
+
+use std::io::{Read, Write};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rolehost_runtime::quota::REFERENCE_CORE_FUEL_PER_SEC;
+use rolehost_runtime::worker::{InstanceStatus, Phase};
+use rolehost_storage::blob::{BlobStore, GetBlobOptions};
+use rolehost_storage::queue::{PutMessageOptions, QueueStore};
+use rolehost_tests::{TestService, prepare, wait_for};
+
+fn read_blob(t: &TestService, container: &str, name: &str) -> Option<String> {
+    let mut read = t
+        .store
+        .get_blob(&t.account, container, name, &GetBlobOptions::default())
+        .ok()?;
+    let mut s = String::new();
+    read.reader.read_to_string(&mut s).ok()?;
+    Some(s)
+}
+
+fn status_of(t: &TestService, role: &str) -> InstanceStatus {
+    t.service()
+        .status()
+        .into_iter()
+        .find(|s| s.role == role)
+        .expect("role exists")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_guest_gets_its_cpu_share_within_20_percent() {
+    let mut t = prepare(
+        r#"
+        [service]
+        name = "cpushare"
+        [roles.Spinner]
+        kind = "worker"
+        component = "{guest:testbed}"
+        grace-period-secs = 1
+        [roles.Spinner.settings]
+        mode = "spin"
+        [roles.Spinner.limits]
+        cpu-cores = 0.25
+        "#,
+    );
+    t.start().await;
+    wait_for(Duration::from_secs(30), "the spinner running", || {
+        (status_of(&t, "Spinner").phase == Phase::Running).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (f0, t0) = (status_of(&t, "Spinner").usage.fuel, Instant::now());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let s = status_of(&t, "Spinner");
+    let rate = (s.usage.fuel - f0) as f64 / t0.elapsed().as_secs_f64();
+    let target = REFERENCE_CORE_FUEL_PER_SEC as f64 * 0.25;
+    eprintln!(
+        "cpu share: {rate:.3e} fuel/s for a target of {target:.3e} ({:.2}x)",
+        rate / target
+    );
+    assert_eq!(s.usage.fuel_per_sec, target as u64);
+    assert!(
+        (rate / target - 1.0).abs() <= 0.2,
+        "rate {rate:.3e} vs target {target:.3e}"
+    );
+    assert!(
+        s.usage.throttled > Duration::from_secs(1),
+        "it was throttled: {:?}",
+        s.usage
+    );
+    assert_eq!(s.restarts, 0, "throttled, not killed");
+    t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_call_budget_ends_a_runaway_loop_with_a_clear_reason() {
+    let mut t = prepare(
+        r#"
+        [service]
+        name = "budget"
+        [roles.Spinner]
+        kind = "worker"
+        component = "{guest:testbed}"
+        recycle-backoff-ms = 100
+        [roles.Spinner.settings]
+        mode = "spin"
+        [roles.Spinner.limits]
+        call-fuel-budget = 200000000
+        [roles.Counter]
+        kind = "worker"
+        component = "{guest:counter}"
+        [roles.Counter.limits]
+        call-fuel-budget = 200000000
+        "#,
+    );
+    t.start().await;
+    // A worker that calls the platform in every iteration lives happily under the same budget.
+    count_messages(&t, 20).await;
+    let s = wait_for(Duration::from_secs(30), "a recycle", || {
+        let s = status_of(&t, "Spinner");
+        (s.restarts >= 1).then_some(s)
+    })
+    .await;
+    let reason = s.last_recycle_reason.unwrap();
+    assert!(
+        reason.contains("per-call CPU budget (200000000 fuel)"),
+        "{reason}"
+    );
+    t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_growth_past_the_cap_fails_a_careful_guest_survives_a_careless_one_is_recycled() {
+    let mut t = prepare(
+        r#"
+        [service]
+        name = "memory"
+        [roles.Careful]
+        kind = "worker"
+        component = "{guest:testbed}"
+        [roles.Careful.settings]
+        mode = "memtry"
+        [roles.Careful.limits]
+        memory-mb = 64
+        [roles.Careless]
+        kind = "worker"
+        component = "{guest:testbed}"
+        recycle-backoff-ms = 100
+        [roles.Careless.settings]
+        mode = "membomb"
+        [roles.Careless.limits]
+        memory-mb = 64
+        "#,
+    );
+    t.start().await;
+    let report = wait_for(
+        Duration::from_secs(30),
+        "the careful guest's report",
+        || read_blob(&t, "memtry", "Careful_IN_0"),
+    )
+    .await;
+    let mib: u64 = report
+        .strip_prefix("refused after ")
+        .and_then(|r| r.strip_suffix(" MiB"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{report}"));
+    assert!(
+        (16..64).contains(&mib),
+        "stopped below the 64 MiB cap: {report}"
+    );
+    let careless = wait_for(
+        Duration::from_secs(30),
+        "the careless guest recycled",
+        || {
+            let s = status_of(&t, "Careless");
+            (s.restarts >= 1).then_some(s)
+        },
+    )
+    .await;
+    let reason = careless.last_recycle_reason.unwrap();
+    assert!(
+        reason.contains("memory quota (64 MiB"),
+        "the log says it hit the memory quota: {reason}"
+    );
+    let careful = status_of(&t, "Careful");
+    assert_eq!(
+        (careful.phase, careful.restarts),
+        (Phase::Running, 0),
+        "{careful:?}"
+    );
+    assert!(
+        careful.usage.memory_bytes <= 64 << 20,
+        "{:?}",
+        careful.usage
+    );
+    t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stack_overflow_is_a_trap_that_recycles_the_instance() {
+    let mut t = prepare(
+        r#"
+        [service]
+        name = "stack"
+        [roles.Deep]
+        kind = "worker"
+        component = "{guest:testbed}"
+        recycle-backoff-ms = 100
+        [roles.Deep.settings]
+        mode = "stackoverflow"
+        "#,
+    );
+    t.start().await;
+    let s = wait_for(Duration::from_secs(30), "a recycle", || {
+        let s = status_of(&t, "Deep");
+        (s.restarts >= 1).then_some(s)
+    })
+    .await;
+    let reason = s.last_recycle_reason.unwrap();
+    assert!(reason.contains("stack overflow"), "{reason}");
+    t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_cannot_leave_its_local_resource() {
+    let mut t = prepare(
+        r#"
+        [service]
+        name = "escape"
+        [roles.Escaper]
+        kind = "worker"
+        component = "{guest:testbed}"
+        [roles.Escaper.settings]
+        mode = "escape"
+        [[roles.Escaper.local-resources]]
+        name = "scratch"
+        size-mb = 1
+        "#,
+    );
+    t.start().await;
+    let report = wait_for(Duration::from_secs(30), "the escape report", || {
+        read_blob(&t, "escape", "Escaper_IN_0")
+    })
+    .await;
+    let line = |k: &str| {
+        report
+            .lines()
+            .find(|l| l.starts_with(k))
+            .unwrap_or_else(|| panic!("{k}: {report}"))
+    };
+    for attempt in [
+        "dotdot ",
+        "absolute ",
+        "symlink-read ",
+        "relative-symlink-read ",
+    ] {
+        assert!(line(attempt).contains("refused"), "{report}");
+    }
+    assert_eq!(line("inside "), "inside READ 4 bytes", "{report}");
+    // Nothing was created outside the instance's directory.
+    let outside = t.dir.path().join("local/Escaper/Escaper_IN_0");
+    let names: Vec<_> = std::fs::read_dir(outside.join("scratch"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.contains(&"ok.txt".to_string()), "{names:?}");
+    t.shutdown().await;
+}
+
+/// A log sink the test can read.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+const COUNTER: &str = r#"
+    [roles.Counter]
+    kind = "worker"
+    component = "{guest:counter}"
+    "#;
+
+/// Puts `n` increments and returns how long the counter took to count them all.
+async fn count_messages(t: &TestService, n: usize) -> Duration {
+    let _ = t.store.create_queue(&t.account, "increments", Vec::new());
+    let before: usize = read_blob(t, "counters", "total").map_or(0, |v| v.trim().parse().unwrap());
+    let started = Instant::now();
+    for _ in 0..n {
+        t.store
+            .put_message(
+                &t.account,
+                "increments",
+                b"total",
+                PutMessageOptions::default(),
+            )
+            .unwrap();
+    }
+    wait_for(
+        Duration::from_secs(300),
+        "the counter to count them",
+        || {
+            let v: usize = read_blob(t, "counters", "total")?.trim().parse().ok()?;
+            (v == before + n).then_some(())
+        },
+    )
+    .await;
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_neighbour_keeps_its_throughput_while_others_misbehave() {
+    let captured = Captured::default();
+    let sink = captured.clone();
+    tracing_subscriber::fmt()
+        .with_env_filter("guest=info,rolehost_runtime=info")
+        .with_ansi(false)
+        .with_writer(move || sink.clone())
+        .init();
+    const N: usize = 150;
+
+    // Baseline: the counter alone.
+    let mut alone = prepare(&format!("[service]\nname = \"alone\"\n{COUNTER}"));
+    alone.start().await;
+    count_messages(&alone, 10).await; // warm up
+    let baseline = count_messages(&alone, N).await;
+    alone.shutdown().await;
+
+    // The same counter beside an infinite loop, a memory bomb, a stack overflow, a trap and a
+    // stdout flood.
+    let mut crowd = prepare(&format!(
+        r#"
+        [service]
+        name = "crowd"
+        {COUNTER}
+        [roles.Spin]
+        kind = "worker"
+        component = "{{guest:testbed}}"
+        grace-period-secs = 1
+        [roles.Spin.settings]
+        mode = "spin"
+        [roles.Bomb]
+        kind = "worker"
+        component = "{{guest:testbed}}"
+        recycle-backoff-ms = 100
+        [roles.Bomb.settings]
+        mode = "membomb"
+        [roles.Bomb.limits]
+        memory-mb = 128
+        [roles.Deep]
+        kind = "worker"
+        component = "{{guest:testbed}}"
+        recycle-backoff-ms = 100
+        [roles.Deep.settings]
+        mode = "stackoverflow"
+        [roles.Trap]
+        kind = "worker"
+        component = "{{guest:testbed}}"
+        recycle-backoff-ms = 100
+        [roles.Trap.settings]
+        mode = "trap"
+        trap-after-ms = 10
+        [roles.Flood]
+        kind = "worker"
+        component = "{{guest:testbed}}"
+        grace-period-secs = 1
+        [roles.Flood.settings]
+        mode = "flood"
+        "#
+    ));
+    crowd.start().await;
+    count_messages(&crowd, 10).await;
+    let flood_start = captured.0.lock().unwrap().len();
+    let crowded = count_messages(&crowd, N).await;
+    let statuses = crowd.shutdown().await;
+
+    let base_rate = N as f64 / baseline.as_secs_f64();
+    let crowd_rate = N as f64 / crowded.as_secs_f64();
+    eprintln!(
+        "neighbour throughput: alone {base_rate:.0} msg/s, beside misbehaving roles {crowd_rate:.0} msg/s ({:.2}x)",
+        crowd_rate / base_rate
+    );
+    assert!(
+        crowd_rate >= 0.5 * base_rate,
+        "alone {baseline:?}, crowded {crowded:?}"
+    );
+
+    let by_role = |r: &str| statuses.iter().find(|s| s.role == r).unwrap();
+    assert_eq!(by_role("Counter").restarts, 0);
+    for r in ["Bomb", "Deep", "Trap"] {
+        assert!(
+            by_role(r).restarts >= 1,
+            "{r} was recycled: {:?}",
+            by_role(r)
+        );
+    }
+    assert!(
+        by_role("Bomb")
+            .last_recycle_reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("memory quota")
+    );
+    assert!(by_role("Spin").interrupted && by_role("Flood").interrupted);
+
+    // The flood was held to the log budget: the guest waited, nothing was dropped.
+    let log = String::from_utf8_lossy(&captured.0.lock().unwrap()[flood_start..]).into_owned();
+    let numbers: Vec<u64> = log
+        .lines()
+        .filter_map(|l| l.split("flood line ").nth(1)?.trim().parse().ok())
+        .collect();
+    let budget = 200.0 * crowded.as_secs_f64() + 400.0;
+    assert!(
+        (numbers.len() as f64) <= budget,
+        "{} flood lines in {crowded:?}",
+        numbers.len()
+    );
+    assert!(
+        numbers.windows(2).all(|w| w[1] == w[0] + 1),
+        "no line was lost"
+    );
+}
