@@ -249,6 +249,102 @@ async fn an_instance_cannot_leave_its_local_resource() {
     t.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_disk_quotas_hold_on_write_overwrite_truncate_rename_and_delete() {
+    let mut t = prepare(
+        r#"
+        [service]
+        name = "disk"
+        [roles.Script]
+        kind = "worker"
+        component = "{guest:testbed}"
+        [roles.Script.settings]
+        mode = "disk"
+        [[roles.Script.local-resources]]
+        name = "scratch"
+        size-mb = 1
+        [roles.Filler]
+        kind = "worker"
+        component = "{guest:testbed}"
+        [roles.Filler.settings]
+        mode = "diskfill"
+        [[roles.Filler.local-resources]]
+        name = "scratch"
+        size-mb = 2
+        "#,
+    );
+    t.start().await;
+    let report = wait_for(Duration::from_secs(60), "the disk script's report", || {
+        read_blob(&t, "disk", "Script_IN_0")
+    })
+    .await;
+    let expected = [
+        ("write a 600k", true),
+        ("write b 600k", false),
+        ("remove b", true),
+        ("overwrite a 900k", true),
+        ("write c 200k", false),
+        ("truncate a 100k", true),
+        ("write c 200k again", true),
+        ("grow c to 2m", false),
+        ("rename c over a", true),
+        ("write d 800k", true),
+        ("write e 100k", false),
+        ("remove d", true),
+        ("write e 100k again", true),
+        ("hard link e", false),
+    ];
+    let lines: Vec<&str> = report.lines().collect();
+    assert_eq!(lines.len(), expected.len(), "{report}");
+    for ((label, ok), line) in expected.iter().zip(&lines) {
+        let want = if *ok {
+            format!("{label}: ok")
+        } else {
+            format!("{label}: refused")
+        };
+        assert!(
+            line.starts_with(&want),
+            "expected {want:?}, got {line:?}\n{report}"
+        );
+    }
+    // What a Rust guest observes: std::fs writes fail with EIO (29), set_len with ENOSPC (51).
+    assert!(lines[1].ends_with("(os error 29)"), "{report}");
+    assert!(lines[7].ends_with("(os error 51)"), "{report}");
+    let script_dir = t.dir.path().join("local/Script/Script_IN_0/scratch");
+    let on_disk = rolehost_runtime::capability::local_disk::du(&script_dir).unwrap();
+    assert_eq!(on_disk, 300 * 1024, "a (200 KiB) and e (100 KiB) are left");
+    let script = wait_for(Duration::from_secs(5), "the usage to settle", || {
+        let s = status_of(&t, "Script");
+        (s.usage.disk_bytes == on_disk).then_some(s)
+    })
+    .await;
+    assert_eq!(script.usage.disk_quota, 1 << 20);
+
+    let fill = wait_for(Duration::from_secs(60), "the filler's report", || {
+        read_blob(&t, "diskfill", "Filler_IN_0")
+    })
+    .await;
+    let written: u64 = fill
+        .strip_prefix("wrote ")
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{fill}"));
+    assert!(
+        written <= 2 << 20 && written >= (2 << 20) - (128 << 10),
+        "{fill}"
+    );
+    let fill_dir = t.dir.path().join("local/Filler/Filler_IN_0/scratch");
+    assert!(rolehost_runtime::capability::local_disk::du(&fill_dir).unwrap() <= 2 << 20);
+    let filler = status_of(&t, "Filler");
+    assert_eq!(
+        (filler.phase, filler.restarts),
+        (Phase::Running, 0),
+        "a full disk is not a crash"
+    );
+    t.shutdown().await;
+    assert!(!script_dir.exists() && !fill_dir.exists(), "wiped on stop");
+}
+
 /// A log sink the test can read.
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -314,8 +410,8 @@ async fn a_healthy_neighbour_keeps_its_throughput_while_others_misbehave() {
     let baseline = count_messages(&alone, N).await;
     alone.shutdown().await;
 
-    // The same counter beside an infinite loop, a memory bomb, a stack overflow, a trap and a
-    // stdout flood.
+    // The same counter beside an infinite loop, a memory bomb, a stack overflow, a trap, a
+    // stdout flood and a disk filler.
     let mut crowd = prepare(&format!(
         r#"
         [service]
@@ -354,6 +450,14 @@ async fn a_healthy_neighbour_keeps_its_throughput_while_others_misbehave() {
         grace-period-secs = 1
         [roles.Flood.settings]
         mode = "flood"
+        [roles.Filler]
+        kind = "worker"
+        component = "{{guest:testbed}}"
+        [roles.Filler.settings]
+        mode = "diskfill"
+        [[roles.Filler.local-resources]]
+        name = "scratch"
+        size-mb = 64
         "#
     ));
     crowd.start().await;
@@ -390,6 +494,8 @@ async fn a_healthy_neighbour_keeps_its_throughput_while_others_misbehave() {
             .contains("memory quota")
     );
     assert!(by_role("Spin").interrupted && by_role("Flood").interrupted);
+    assert_eq!(by_role("Filler").restarts, 0, "a full disk is not a crash");
+    assert!(by_role("Filler").usage.disk_bytes <= 64 << 20);
 
     // The flood was held to the log budget: the guest waited, nothing was dropped.
     let log = String::from_utf8_lossy(&captured.0.lock().unwrap()[flood_start..]).into_owned();

@@ -15,12 +15,22 @@
 //! - `spin`: ignores stop requests, spinning the CPU.
 //! - `print`: prints a line to stdout and one to stderr, then waits for a stop.
 //!
+//! Benchmark modes (`run` does a fixed amount of work and returns):
+//! - `idle`: waits for a stop and nothing else.
+//! - `cpu-loop`: a tight integer loop of `iterations` (default 300,000,000) steps.
+//! - `cpu-alloc`: builds, sorts, hashes and formats `items` (default 2,000,000) values.
+//!
 //! Misbehaving modes (the host must contain each):
 //! - `membomb`: allocates without limit (infallibly): aborts when memory runs out.
 //! - `memtry`: allocates with `try_reserve` until refused, writes blob `memtry/<instance id>`
 //!   with how far it got, then keeps running.
 //! - `stackoverflow`: recurses without end.
 //! - `flood`: prints to stdout as fast as it can.
+//! - `diskfill`: writes 64 KiB chunks into its first local resource until a write fails,
+//!   writes blob `diskfill/<instance id>` with how far it got and the error, then waits.
+//! - `disk`: a scripted sequence of writes, overwrites, truncations, renames and deletes in its
+//!   first local resource (1 MiB quota expected), each outcome a line of blob
+//!   `disk/<instance id>`, then waits.
 //! - `escape`: tries to reach files outside its local resource (`..`, absolute paths, a
 //!   symlink), writes the outcome of each to blob `escape/<instance id>`, then waits.
 
@@ -105,6 +115,34 @@ impl WorkerRole for Testbed {
                 }
             }
             "memtry" => memtry(),
+            "idle" => {
+                while !env::wait_for_stop(Duration::from_secs(3600)) {}
+                Ok(())
+            }
+            "cpu-loop" => {
+                let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+                for _ in 0..setting_u64("iterations", 300_000_000) {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                }
+                std::hint::black_box(x);
+                Ok(())
+            }
+            "cpu-alloc" => {
+                let n = setting_u64("items", 2_000_000);
+                let mut v: Vec<u64> = (0..n)
+                    .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 7)
+                    .collect();
+                v.sort_unstable();
+                let mut m = std::collections::HashMap::with_capacity(v.len());
+                for (i, x) in v.iter().enumerate() {
+                    m.insert(*x, i);
+                }
+                let text: usize = v.iter().step_by(16).map(|x| format!("{x:x}").len()).sum();
+                std::hint::black_box((m.len(), text));
+                Ok(())
+            }
             "stackoverflow" => {
                 #[allow(unconditional_recursion)]
                 fn deeper(n: u64, pad: &mut [u8; 256]) -> u64 {
@@ -124,6 +162,8 @@ impl WorkerRole for Testbed {
                 }
             }
             "escape" => escape(),
+            "diskfill" => diskfill(),
+            "disk" => disk_script(),
             other => Err(format!("unknown mode {other:?}")),
         }
     }
@@ -272,4 +312,117 @@ fn escape() -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     while !env::wait_for_stop(Duration::from_secs(5)) {}
     Ok(())
+}
+
+fn first_local() -> Result<String, String> {
+    env::local_resources()
+        .into_iter()
+        .next()
+        .map(|r| r.path)
+        .ok_or_else(|| "this mode needs a local resource".to_string())
+}
+
+fn report(container: &str, lines: &[String]) -> Result<(), String> {
+    let c = Container::new(container);
+    c.create_if_not_exists().map_err(|e| e.to_string())?;
+    c.blob(env::instance_id())
+        .put(lines.join("\n").as_bytes())
+        .map_err(|e| e.to_string())?;
+    while !env::wait_for_stop(Duration::from_secs(5)) {}
+    Ok(())
+}
+
+fn diskfill() -> Result<(), String> {
+    use std::io::Write;
+    let root = first_local()?;
+    let chunk = vec![7u8; 64 << 10];
+    let mut written: u64 = 0;
+    let mut n = 0;
+    let error = 'fill: loop {
+        let mut f = match std::fs::File::create(format!("{root}/fill-{n}.bin")) {
+            Ok(f) => f,
+            Err(e) => break 'fill e,
+        };
+        for _ in 0..16 {
+            if let Err(e) = f.write_all(&chunk).and_then(|()| f.flush()) {
+                break 'fill e;
+            }
+            written += chunk.len() as u64;
+        }
+        n += 1;
+    };
+    report(
+        "diskfill",
+        &[format!(
+            "wrote {written} bytes; then {error} (os error {:?})",
+            error.raw_os_error()
+        )],
+    )
+}
+
+fn disk_script() -> Result<(), String> {
+    const KIB: usize = 1024;
+    let root = first_local()?;
+    let path = |name: &str| format!("{root}/{name}");
+    let mut lines = Vec::new();
+    let mut step = |label: &str, r: std::io::Result<()>| {
+        lines.push(match r {
+            Ok(()) => format!("{label}: ok"),
+            Err(e) => format!(
+                "{label}: refused (os error {})",
+                e.raw_os_error().unwrap_or(-1)
+            ),
+        });
+    };
+    step(
+        "write a 600k",
+        std::fs::write(path("a"), vec![1u8; 600 * KIB]),
+    );
+    step(
+        "write b 600k",
+        std::fs::write(path("b"), vec![2u8; 600 * KIB]),
+    );
+    step("remove b", std::fs::remove_file(path("b")));
+    step(
+        "overwrite a 900k",
+        std::fs::write(path("a"), vec![3u8; 900 * KIB]),
+    );
+    step(
+        "write c 200k",
+        std::fs::write(path("c"), vec![4u8; 200 * KIB]),
+    );
+    step(
+        "truncate a 100k",
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path("a"))
+            .and_then(|f| f.set_len(100 * KIB as u64)),
+    );
+    step(
+        "write c 200k again",
+        std::fs::write(path("c"), vec![4u8; 200 * KIB]),
+    );
+    step(
+        "grow c to 2m",
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path("c"))
+            .and_then(|f| f.set_len(2048 * KIB as u64)),
+    );
+    step("rename c over a", std::fs::rename(path("c"), path("a")));
+    step(
+        "write d 800k",
+        std::fs::write(path("d"), vec![5u8; 800 * KIB]),
+    );
+    step(
+        "write e 100k",
+        std::fs::write(path("e"), vec![6u8; 100 * KIB]),
+    );
+    step("remove d", std::fs::remove_file(path("d")));
+    step(
+        "write e 100k again",
+        std::fs::write(path("e"), vec![6u8; 100 * KIB]),
+    );
+    step("hard link e", std::fs::hard_link(path("e"), path("e2")));
+    report("disk", &lines)
 }

@@ -2,11 +2,14 @@
 //!
 //! ```text
 //! cargo run --release -p rolehost-bench -- storage
+//! cargo run --release -p rolehost-bench -- runtime
 //! ```
 //!
 //! Each suite prints its figures as `key: value` lines, all measured in one run on the same disk,
 //! so ratios between them are meaningful. Suites of later issues (runtime, web, fabric, freeze,
 //! verify) join here.
+
+mod runtime;
 
 use std::io::Read;
 use std::sync::Arc;
@@ -25,16 +28,19 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("storage") => storage(),
+        Some("runtime") => runtime::runtime(),
+        // Internal: one idle-instances measurement in a process of its own.
+        Some("runtime-idle") => runtime::idle_child(&args[1], &args[2]),
         // Internal: runs in a child process so its peak RSS is its own.
         Some("storage-blob-1gib") => blob_1gib(&args[1]),
         _ => {
-            eprintln!("usage: rolehost-bench <suite>\nsuites: storage");
+            eprintln!("usage: rolehost-bench <suite>\nsuites: storage, runtime");
             std::process::exit(2);
         }
     }
 }
 
-fn line(key: &str, value: impl std::fmt::Display) {
+pub(crate) fn line(key: &str, value: impl std::fmt::Display) {
     println!("{key}: {value}");
 }
 
@@ -250,7 +256,7 @@ fn storage() {
     print!("{}", String::from_utf8_lossy(&out.stdout));
 }
 
-fn peak_rss_mib() -> f64 {
+pub(crate) fn peak_rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()

@@ -25,8 +25,9 @@ pub struct EngineOptions {
     /// Cache compiled components here (keyed by content and engine settings), so a restart, or
     /// the next test, does not compile the same component again.
     pub cache_dir: Option<PathBuf>,
-    /// Meter CPU with fuel (the VM sizes' CPU share and per-call budgets). Off only to measure
-    /// what metering costs.
+    /// Meter CPU with fuel and preempt with epochs (the VM sizes' CPU share, per-call budgets,
+    /// grace-period interruption). Off only to measure what the limits cost: instances then
+    /// cannot be interrupted.
     pub metering: bool,
     /// Preallocate a pool for this many live instances (fast instantiation; an instance past
     /// it fails to start). `None`: allocate on demand.
@@ -54,7 +55,7 @@ pub fn build_engine(options: &EngineOptions) -> wasmtime::Result<Engine> {
     }
     config.wasm_component_model(true);
     // Preemption: stores yield (and are metered) at every epoch tick (`instance::new_store`).
-    config.epoch_interruption(true);
+    config.epoch_interruption(options.metering);
     config.consume_fuel(options.metering);
     if let Some(n) = options.pool_capacity {
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool(n)));
@@ -111,7 +112,8 @@ fn pool(n: u32) -> PoolingAllocationConfig {
     let mut p = PoolingAllocationConfig::default();
     p.total_component_instances(n)
         .total_core_instances(n.saturating_mul(8))
-        .total_memories(n.saturating_mul(2))
+        // Rust wasip2 components have one memory; a quarter more covers the odd adapter's.
+        .total_memories(n.saturating_add(n / 4))
         .total_tables(n.saturating_mul(8))
         .total_stacks(n)
         .max_memory_size(WASM32_MAX_MEMORY as usize)

@@ -2,8 +2,8 @@
 //! plus the platform capabilities, and the linker that serves them.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{CallHook, Engine, Store, UpdateDeadline};
@@ -11,6 +11,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::capability::blob::BlobCtx;
 use crate::capability::environment::{EnvironmentCtx, InstanceInfo};
+use crate::capability::local_disk::{self, DiskQuota, LocalDiskCtx, LocalDiskView};
 use crate::capability::queue::{QueueCtx, QueueWakers};
 use crate::capability::table::TableCtx;
 use crate::capability::{self, Capabilities, CapabilityView};
@@ -40,6 +41,8 @@ pub struct InstanceState {
     platform_calls: Arc<AtomicU64>,
     /// `platform_calls` when the budget last restarted.
     budget_mark: u64,
+    /// Local resource quotas.
+    disk: Arc<Mutex<LocalDiskCtx>>,
 }
 
 impl InstanceState {
@@ -74,6 +77,12 @@ impl WasiView for InstanceState {
     }
 }
 
+impl LocalDiskView for InstanceState {
+    fn local_disk(&self) -> Arc<Mutex<LocalDiskCtx>> {
+        self.disk.clone()
+    }
+}
+
 impl CapabilityView for InstanceState {
     fn capabilities(&mut self) -> &mut Capabilities {
         &mut self.capabilities
@@ -87,6 +96,8 @@ pub struct InstanceParts {
     pub info: Arc<InstanceInfo>,
     /// Its local resources: (host directory, guest path).
     pub local_dirs: Vec<(PathBuf, String)>,
+    /// Their quotas.
+    pub disk_quotas: Vec<Arc<DiskQuota>>,
     /// Its link to storage.
     pub link: Link,
     /// The service's queue wakers.
@@ -103,6 +114,7 @@ pub struct InstanceParts {
 pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<InstanceState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    local_disk::add_to_linker(&mut linker)?;
     capability::add_to_linker(&mut linker)?;
     Ok(linker)
 }
@@ -155,6 +167,7 @@ pub fn new_store(
         fuel_base: parts.usage.fuel.load(Ordering::Relaxed),
         platform_calls: platform_calls.clone(),
         budget_mark: 0,
+        disk: LocalDiskCtx::new(parts.disk_quotas, parts.usage.clone()),
         usage: parts.usage,
         capabilities: Capabilities {
             blob: BlobCtx::new(link.clone()),

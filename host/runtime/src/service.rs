@@ -12,7 +12,7 @@ use crate::bindings::WorkerRolePre;
 use crate::capability::queue::QueueWakers;
 use crate::engine::{EngineOptions, EpochTicker, build_engine};
 use crate::error::RuntimeError;
-use crate::instance::linker;
+use crate::instance::{InstanceState, linker};
 use crate::link::FaultPlan;
 use crate::manifest::{ComponentSource, Manifest, RoleKind};
 use crate::quota::Usage;
@@ -74,6 +74,26 @@ pub fn resolve_components(
         out.insert(name.clone(), path);
     }
     Ok(out)
+}
+
+/// Compiles a worker role component (on a blocking thread) and checks it against the
+/// `worker-role` world. The error says what is wrong: not a component, an import the host does
+/// not provide, or a missing export.
+pub async fn prepare_worker(
+    engine: &wasmtime::Engine,
+    linker: &wasmtime::component::Linker<InstanceState>,
+    bytes: Vec<u8>,
+) -> Result<WorkerRolePre<InstanceState>, String> {
+    let compile_engine = engine.clone();
+    let component = tokio::task::spawn_blocking(move || Component::new(&compile_engine, &bytes))
+        .await
+        .map_err(|e| format!("compilation panicked: {e}"))?
+        .map_err(|e| format!("not a valid component: {e:#}"))?;
+    let pre = linker
+        .instantiate_pre(&component)
+        .map_err(|e| format!("imports something the host does not provide: {e:#}"))?;
+    WorkerRolePre::new(pre)
+        .map_err(|e| format!("is not a worker role (rolehost:platform/worker-role): {e:#}"))
 }
 
 /// How to run a service.
@@ -155,9 +175,9 @@ impl Service {
         let engine_options = EngineOptions {
             cache_dir: options.cache_dir.clone(),
             metering: true,
-            // Room for every instance, and for a recycled one's replacement while the old
-            // store is still being dropped.
-            pool_capacity: Some(total.saturating_mul(2).max(16)),
+            // Every instance, and some headroom (a recycled instance's store is dropped before
+            // its replacement is made, so recycling needs none).
+            pool_capacity: Some(total.saturating_add((total / 8).max(16))),
         };
         let engine =
             build_engine(&engine_options).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
@@ -186,24 +206,11 @@ impl Service {
                 path: path.clone(),
                 source,
             })?;
-            let compile_engine = engine.clone();
             let started = std::time::Instant::now();
-            let component =
-                tokio::task::spawn_blocking(move || Component::new(&compile_engine, &bytes))
-                    .await
-                    .map_err(|e| component_err(format!("compilation panicked: {e}")))?
-                    .map_err(|e| component_err(format!("not a valid component: {e:#}")))?;
-            tracing::info!(role = %name, elapsed = ?started.elapsed(), "compiled");
-            let pre = linker.instantiate_pre(&component).map_err(|e| {
-                component_err(format!(
-                    "imports something the host does not provide: {e:#}"
-                ))
-            })?;
-            let pre = WorkerRolePre::new(pre).map_err(|e| {
-                component_err(format!(
-                    "is not a worker role (rolehost:platform/worker-role): {e:#}"
-                ))
-            })?;
+            let pre = prepare_worker(&engine, &linker, bytes)
+                .await
+                .map_err(component_err)?;
+            tracing::info!(role = %name, elapsed = ?started.elapsed(), "compiled and linked");
             roles.push(Arc::new(RoleRuntime {
                 spec: spec.clone(),
                 service: manifest.service.clone(),

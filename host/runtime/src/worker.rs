@@ -17,6 +17,7 @@ use wasmtime::Engine;
 
 use crate::bindings::WorkerRolePre;
 use crate::capability::environment::{InstanceInfo, LocalResourceInfo};
+use crate::capability::local_disk::DiskQuota;
 use crate::capability::queue::QueueWakers;
 use crate::instance::{InstanceParts, InstanceState, new_store};
 use crate::link::{FaultPlan, InjectedCrash, Link};
@@ -98,6 +99,9 @@ impl std::fmt::Debug for RoleRuntime {
     }
 }
 
+/// Local resource directories (host, guest path) and their quotas.
+type LocalDirs = (Vec<(PathBuf, String)>, Vec<Arc<DiskQuota>>);
+
 enum Outcome {
     Stopped { interrupted: bool },
     Recycle(String),
@@ -171,22 +175,27 @@ impl RoleRuntime {
         self.local_root.join(instance_id)
     }
 
-    /// Creates the instance's local resource directories (emptied first when `clean`).
-    fn prepare_local(
-        &self,
-        instance_id: &str,
-        fresh: bool,
-    ) -> std::io::Result<Vec<(PathBuf, String)>> {
+    /// Creates the instance's local resource directories (emptied first when `fresh` or the
+    /// resource is cleaned on recycle), with their quotas.
+    fn prepare_local(&self, instance_id: &str, fresh: bool) -> std::io::Result<LocalDirs> {
         let mut dirs = Vec::new();
+        let mut quotas = Vec::new();
         for r in &self.spec.local_resources {
             let host = self.instance_dir(instance_id).join(&r.name);
             if (fresh || r.clean_on_recycle) && host.exists() {
                 std::fs::remove_dir_all(&host)?;
             }
             std::fs::create_dir_all(&host)?;
-            dirs.push((host, format!("/local/{}", r.name)));
+            let guest = format!("/local/{}", r.name);
+            quotas.push(Arc::new(DiskQuota::new(
+                &r.name,
+                &guest,
+                &host,
+                r.size_bytes,
+            )?));
+            dirs.push((host, guest));
         }
-        Ok(dirs)
+        Ok((dirs, quotas))
     }
 
     fn wipe_local(&self, instance_id: &str) {
@@ -227,7 +236,7 @@ impl RoleRuntime {
         usage: &Arc<UsageCell>,
     ) -> Outcome {
         let grace = self.spec.grace_period;
-        let local_dirs = match self.prepare_local(instance_id, first) {
+        let (local_dirs, disk_quotas) = match self.prepare_local(instance_id, first) {
             Ok(d) => d,
             Err(e) => return Outcome::Recycle(format!("preparing local resources: {e}")),
         };
@@ -242,6 +251,7 @@ impl RoleRuntime {
         let parts = InstanceParts {
             info: Arc::new(self.info(instance_id)),
             local_dirs,
+            disk_quotas,
             link,
             wakers: self.wakers.clone(),
             stop: stop.clone(),

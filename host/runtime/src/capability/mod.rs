@@ -1,12 +1,14 @@
 //! The platform's capabilities, one module each (blob, queue, table, environment): a context
 //! holding what the capability needs, its implementation of the WIT `Host` trait, and its
-//! `add_to_linker`. Each is self-contained; [`add_to_linker`] wires all four.
+//! `add_to_linker`. Each is self-contained; [`add_to_linker`] wires all four. [`local_disk`]
+//! enforces the local resources' quotas by shadowing WASI's filesystem.
 //!
 //! Architecture Invariant: a host function never panics or traps on guest input. Every bad
 //! argument becomes a `storage-error` the guest can read; only the link's injected crashes trap.
 
 pub mod blob;
 pub mod environment;
+pub mod local_disk;
 pub mod queue;
 pub mod table;
 

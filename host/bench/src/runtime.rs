@@ -1,0 +1,302 @@
+//! The `runtime` suite: instance start time, the cost of the VM-size limits on CPU-bound
+//! guests, and host memory with 1,000 and 10,000 idle worker instances.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rolehost_runtime::bindings::WorkerRolePre;
+use rolehost_runtime::capability::environment::InstanceInfo;
+use rolehost_runtime::capability::queue::QueueWakers;
+use rolehost_runtime::engine::{EngineOptions, build_engine};
+use rolehost_runtime::instance::{InstanceParts, InstanceState, linker, new_store};
+use rolehost_runtime::link::Link;
+use rolehost_runtime::manifest::{Manifest, VmSize};
+use rolehost_runtime::quota::{Limits, UsageCell};
+use rolehost_runtime::service::{self, Service, ServiceOptions, prepare_worker};
+use rolehost_runtime::stop::stop_signal;
+use rolehost_runtime::worker::Phase;
+use rolehost_storage::{AccountName, Backend, RedbStore, StorageOptions};
+
+use crate::line;
+
+/// Instances started, one after the other, for the start-time figure.
+const STARTS: u32 = 2000;
+/// Runs of each CPU-bound workload per engine; the best counts.
+const RUNS: usize = 5;
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn testbed() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    let built = rolehost_runtime::build::build_crate(
+        &repo_root().join("guests"),
+        Some(&target.join("guests")),
+    )
+    .expect("building guests/");
+    built
+        .into_iter()
+        .find(|p| p.file_stem().is_some_and(|s| s == "testbed"))
+        .expect("the testbed component")
+}
+
+struct Bed {
+    _dir: tempfile::TempDir,
+    backend: Arc<dyn Backend>,
+    wakers: Arc<QueueWakers>,
+}
+
+impl Bed {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store =
+            RedbStore::open(dir.path().join("s.redb"), StorageOptions::default()).expect("storage");
+        Bed {
+            _dir: dir,
+            backend: Arc::new(store),
+            wakers: Arc::default(),
+        }
+    }
+
+    fn parts(&self, settings: &[(&str, &str)], metered: bool) -> InstanceParts {
+        let info = InstanceInfo {
+            service: "bench".into(),
+            role: "Bench".into(),
+            instance_id: "Bench_IN_0".into(),
+            deployment_id: "bench".into(),
+            settings: settings
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            local_resources: Vec::new(),
+        };
+        let link = Link::new(
+            self.backend.clone(),
+            AccountName::new("bench").expect("account"),
+            Arc::from("Bench_IN_0"),
+        );
+        let (_stop, signal) = stop_signal();
+        InstanceParts {
+            info: Arc::new(info),
+            local_dirs: Vec::new(),
+            disk_quotas: Vec::new(),
+            link,
+            wakers: self.wakers.clone(),
+            stop: signal,
+            metered,
+            usage: Arc::new(UsageCell::default()),
+        }
+    }
+}
+
+async fn prepare(engine: &wasmtime::Engine, component: &Path) -> WorkerRolePre<InstanceState> {
+    let linker = linker(engine).expect("linker");
+    prepare_worker(
+        engine,
+        &linker,
+        std::fs::read(component).expect("component"),
+    )
+    .await
+    .expect("worker role")
+}
+
+/// Limits that are all on but never bind: what they cost, not what they throttle.
+fn slack_limits() -> Limits {
+    let mut l = Limits::of(VmSize::Small);
+    l.fuel_per_sec = u64::MAX / 8;
+    if std::env::var_os("XB_NOBUDGET").is_none() {
+        l.call_budget = Some(u64::MAX / 8);
+    }
+    l
+}
+
+pub(crate) fn runtime() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio");
+    let component = testbed();
+    rt.block_on(async {
+        if std::env::var_os("XB_ONLY").is_none() {
+            start_time(&component).await;
+        }
+        overhead(&component).await;
+    });
+    for n in [1000u32, 10_000]
+        .into_iter()
+        .filter(|_| std::env::var_os("XB_ONLY").is_none())
+    {
+        let out = std::process::Command::new(std::env::current_exe().expect("exe"))
+            .arg("runtime-idle")
+            .arg(n.to_string())
+            .arg(&component)
+            .output()
+            .expect("idle child");
+        assert!(
+            out.status.success(),
+            "idle child failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+    }
+}
+
+async fn start_time(component: &Path) {
+    let engine = build_engine(&EngineOptions {
+        pool_capacity: Some(64),
+        ..EngineOptions::default()
+    })
+    .expect("engine");
+    let pre = prepare(&engine, component).await;
+    let bed = Bed::new();
+    let limits = Limits::of(VmSize::Small);
+    // Warm the pool's slots.
+    for _ in 0..50 {
+        let mut store = new_store(&engine, bed.parts(&[], true), &limits).expect("store");
+        pre.instantiate_async(&mut store)
+            .await
+            .expect("instantiate");
+    }
+    let started = Instant::now();
+    for _ in 0..STARTS {
+        let mut store = new_store(&engine, bed.parts(&[], true), &limits).expect("store");
+        let instance = pre
+            .instantiate_async(&mut store)
+            .await
+            .expect("instantiate");
+        std::hint::black_box(&instance);
+    }
+    let per = started.elapsed().as_secs_f64() * 1e6 / f64::from(STARTS);
+    line("instance_start_us", format!("{per:.1}"));
+}
+
+/// Best wall time of `run` in `mode` on `engine`, over [`RUNS`] fresh instances.
+async fn best_run(
+    engine: &wasmtime::Engine,
+    pre: &WorkerRolePre<InstanceState>,
+    mode: &str,
+    metered: bool,
+) -> Duration {
+    let bed = Bed::new();
+    let limits = slack_limits();
+    let mut best = Duration::MAX;
+    for _ in 0..RUNS {
+        let mut store =
+            new_store(engine, bed.parts(&[("mode", mode)], metered), &limits).expect("store");
+        let role = pre
+            .instantiate_async(&mut store)
+            .await
+            .expect("instantiate");
+        let worker = role.rolehost_platform_worker();
+        worker
+            .call_on_start(&mut store)
+            .await
+            .expect("on-start")
+            .expect("on-start ok");
+        let started = Instant::now();
+        worker
+            .call_run(&mut store)
+            .await
+            .expect("run")
+            .expect("run ok");
+        best = best.min(started.elapsed());
+    }
+    best
+}
+
+async fn overhead(component: &Path) {
+    let plain = build_engine(&EngineOptions {
+        metering: false,
+        ..EngineOptions::default()
+    })
+    .expect("engine");
+    let limited = build_engine(&EngineOptions {
+        pool_capacity: std::env::var_os("XB_NOPOOL").is_none().then_some(16),
+        ..EngineOptions::default()
+    })
+    .expect("engine");
+    // Epoch ticks drive the limited engine's metering, as in a running host.
+    let _ticker = rolehost_runtime::engine::EpochTicker::start(&limited).expect("ticker");
+    let plain_pre = prepare(&plain, component).await;
+    let limited_pre = prepare(&limited, component).await;
+    let mut worst: f64 = 0.0;
+    for (mode, key) in [("cpu-loop", "loop"), ("cpu-alloc", "alloc")] {
+        let base = best_run(&plain, &plain_pre, mode, false).await;
+        let with = best_run(&limited, &limited_pre, mode, true).await;
+        let ratio = with.as_secs_f64() / base.as_secs_f64();
+        worst = worst.max(ratio);
+        line(
+            &format!("{key}_plain_ms"),
+            format!("{:.1}", base.as_secs_f64() * 1e3),
+        );
+        line(
+            &format!("{key}_limited_ms"),
+            format!("{:.1}", with.as_secs_f64() * 1e3),
+        );
+        line(
+            &format!("limits_overhead_{key}_ratio"),
+            format!("{ratio:.3}"),
+        );
+    }
+    line("limits_overhead_ratio", format!("{worst:.3}"));
+}
+
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// Starts `n` idle worker instances and prints the process's RSS once all run.
+pub(crate) fn idle_child(n: &str, component: &str) {
+    let n: u32 = n.parse().expect("instance count");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio");
+    rt.block_on(async {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let text = format!(
+            "[service]\nname = \"idle\"\n[roles.Idle]\nkind = \"worker\"\ncomponent = {component:?}\n\
+             instances = {n}\n[roles.Idle.settings]\nmode = \"idle\"\n"
+        );
+        let manifest = Manifest::parse(&text, &dir.path().join("rolehost.toml")).expect("manifest");
+        let store = service::open_storage(dir.path(), &manifest, None).expect("storage");
+        let components = service::resolve_components(&manifest, None).expect("components");
+        let before = rss_mib();
+        let started = Instant::now();
+        let svc = Service::start(
+            &manifest,
+            &components,
+            store,
+            ServiceOptions {
+                data_dir: dir.path().to_path_buf(),
+                ..ServiceOptions::default()
+            },
+        )
+        .await
+        .expect("service");
+        while svc.status().iter().any(|s| s.phase != Phase::Running) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let up = started.elapsed();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let rss = rss_mib();
+        let key = if n >= 1000 && n % 1000 == 0 { format!("{}k", n / 1000) } else { n.to_string() };
+        line(&format!("idle_{key}_start_s"), format!("{:.2}", up.as_secs_f64()));
+        line(&format!("idle_{key}_rss_mib"), format!("{rss:.1}"));
+        line(&format!("idle_{key}_rss_before_mib"), format!("{before:.1}"));
+        line(
+            &format!("idle_{key}_kib_per_instance"),
+            format!("{:.1}", (rss - before) * 1024.0 / f64::from(n)),
+        );
+        svc.shutdown().await;
+    });
+}
