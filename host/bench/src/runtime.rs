@@ -108,9 +108,7 @@ async fn prepare(engine: &wasmtime::Engine, component: &Path) -> WorkerRolePre<I
 fn slack_limits() -> Limits {
     let mut l = Limits::of(VmSize::Small);
     l.fuel_per_sec = u64::MAX / 8;
-    if std::env::var_os("XB_NOBUDGET").is_none() {
-        l.call_budget = Some(u64::MAX / 8);
-    }
+    l.call_budget = Some(u64::MAX / 8);
     l
 }
 
@@ -121,15 +119,10 @@ pub(crate) fn runtime() {
         .expect("tokio");
     let component = testbed();
     rt.block_on(async {
-        if std::env::var_os("XB_ONLY").is_none() {
-            start_time(&component).await;
-        }
+        start_time(&component).await;
         overhead(&component).await;
     });
-    for n in [1000u32, 10_000]
-        .into_iter()
-        .filter(|_| std::env::var_os("XB_ONLY").is_none())
-    {
+    for n in [1000u32, 10_000] {
         let out = std::process::Command::new(std::env::current_exe().expect("exe"))
             .arg("runtime-idle")
             .arg(n.to_string())
@@ -215,7 +208,7 @@ async fn overhead(component: &Path) {
     })
     .expect("engine");
     let limited = build_engine(&EngineOptions {
-        pool_capacity: std::env::var_os("XB_NOPOOL").is_none().then_some(16),
+        pool_capacity: Some(16),
         ..EngineOptions::default()
     })
     .expect("engine");
