@@ -47,7 +47,10 @@ pub fn settings() -> Vec<(String, String)> {
     host::configuration_settings()
 }
 
-/// This instance's local resources.
+/// This instance's local resources: private directories with a size quota, wiped when the
+/// instance stops. Use `std::fs` on `path`. Past the quota, `std::fs` writes fail with
+/// `raw_os_error() == Some(29)` (EIO: wasi-libc reports every failed stream write so) and
+/// `File::set_len` with 51 (ENOSPC); hard links are refused.
 pub fn local_resources() -> Vec<LocalResource> {
     host::local_resources()
 }

@@ -40,6 +40,10 @@ enum Command {
         /// Stop gracefully after this many seconds instead of waiting for Ctrl-C.
         #[arg(long, value_name = "SECONDS")]
         stop_after: Option<u64>,
+        /// Log each instance's CPU, memory and local-disk use against its quotas this often
+        /// (0: never).
+        #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+        usage_every: u64,
     },
     /// Compile the service's guest crates (or one crate) to wasm32-wasip2 components,
     /// installing the target if it is missing.
@@ -84,7 +88,11 @@ fn main() -> anyhow::Result<()> {
                 data_dir,
                 target_dir,
                 stop_after,
-            } => run(&path, data_dir, target_dir.as_deref(), stop_after).await,
+                usage_every,
+            } => {
+                let usage = (usage_every > 0).then(|| Duration::from_secs(usage_every));
+                run(&path, data_dir, target_dir.as_deref(), stop_after, usage).await
+            }
             Command::Build { path, target_dir } => build(&path, target_dir.as_deref()),
             Command::Storage(args) => storage_cmd::run(args),
         }
@@ -96,6 +104,7 @@ async fn run(
     data_dir: Option<PathBuf>,
     target_dir: Option<&Path>,
     stop_after: Option<u64>,
+    usage_log: Option<Duration>,
 ) -> anyhow::Result<()> {
     let manifest = Manifest::load(path)?;
     let data_dir = data_dir.unwrap_or_else(|| manifest.storage.data_dir.clone());
@@ -107,6 +116,7 @@ async fn run(
         data_dir: data_dir.clone(),
         cache_dir: Some(data_dir.join("cache")),
         faults: None,
+        usage_log,
     };
     let service = Service::start(&manifest, &components, store, options).await?;
     eprintln!(

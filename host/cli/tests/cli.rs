@@ -276,3 +276,31 @@ fn build_compiles_a_guest_crate_to_a_component() {
     // A component (layer 1), not a core module.
     assert_eq!(&bytes[..8], b"\0asm\x0d\0\x01\0");
 }
+
+#[test]
+fn the_log_shows_each_instances_use_of_its_quotas() {
+    let dir = tempfile::tempdir().unwrap();
+    let testbed = rolehost_tests::guest("testbed");
+    let svc = write_manifest(
+        dir.path(),
+        &format!(
+            "[service]\nname = \"usage\"\n[storage]\ndata-dir = \"data\"\n\
+             [roles.Idle]\nkind = \"worker\"\ncomponent = {:?}\nvm-size = \"ExtraSmall\"\n\
+             [roles.Idle.settings]\nmode = \"idle\"\n\
+             [[roles.Idle.local-resources]]\nname = \"scratch\"\nsize-mb = 10\n",
+            testbed.display().to_string()
+        ),
+    );
+    let out = rolehost(&["run", &svc, "--stop-after", "3", "--usage-every", "1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("usage: cpu") && l.contains("Idle_IN_0"))
+        .unwrap_or_else(|| panic!("no usage line:\n{stderr}"));
+    assert!(line.contains("of 0.62 cores"), "ExtraSmall's share: {line}");
+    assert!(
+        line.contains("of 768 MiB") && line.contains("of 10 MiB"),
+        "{line}"
+    );
+}

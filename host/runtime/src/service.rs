@@ -105,11 +105,13 @@ pub struct ServiceOptions {
     pub cache_dir: Option<PathBuf>,
     /// Faults to inject on every instance's link (verification only).
     pub faults: Option<Arc<dyn FaultPlan>>,
+    /// Log every instance's CPU, memory and local-disk use against its quotas this often.
+    pub usage_log: Option<std::time::Duration>,
 }
 
 struct InstanceSlot {
     stop: StopHandle,
-    task: JoinHandle<()>,
+    task: Mutex<Option<JoinHandle<()>>>,
     status: Arc<Mutex<InstanceStatus>>,
     usage: Arc<UsageCell>,
     role: Arc<RoleRuntime>,
@@ -138,7 +140,8 @@ impl InstanceSlot {
 pub struct Service {
     name: String,
     deployment_id: String,
-    instances: Vec<InstanceSlot>,
+    instances: Arc<Vec<InstanceSlot>>,
+    usage_task: Option<JoinHandle<()>>,
     _ticker: EpochTicker,
 }
 
@@ -249,7 +252,7 @@ impl Service {
                 ));
                 instances.push(InstanceSlot {
                     stop,
-                    task,
+                    task: Mutex::new(Some(task)),
                     status,
                     usage,
                     role: role.clone(),
@@ -262,10 +265,15 @@ impl Service {
             instances = instances.len(),
             "service started"
         );
+        let instances = Arc::new(instances);
+        let usage_task = options
+            .usage_log
+            .map(|every| tokio::spawn(log_usage(instances.clone(), every)));
         Ok(Service {
             name: manifest.service.clone(),
             deployment_id,
             instances,
+            usage_task,
             _ticker: ticker,
         })
     }
@@ -289,16 +297,51 @@ impl Service {
     /// period). Returns their final status.
     pub async fn shutdown(self) -> Vec<InstanceStatus> {
         tracing::info!(service = %self.name, "stopping all instances");
-        for i in &self.instances {
+        if let Some(t) = &self.usage_task {
+            t.abort();
+        }
+        for i in self.instances.iter() {
             i.stop.request();
         }
         let mut out = Vec::with_capacity(self.instances.len());
-        for mut i in self.instances {
-            if let Err(e) = (&mut i.task).await {
+        for i in self.instances.iter() {
+            let task = i.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(task) = task
+                && let Err(e) = task.await
+            {
                 tracing::error!(error = %e, "instance supervisor failed");
             }
             out.push(i.read());
         }
         out
+    }
+}
+
+/// Logs each instance's use of its quotas every `every`: CPU in reference cores over the
+/// interval against its share, memory and local disk against their caps.
+async fn log_usage(instances: Arc<Vec<InstanceSlot>>, every: std::time::Duration) {
+    let mut last: Vec<u64> = instances.iter().map(|i| i.read().usage.fuel).collect();
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        for (i, slot) in instances.iter().enumerate() {
+            let s = slot.read();
+            let used = s.usage.fuel.saturating_sub(last[i]);
+            last[i] = s.usage.fuel;
+            let core = crate::quota::REFERENCE_CORE_FUEL_PER_SEC as f64;
+            let cores = used as f64 / every.as_secs_f64() / core;
+            let share = s.usage.fuel_per_sec as f64 / core;
+            tracing::info!(
+                instance = %s.instance_id,
+                phase = ?s.phase,
+                restarts = s.restarts,
+                "usage: cpu {cores:.2} of {share:.2} cores, memory {} of {} MiB, local disk {} of {} MiB",
+                s.usage.memory_bytes >> 20,
+                s.usage.memory_cap >> 20,
+                s.usage.disk_bytes >> 20,
+                s.usage.disk_quota >> 20,
+            );
+        }
     }
 }
