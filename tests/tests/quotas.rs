@@ -345,6 +345,58 @@ async fn local_disk_quotas_hold_on_write_overwrite_truncate_rename_and_delete() 
     assert!(!script_dir.exists() && !fill_dir.exists(), "wiped on stop");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_resources_are_wiped_on_recycle_unless_the_role_keeps_them() {
+    let mut t = prepare(
+        r#"
+        [service]
+        name = "recycle"
+        [roles.Clean]
+        kind = "worker"
+        component = "{guest:testbed}"
+        recycle-backoff-ms = 50
+        [roles.Clean.settings]
+        mode = "marker"
+        [[roles.Clean.local-resources]]
+        name = "scratch"
+        size-mb = 1
+        [roles.Keep]
+        kind = "worker"
+        component = "{guest:testbed}"
+        recycle-backoff-ms = 50
+        [roles.Keep.settings]
+        mode = "marker"
+        [[roles.Keep.local-resources]]
+        name = "scratch"
+        size-mb = 1
+        clean-on-recycle = false
+        "#,
+    );
+    t.start().await;
+    wait_for(Duration::from_secs(30), "two recycles each", || {
+        t.service()
+            .status()
+            .iter()
+            .all(|s| s.restarts >= 2)
+            .then_some(())
+    })
+    .await;
+    let exists = |name: &str| read_blob(&t, "marker", name).is_some();
+    assert!(
+        exists("Clean_IN_0-false") && !exists("Clean_IN_0-true"),
+        "wiped at each recycle"
+    );
+    assert!(
+        exists("Keep_IN_0-false") && exists("Keep_IN_0-true"),
+        "kept across recycles"
+    );
+    t.shutdown().await;
+    assert!(
+        !t.dir.path().join("local/Keep/Keep_IN_0").exists(),
+        "wiped when it stops"
+    );
+}
+
 /// A log sink the test can read.
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);

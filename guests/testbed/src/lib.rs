@@ -31,6 +31,9 @@
 //! - `disk`: a scripted sequence of writes, overwrites, truncations, renames and deletes in its
 //!   first local resource (1 MiB quota expected), each outcome a line of blob
 //!   `disk/<instance id>`, then waits.
+//! - `marker`: notes in blob `marker/<instance id>-<found>` whether its first local resource
+//!   holds the file `marker` left by an earlier incarnation, leaves it, and fails `run` (so it
+//!   is recycled).
 //! - `escape`: tries to reach files outside its local resource (`..`, absolute paths, a
 //!   symlink), writes the outcome of each to blob `escape/<instance id>`, then waits.
 
@@ -164,6 +167,19 @@ impl WorkerRole for Testbed {
             "escape" => escape(),
             "diskfill" => diskfill(),
             "disk" => disk_script(),
+            "marker" => {
+                let root = first_local()?;
+                let marker = format!("{root}/marker");
+                let found = std::fs::metadata(&marker).is_ok();
+                let c = Container::new("marker");
+                c.create_if_not_exists().map_err(|e| e.to_string())?;
+                c.blob(format!("{}-{found}", env::instance_id()))
+                    .put(b"")
+                    .map_err(|e| e.to_string())?;
+                std::fs::write(&marker, b"left by an earlier incarnation")
+                    .map_err(|e| e.to_string())?;
+                Err("recycle me".into())
+            }
             other => Err(format!("unknown mode {other:?}")),
         }
     }
