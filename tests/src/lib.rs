@@ -2,14 +2,18 @@
 //! machine too), and runs services on a temporary data directory.
 
 use std::collections::BTreeMap;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use rolehost_runtime::link::FaultPlan;
 use rolehost_runtime::manifest::Manifest;
 use rolehost_runtime::service::{self, Service, ServiceOptions};
-use rolehost_storage::{AccountName, RedbStore};
+use rolehost_runtime::worker::InstanceStatus;
+use rolehost_storage::blob::{BlobListItem, BlobStore, GetBlobOptions};
+use rolehost_storage::queue::{PutMessageOptions, QueueStore};
+use rolehost_storage::{AccountName, ListOptions, RedbStore};
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
@@ -116,6 +120,70 @@ impl TestService {
         self.service.as_ref().expect("service started")
     }
 
+    /// A blob's content as text, if it exists.
+    pub fn blob_text(&self, container: &str, name: &str) -> Option<String> {
+        String::from_utf8(self.blob_bytes(container, name)?).ok()
+    }
+
+    /// A blob's content, if it exists.
+    pub fn blob_bytes(&self, container: &str, name: &str) -> Option<Vec<u8>> {
+        let mut read = self
+            .store
+            .get_blob(&self.account, container, name, &GetBlobOptions::default())
+            .ok()?;
+        let mut v = Vec::new();
+        read.reader.read_to_end(&mut v).ok()?;
+        Some(v)
+    }
+
+    /// The names of a container's blobs (empty if it does not exist).
+    pub fn blob_names(&self, container: &str) -> Vec<String> {
+        let Ok(page) =
+            self.store
+                .list_blobs(&self.account, container, &ListOptions::default(), None)
+        else {
+            return Vec::new();
+        };
+        page.items
+            .into_iter()
+            .filter_map(|i| match i {
+                BlobListItem::Blob(b) => Some(b.name),
+                BlobListItem::Prefix(_) => None,
+            })
+            .collect()
+    }
+
+    /// Puts messages on `queue` (created if missing).
+    pub fn put_messages(&self, queue: &str, bodies: impl IntoIterator<Item = String>) {
+        let _ = self.store.create_queue(&self.account, queue, Vec::new());
+        for body in bodies {
+            self.store
+                .put_message(
+                    &self.account,
+                    queue,
+                    body.as_bytes(),
+                    PutMessageOptions::default(),
+                )
+                .expect("put message");
+        }
+    }
+
+    /// A queue's approximate length (`u64::MAX` if it does not exist).
+    pub fn queue_len(&self, queue: &str) -> u64 {
+        self.store
+            .get_queue_properties(&self.account, queue)
+            .map_or(u64::MAX, |p| p.approximate_message_count)
+    }
+
+    /// The status of the (first) instance of `role`.
+    pub fn status_of(&self, role: &str) -> InstanceStatus {
+        self.service()
+            .status()
+            .into_iter()
+            .find(|s| s.role == role)
+            .expect("role exists")
+    }
+
     /// Stops the service and returns the instances' final status.
     pub async fn shutdown(&mut self) -> Vec<rolehost_runtime::worker::InstanceStatus> {
         self.service
@@ -137,5 +205,53 @@ pub async fn wait_for<T>(timeout: Duration, what: &str, mut check: impl FnMut() 
             panic!("timed out after {timeout:?} waiting for {what}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The test process's log, captured so a test can read it. Install once per test binary.
+#[derive(Clone, Default)]
+pub struct LogCapture(Arc<Mutex<Vec<u8>>>);
+
+impl LogCapture {
+    /// Captures `tracing` output at `filter` (e.g. `guest=info`) from now on.
+    pub fn install(filter: &str) -> LogCapture {
+        let capture = LogCapture::default();
+        let sink = capture.clone();
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .init();
+        capture
+    }
+
+    /// Bytes captured so far.
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether nothing was captured yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The text captured from byte `from` on.
+    pub fn text_from(&self, from: usize) -> String {
+        let buf = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        String::from_utf8_lossy(&buf[from.min(buf.len())..]).into_owned()
+    }
+}
+
+impl Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }

@@ -1,43 +1,15 @@
 //! What the host does around the guests: refusing bad components, routing guest output to
 //! the log.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rolehost_runtime::RuntimeError;
 use rolehost_runtime::service::{Service, ServiceOptions};
-use rolehost_tests::{guest, prepare, wait_for};
-
-/// A log sink the test can read.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
+use rolehost_tests::{LogCapture, guest, prepare, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guest_stdout_and_stderr_go_to_the_log_tagged_with_the_instance() {
-    let captured = Captured::default();
-    let sink = captured.clone();
-    tracing_subscriber::fmt()
-        .with_env_filter("guest=info")
-        .with_ansi(false)
-        .with_writer(move || sink.clone())
-        .init();
+    let captured = LogCapture::install("guest=info");
     let mut t = prepare(
         r#"
         [service]
@@ -51,7 +23,7 @@ async fn guest_stdout_and_stderr_go_to_the_log_tagged_with_the_instance() {
     );
     t.start().await;
     let log = wait_for(Duration::from_secs(30), "both lines in the log", || {
-        let text = captured.text();
+        let text = captured.text_from(0);
         (text.contains("hello from stdout") && text.contains("hello from stderr")).then_some(text)
     })
     .await;
@@ -73,7 +45,9 @@ async fn guest_stdout_and_stderr_go_to_the_log_tagged_with_the_instance() {
     );
     t.shutdown().await;
     assert!(
-        captured.text().contains("Printer_IN_0 stopping cleanly"),
+        captured
+            .text_from(0)
+            .contains("Printer_IN_0 stopping cleanly"),
         "on-stop ran and logged"
     );
 }

@@ -1,33 +1,12 @@
 //! VM-size quotas on real guests: the CPU share, per-call budgets, memory, the log budget,
 //! confinement to local resources, and a healthy neighbour's throughput while others misbehave.
 
-use std::io::{Read, Write};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rolehost_runtime::quota::REFERENCE_CORE_FUEL_PER_SEC;
-use rolehost_runtime::worker::{InstanceStatus, Phase};
-use rolehost_storage::blob::{BlobStore, GetBlobOptions};
+use rolehost_runtime::worker::Phase;
 use rolehost_storage::queue::{PutMessageOptions, QueueStore};
-use rolehost_tests::{TestService, prepare, wait_for};
-
-fn read_blob(t: &TestService, container: &str, name: &str) -> Option<String> {
-    let mut read = t
-        .store
-        .get_blob(&t.account, container, name, &GetBlobOptions::default())
-        .ok()?;
-    let mut s = String::new();
-    read.reader.read_to_string(&mut s).ok()?;
-    Some(s)
-}
-
-fn status_of(t: &TestService, role: &str) -> InstanceStatus {
-    t.service()
-        .status()
-        .into_iter()
-        .find(|s| s.role == role)
-        .expect("role exists")
-}
+use rolehost_tests::{LogCapture, TestService, prepare, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_guest_gets_its_cpu_share_within_20_percent() {
@@ -47,13 +26,13 @@ async fn a_busy_guest_gets_its_cpu_share_within_20_percent() {
     );
     t.start().await;
     wait_for(Duration::from_secs(30), "the spinner running", || {
-        (status_of(&t, "Spinner").phase == Phase::Running).then_some(())
+        (t.status_of("Spinner").phase == Phase::Running).then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (f0, t0) = (status_of(&t, "Spinner").usage.fuel, Instant::now());
+    let (f0, t0) = (t.status_of("Spinner").usage.fuel, Instant::now());
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let s = status_of(&t, "Spinner");
+    let s = t.status_of("Spinner");
     let rate = (s.usage.fuel - f0) as f64 / t0.elapsed().as_secs_f64();
     let target = REFERENCE_CORE_FUEL_PER_SEC as f64 * 0.25;
     eprintln!(
@@ -99,7 +78,7 @@ async fn a_per_call_budget_ends_a_runaway_loop_with_a_clear_reason() {
     // A worker that calls the platform in every iteration lives happily under the same budget.
     count_messages(&t, 20).await;
     let s = wait_for(Duration::from_secs(30), "a recycle", || {
-        let s = status_of(&t, "Spinner");
+        let s = t.status_of("Spinner");
         (s.restarts >= 1).then_some(s)
     })
     .await;
@@ -138,7 +117,7 @@ async fn memory_growth_past_the_cap_fails_a_careful_guest_survives_a_careless_on
     let report = wait_for(
         Duration::from_secs(30),
         "the careful guest's report",
-        || read_blob(&t, "memtry", "Careful_IN_0"),
+        || t.blob_text("memtry", "Careful_IN_0"),
     )
     .await;
     let mib: u64 = report
@@ -154,7 +133,7 @@ async fn memory_growth_past_the_cap_fails_a_careful_guest_survives_a_careless_on
         Duration::from_secs(30),
         "the careless guest recycled",
         || {
-            let s = status_of(&t, "Careless");
+            let s = t.status_of("Careless");
             (s.restarts >= 1).then_some(s)
         },
     )
@@ -164,7 +143,7 @@ async fn memory_growth_past_the_cap_fails_a_careful_guest_survives_a_careless_on
         reason.contains("memory quota (64 MiB"),
         "the log says it hit the memory quota: {reason}"
     );
-    let careful = status_of(&t, "Careful");
+    let careful = t.status_of("Careful");
     assert_eq!(
         (careful.phase, careful.restarts),
         (Phase::Running, 0),
@@ -194,7 +173,7 @@ async fn a_stack_overflow_is_a_trap_that_recycles_the_instance() {
     );
     t.start().await;
     let s = wait_for(Duration::from_secs(30), "a recycle", || {
-        let s = status_of(&t, "Deep");
+        let s = t.status_of("Deep");
         (s.restarts >= 1).then_some(s)
     })
     .await;
@@ -221,7 +200,7 @@ async fn an_instance_cannot_leave_its_local_resource() {
     );
     t.start().await;
     let report = wait_for(Duration::from_secs(30), "the escape report", || {
-        read_blob(&t, "escape", "Escaper_IN_0")
+        t.blob_text("escape", "Escaper_IN_0")
     })
     .await;
     let line = |k: &str| {
@@ -275,7 +254,7 @@ async fn local_disk_quotas_hold_on_write_overwrite_truncate_rename_and_delete() 
     );
     t.start().await;
     let report = wait_for(Duration::from_secs(60), "the disk script's report", || {
-        read_blob(&t, "disk", "Script_IN_0")
+        t.blob_text("disk", "Script_IN_0")
     })
     .await;
     let expected = [
@@ -314,14 +293,14 @@ async fn local_disk_quotas_hold_on_write_overwrite_truncate_rename_and_delete() 
     let on_disk = rolehost_runtime::capability::local_disk::du(&script_dir).unwrap();
     assert_eq!(on_disk, 300 * 1024, "a (200 KiB) and e (100 KiB) are left");
     let script = wait_for(Duration::from_secs(5), "the usage to settle", || {
-        let s = status_of(&t, "Script");
+        let s = t.status_of("Script");
         (s.usage.disk_bytes == on_disk).then_some(s)
     })
     .await;
     assert_eq!(script.usage.disk_quota, 1 << 20);
 
     let fill = wait_for(Duration::from_secs(60), "the filler's report", || {
-        read_blob(&t, "diskfill", "Filler_IN_0")
+        t.blob_text("diskfill", "Filler_IN_0")
     })
     .await;
     let written: u64 = fill
@@ -335,7 +314,7 @@ async fn local_disk_quotas_hold_on_write_overwrite_truncate_rename_and_delete() 
     );
     let fill_dir = t.dir.path().join("local/Filler/Filler_IN_0/scratch");
     assert!(rolehost_runtime::capability::local_disk::du(&fill_dir).unwrap() <= 2 << 20);
-    let filler = status_of(&t, "Filler");
+    let filler = t.status_of("Filler");
     assert_eq!(
         (filler.phase, filler.restarts),
         (Phase::Running, 0),
@@ -381,7 +360,7 @@ async fn local_resources_are_wiped_on_recycle_unless_the_role_keeps_them() {
             .then_some(())
     })
     .await;
-    let exists = |name: &str| read_blob(&t, "marker", name).is_some();
+    let exists = |name: &str| t.blob_text("marker", name).is_some();
     assert!(
         exists("Clean_IN_0-false") && !exists("Clean_IN_0-true"),
         "wiped at each recycle"
@@ -397,20 +376,6 @@ async fn local_resources_are_wiped_on_recycle_unless_the_role_keeps_them() {
     );
 }
 
-/// A log sink the test can read.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 const COUNTER: &str = r#"
     [roles.Counter]
     kind = "worker"
@@ -420,7 +385,9 @@ const COUNTER: &str = r#"
 /// Puts `n` increments and returns how long the counter took to count them all.
 async fn count_messages(t: &TestService, n: usize) -> Duration {
     let _ = t.store.create_queue(&t.account, "increments", Vec::new());
-    let before: usize = read_blob(t, "counters", "total").map_or(0, |v| v.trim().parse().unwrap());
+    let before: usize = t
+        .blob_text("counters", "total")
+        .map_or(0, |v| v.trim().parse().unwrap());
     let started = Instant::now();
     for _ in 0..n {
         t.store
@@ -436,7 +403,7 @@ async fn count_messages(t: &TestService, n: usize) -> Duration {
         Duration::from_secs(300),
         "the counter to count them",
         || {
-            let v: usize = read_blob(t, "counters", "total")?.trim().parse().ok()?;
+            let v: usize = t.blob_text("counters", "total")?.trim().parse().ok()?;
             (v == before + n).then_some(())
         },
     )
@@ -446,13 +413,7 @@ async fn count_messages(t: &TestService, n: usize) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_neighbour_keeps_its_throughput_while_others_misbehave() {
-    let captured = Captured::default();
-    let sink = captured.clone();
-    tracing_subscriber::fmt()
-        .with_env_filter("guest=info,rolehost_runtime=info")
-        .with_ansi(false)
-        .with_writer(move || sink.clone())
-        .init();
+    let captured = LogCapture::install("guest=info,rolehost_runtime=info");
     const N: usize = 150;
 
     // Baseline: the counter alone.
@@ -514,7 +475,7 @@ async fn a_healthy_neighbour_keeps_its_throughput_while_others_misbehave() {
     ));
     crowd.start().await;
     count_messages(&crowd, 10).await;
-    let flood_start = captured.0.lock().unwrap().len();
+    let flood_start = captured.len();
     let crowded = count_messages(&crowd, N).await;
     let statuses = crowd.shutdown().await;
 
@@ -550,7 +511,7 @@ async fn a_healthy_neighbour_keeps_its_throughput_while_others_misbehave() {
     assert!(by_role("Filler").usage.disk_bytes <= 64 << 20);
 
     // The flood was held to the log budget: the guest waited, nothing was dropped.
-    let log = String::from_utf8_lossy(&captured.0.lock().unwrap()[flood_start..]).into_owned();
+    let log = captured.text_from(flood_start);
     let numbers: Vec<u64> = log
         .lines()
         .filter_map(|l| l.split("flood line ").nth(1)?.trim().parse().ok())

@@ -2,7 +2,6 @@
 //! periods, recycling.
 
 use std::collections::BTreeSet;
-use std::io::Read;
 use std::time::{Duration, Instant};
 
 use std::sync::Arc;
@@ -10,58 +9,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use rolehost_runtime::link::{CallInfo, Fault, FaultPlan};
 use rolehost_runtime::worker::Phase;
-use rolehost_storage::blob::{BlobListItem, BlobStore, GetBlobOptions};
-use rolehost_storage::queue::{PutMessageOptions, QueueStore};
-use rolehost_storage::{AccountName, ListOptions, RedbStore};
-use rolehost_tests::{TestService, prepare, wait_for};
-
-fn read_blob(
-    store: &RedbStore,
-    account: &AccountName,
-    container: &str,
-    name: &str,
-) -> Option<String> {
-    let mut read = store
-        .get_blob(account, container, name, &GetBlobOptions::default())
-        .ok()?;
-    let mut s = String::new();
-    read.reader.read_to_string(&mut s).ok()?;
-    Some(s)
-}
-
-fn blob_names(store: &RedbStore, account: &AccountName, container: &str) -> Vec<String> {
-    let Ok(page) = store.list_blobs(account, container, &ListOptions::default(), None) else {
-        return Vec::new();
-    };
-    page.items
-        .into_iter()
-        .filter_map(|i| match i {
-            BlobListItem::Blob(b) => Some(b.name),
-            BlobListItem::Prefix(_) => None,
-        })
-        .collect()
-}
-
-fn put_messages(t: &TestService, queue: &str, bodies: impl IntoIterator<Item = String>) {
-    let _ = t.store.create_queue(&t.account, queue, Vec::new());
-    for body in bodies {
-        t.store
-            .put_message(
-                &t.account,
-                queue,
-                body.as_bytes(),
-                PutMessageOptions::default(),
-            )
-            .expect("put message");
-    }
-}
-
-fn queue_len(t: &TestService, queue: &str) -> u64 {
-    t.store
-        .get_queue_properties(&t.account, queue)
-        .map(|p| p.approximate_message_count)
-        .unwrap_or(u64::MAX)
-}
+use rolehost_storage::queue::QueueStore;
+use rolehost_tests::{prepare, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counter_reaches_exactly_the_number_of_messages_with_four_instances_racing() {
@@ -76,14 +25,11 @@ async fn counter_reaches_exactly_the_number_of_messages_with_four_instances_raci
         instances = 4
         "#,
     );
-    put_messages(&t, "increments", (0..N).map(|_| "total".to_string()));
+    t.put_messages("increments", (0..N).map(|_| "total".to_string()));
     t.start().await;
     let value = wait_for(Duration::from_secs(120), "the counter to reach N", || {
-        let v: usize = read_blob(&t.store, &t.account, "counters", "total")?
-            .trim()
-            .parse()
-            .ok()?;
-        (v >= N && queue_len(&t, "increments") == 0).then_some(v)
+        let v: usize = t.blob_text("counters", "total")?.trim().parse().ok()?;
+        (v >= N && t.queue_len("increments") == 0).then_some(v)
     })
     .await;
     assert_eq!(
@@ -100,7 +46,8 @@ async fn counter_reaches_exactly_the_number_of_messages_with_four_instances_raci
         );
         assert_eq!(s.restarts, 0, "{s:?}");
     }
-    let after: usize = read_blob(&t.store, &t.account, "counters", "total")
+    let after: usize = t
+        .blob_text("counters", "total")
         .unwrap()
         .trim()
         .parse()
@@ -124,17 +71,15 @@ async fn messages_are_spread_over_instances_and_each_is_handled_once() {
         work-ms = 30
         "#,
     );
-    put_messages(&t, "record", (0..N).map(|i| format!("m{i:03}")));
+    t.put_messages("record", (0..N).map(|i| format!("m{i:03}")));
     t.start().await;
     wait_for(Duration::from_secs(120), "every message recorded", || {
-        (blob_names(&t.store, &t.account, "seen").len() == N && queue_len(&t, "record") == 0)
-            .then_some(())
+        (t.blob_names("seen").len() == N && t.queue_len("record") == 0).then_some(())
     })
     .await;
     let mut instances = BTreeSet::new();
     for i in 0..N {
-        let content =
-            read_blob(&t.store, &t.account, "seen", &format!("m{i:03}")).expect("recorded");
+        let content = t.blob_text("seen", &format!("m{i:03}")).expect("recorded");
         let (instance, dequeues) = content.split_once(' ').expect("instance and count");
         assert_eq!(dequeues, "1", "m{i:03} handled at its first delivery");
         instances.insert(instance.to_string());
@@ -166,24 +111,22 @@ async fn a_long_handler_keeps_its_message_invisible() {
         visibility-secs = 2
         "#,
     );
-    put_messages(
-        &t,
+    t.put_messages(
         "record",
         ["a".to_string(), "b".to_string(), "c".to_string()],
     );
     t.start().await;
     wait_for(Duration::from_secs(60), "three messages recorded", || {
-        (blob_names(&t.store, &t.account, "seen").len() == 3 && queue_len(&t, "record") == 0)
-            .then_some(())
+        (t.blob_names("seen").len() == 3 && t.queue_len("record") == 0).then_some(())
     })
     .await;
     // Let any duplicate delivery surface before checking.
     tokio::time::sleep(Duration::from_secs(3)).await;
     for name in ["a", "b", "c"] {
-        let content = read_blob(&t.store, &t.account, "seen", name).unwrap();
+        let content = t.blob_text("seen", name).unwrap();
         assert!(content.ends_with(" 1"), "{name} delivered once: {content}");
     }
-    assert_eq!(queue_len(&t, "record"), 0);
+    assert_eq!(t.queue_len("record"), 0);
     t.shutdown().await;
 }
 
@@ -201,18 +144,18 @@ async fn a_message_whose_handler_always_fails_lands_in_the_poison_queue_after_fi
         failure-delay-ms = 0
         "#,
     );
-    put_messages(&t, "fail", ["bad".to_string()]);
+    t.put_messages("fail", ["bad".to_string()]);
     t.start().await;
     wait_for(
         Duration::from_secs(60),
         "the message on fail-poison",
-        || (queue_len(&t, "fail-poison") == 1).then_some(()),
+        || (t.queue_len("fail-poison") == 1).then_some(()),
     )
     .await;
     let poisoned = t.store.peek_messages(&t.account, "fail-poison", 1).unwrap();
     assert_eq!(poisoned[0].body, b"bad");
-    assert_eq!(queue_len(&t, "fail"), 0, "moved, not copied");
-    let mut attempts = blob_names(&t.store, &t.account, "attempts");
+    assert_eq!(t.queue_len("fail"), 0, "moved, not copied");
+    let mut attempts = t.blob_names("attempts");
     attempts.sort();
     assert_eq!(attempts, ["bad-1", "bad-2", "bad-3", "bad-4", "bad-5"]);
     t.shutdown().await;
@@ -301,14 +244,11 @@ async fn a_trapping_role_is_recycled_while_a_healthy_role_beside_it_keeps_workin
     t.start().await;
     // Feed the healthy role while its neighbour keeps crashing.
     for _ in 0..N {
-        put_messages(&t, "increments", ["total".to_string()]);
+        t.put_messages("increments", ["total".to_string()]);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     wait_for(Duration::from_secs(60), "all increments counted", || {
-        let v: usize = read_blob(&t.store, &t.account, "counters", "total")?
-            .trim()
-            .parse()
-            .ok()?;
+        let v: usize = t.blob_text("counters", "total")?.trim().parse().ok()?;
         (v == N).then_some(())
     })
     .await;
@@ -412,7 +352,7 @@ async fn the_environment_is_what_the_manifest_says_and_local_resources_are_wiped
     let report = wait_for(
         Duration::from_secs(30),
         "the env report of instance 1",
-        || read_blob(&t.store, &t.account, "env", "Probe_IN_1"),
+        || t.blob_text("env", "Probe_IN_1"),
     )
     .await;
     let deployment = t.service().deployment_id().to_string();
@@ -455,20 +395,6 @@ fn png_size(bytes: &[u8]) -> Option<(u32, u32)> {
     Some((be(16), be(20)))
 }
 
-fn read_bytes(
-    store: &RedbStore,
-    account: &AccountName,
-    container: &str,
-    name: &str,
-) -> Option<Vec<u8>> {
-    let mut read = store
-        .get_blob(account, container, name, &GetBlobOptions::default())
-        .ok()?;
-    let mut v = Vec::new();
-    read.reader.read_to_end(&mut v).ok()?;
-    Some(v)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_roles_make_a_real_thumbnail_of_every_image() {
     let mut t = prepare(
@@ -491,16 +417,15 @@ async fn the_demo_roles_make_a_real_thumbnail_of_every_image() {
     );
     t.start().await;
     let thumbs = wait_for(Duration::from_secs(120), "four thumbnails", || {
-        let names = blob_names(&t.store, &t.account, "thumbnails");
-        (names.len() == 4 && queue_len(&t, "thumbnails") == 0).then_some(names)
+        let names = t.blob_names("thumbnails");
+        (names.len() == 4 && t.queue_len("thumbnails") == 0).then_some(names)
     })
     .await;
     for name in thumbs {
         let source = name.strip_suffix(".thumb.png").expect("thumbnail name");
-        let original =
-            read_bytes(&t.store, &t.account, "images", source).expect("the source image");
+        let original = t.blob_bytes("images", source).expect("the source image");
         assert_eq!(png_size(&original), Some((640, 480)), "{source}");
-        let thumb = read_bytes(&t.store, &t.account, "thumbnails", &name).unwrap();
+        let thumb = t.blob_bytes("thumbnails", &name).unwrap();
         assert_eq!(
             png_size(&thumb),
             Some((64, 48)),
@@ -508,13 +433,13 @@ async fn the_demo_roles_make_a_real_thumbnail_of_every_image() {
         );
         assert!(thumb.len() < original.len() / 4);
     }
-    let counted = read_blob(&t.store, &t.account, "counters", "images");
+    let counted = t.blob_text("counters", "images");
     assert_eq!(
         counted, None,
         "no counter role in this service, so nobody counted"
     );
     assert_eq!(
-        queue_len(&t, "increments"),
+        t.queue_len("increments"),
         4,
         "the producer asked for four counts"
     );
@@ -553,15 +478,15 @@ async fn the_sdk_retry_policy_rides_out_lost_requests() {
         component = "{guest:counter}"
         "#,
     );
-    put_messages(&t, "increments", ["total".to_string()]);
+    t.put_messages("increments", ["total".to_string()]);
     let plan = Arc::new(LoseFirst {
         operation: "blob.put-blob",
         remaining: AtomicU32::new(2),
     });
     t.start_with_faults(Some(plan.clone())).await;
     wait_for(Duration::from_secs(30), "the increment", || {
-        let v = read_blob(&t.store, &t.account, "counters", "total")?;
-        (v == "1" && queue_len(&t, "increments") == 0).then_some(())
+        let v = t.blob_text("counters", "total")?;
+        (v == "1" && t.queue_len("increments") == 0).then_some(())
     })
     .await;
     assert_eq!(
