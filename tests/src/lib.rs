@@ -255,3 +255,61 @@ impl Write for LogCapture {
         Ok(())
     }
 }
+
+/// A response read by [`http_request`].
+#[derive(Debug)]
+pub struct RawResponse {
+    /// The status code.
+    pub status: u16,
+    /// The head (status line and headers) as text.
+    pub head: String,
+    /// The body.
+    pub body: String,
+}
+
+/// Sends `raw` (a whole HTTP/1.1 request) to `addr` on a fresh connection and reads the
+/// response until the server closes it. A plain socket, so malformed requests can be sent.
+pub async fn http_request(addr: std::net::SocketAddr, raw: &[u8]) -> std::io::Result<RawResponse> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.write_all(raw).await?;
+    let mut buf = Vec::new();
+    stream.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok(RawResponse {
+        status,
+        head: head.to_string(),
+        body: dechunk(body),
+    })
+}
+
+/// `GET path` with `Connection: close`.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<RawResponse> {
+    let raw = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    http_request(addr, raw.as_bytes()).await
+}
+
+/// Decodes a chunked body (or returns the body as is).
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    loop {
+        let Some((size, after)) = rest.split_once("\r\n") else {
+            return body.to_string();
+        };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            return body.to_string();
+        };
+        if n == 0 || after.len() < n {
+            return if n == 0 { out } else { body.to_string() };
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+}

@@ -125,6 +125,9 @@ async fn run(
         service.status().len(),
         data_dir.display()
     );
+    for (role, addr) in service.endpoints() {
+        eprintln!("rolehost: {role} answers on http://{addr}/");
+    }
     let stop_timer = async {
         match stop_after {
             Some(secs) => tokio::time::sleep(Duration::from_secs(secs)).await,

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{CallHook, Engine, Store, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttp, WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::capability::blob::BlobCtx;
 use crate::capability::environment::{EnvironmentCtx, InstanceInfo};
@@ -25,6 +26,7 @@ use crate::stop::StopSignal;
 /// The data of an instance's `Store`.
 pub struct InstanceState {
     wasi: WasiCtx,
+    http: WasiHttpCtx,
     table: ResourceTable,
     capabilities: Capabilities,
     /// Memory and table limits.
@@ -77,6 +79,16 @@ impl WasiView for InstanceState {
     }
 }
 
+impl WasiHttpView for InstanceState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: Default::default(),
+        }
+    }
+}
+
 impl LocalDiskView for InstanceState {
     fn local_disk(&self) -> Arc<Mutex<LocalDiskCtx>> {
         self.disk.clone()
@@ -115,6 +127,14 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<InstanceState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     local_disk::add_to_linker(&mut linker)?;
+    // The `wasi:http` types, for web roles' handlers. Not `outgoing-handler`: outbound HTTP is
+    // not offered (a component importing it is refused when its role is deployed).
+    let http_options = wasmtime_wasi_http::p2::bindings::LinkOptions::default();
+    wasmtime_wasi_http::p2::bindings::http::types::add_to_linker::<_, WasiHttp>(
+        &mut linker,
+        &http_options.into(),
+        |s: &mut InstanceState| s.http(),
+    )?;
     capability::add_to_linker(&mut linker)?;
     Ok(linker)
 }
@@ -160,6 +180,7 @@ pub fn new_store(
     let initial_fuel = limits.call_budget.unwrap_or(UNBOUNDED_FUEL);
     let state = InstanceState {
         wasi: wasi.build(),
+        http: WasiHttpCtx::new(),
         table,
         limiter: MemoryLimiter::new(limits.memory_bytes),
         cpu: CpuMeter::new(limits.fuel_per_sec, initial_fuel),

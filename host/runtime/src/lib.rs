@@ -4,7 +4,8 @@
 //! - [`capability`] implements the platform's imports, one module per capability.
 //! - [`link`] is the seam every storage call passes through (faults are injected there).
 //! - [`quota`] holds the VM sizes and the CPU and memory limits;
-//! - [`instance`] builds an instance's store; [`worker`] supervises worker instances.
+//! - [`instance`] builds an instance's store; [`worker`] supervises worker instances;
+//!   [`web`] serves web roles (front end and load balancer).
 //! - [`manifest`] reads `rolehost.toml`; [`service`] runs a whole service; [`build`] compiles
 //!   guest crates.
 
@@ -19,6 +20,7 @@ pub mod manifest;
 pub mod quota;
 pub mod service;
 pub mod stop;
+pub mod web;
 pub mod worker;
 
 mod guest_log;

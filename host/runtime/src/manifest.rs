@@ -25,6 +25,16 @@
 //! size-mb = 100
 //! clean-on-recycle = true
 //!
+//! [roles.Web]
+//! kind = "web"                  # answers HTTP: exports wasi:http/incoming-handler
+//! crate = "hello-web"
+//! instances = 4
+//! request-timeout-ms = 30000    # a handler running longer is interrupted: 504
+//! max-queued-requests = 100     # requests waiting for an idle instance; more get 503
+//! [[roles.Web.endpoints]]
+//! port = 8080                   # 0: any free port
+//! address = "127.0.0.1"         # the default
+//!
 //! [roles.Counter.limits]        # overrides of the VM size (all optional)
 //! cpu-cores = 0.5               # CPU share in reference cores (a 1.6 GHz 2008 core)
 //! memory-mb = 512               # linear memory cap
@@ -139,6 +149,30 @@ pub struct LocalResourceSpec {
     pub clean_on_recycle: bool,
 }
 
+/// An HTTP endpoint of a web role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EndpointSpec {
+    /// Where to listen (port 0: any free port).
+    pub address: std::net::SocketAddr,
+}
+
+/// How a web role takes requests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebSpec {
+    /// Its endpoints.
+    pub endpoints: Vec<EndpointSpec>,
+    /// A handler running longer is interrupted (504); also the longest wait for an idle
+    /// instance.
+    pub request_timeout: Duration,
+    /// Requests that may wait for an idle instance; more get 503.
+    pub max_queued_requests: usize,
+}
+
+/// Default request timeout of web roles.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default bound of the queue in front of a web role.
+pub const DEFAULT_MAX_QUEUED: usize = 100;
+
 /// One role.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RoleSpec {
@@ -162,6 +196,8 @@ pub struct RoleSpec {
     pub settings: Vec<(String, String)>,
     /// Local resources.
     pub local_resources: Vec<LocalResourceSpec>,
+    /// Web role settings (empty for workers).
+    pub web: WebSpec,
 }
 
 #[derive(Deserialize)]
@@ -205,6 +241,29 @@ struct RoleSection {
     local_resources: Vec<LocalResourceSection>,
     #[serde(default)]
     limits: LimitsSection,
+    #[serde(default)]
+    endpoints: Vec<EndpointSection>,
+    request_timeout_ms: Option<u64>,
+    max_queued_requests: Option<usize>,
+}
+
+/// `[[roles.<name>.endpoints]]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct EndpointSection {
+    port: u16,
+    #[serde(default = "loopback")]
+    address: std::net::IpAddr,
+    #[serde(default = "http")]
+    protocol: String,
+}
+
+fn loopback() -> std::net::IpAddr {
+    std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+}
+
+fn http() -> String {
+    "http".into()
 }
 
 /// `[roles.<name>.limits]`: overrides of the VM size's limits.
@@ -438,7 +497,42 @@ fn role_spec(base: &Path, name: &str, role: RoleSection) -> Result<RoleSpec, Man
             ),
         ));
     }
+    let mut endpoints = Vec::new();
+    for (i, e) in role.endpoints.into_iter().enumerate() {
+        if e.protocol != "http" {
+            return Err(ManifestError::invalid(
+                format!("roles.{name}.endpoints[{i}].protocol"),
+                format!("{:?}: this version serves \"http\" only", e.protocol),
+            ));
+        }
+        endpoints.push(EndpointSpec {
+            address: std::net::SocketAddr::new(e.address, e.port),
+        });
+    }
+    match role.kind {
+        RoleKind::Web if endpoints.is_empty() => {
+            return Err(ManifestError::invalid(
+                format!("roles.{name}.endpoints"),
+                "a web role needs at least one endpoint",
+            ));
+        }
+        RoleKind::Worker if !endpoints.is_empty() => {
+            return Err(ManifestError::invalid(
+                format!("roles.{name}.endpoints"),
+                "a worker role has no endpoints (kind = \"web\" serves HTTP)",
+            ));
+        }
+        _ => {}
+    }
+    let web = WebSpec {
+        endpoints,
+        request_timeout: role
+            .request_timeout_ms
+            .map_or(DEFAULT_REQUEST_TIMEOUT, Duration::from_millis),
+        max_queued_requests: role.max_queued_requests.unwrap_or(DEFAULT_MAX_QUEUED),
+    };
     Ok(RoleSpec {
+        web,
         name: name.to_string(),
         kind: role.kind,
         source,

@@ -18,7 +18,9 @@ use crate::manifest::{ComponentSource, Manifest, RoleKind};
 use crate::quota::Usage;
 use crate::quota::UsageCell;
 use crate::stop::{StopHandle, stop_signal};
-use crate::worker::{InstanceStatus, Phase, RoleRuntime};
+use crate::web::WebRole;
+use crate::worker::{InstanceStatus, Phase, RolePre, RoleRuntime};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 /// The database file inside a data directory.
 pub const DATABASE_FILE: &str = "storage.redb";
@@ -76,9 +78,34 @@ pub fn resolve_components(
     Ok(out)
 }
 
-/// Compiles a worker role component (on a blocking thread) and checks it against the
-/// `worker-role` world. The error says what is wrong: not a component, an import the host does
-/// not provide, or a missing export.
+/// Compiles a role's component (on a blocking thread) and checks it against its kind's world
+/// (`worker-role`, or `web-role`: `wasi:http/incoming-handler`). The error says what is wrong:
+/// not a component, an import the host does not provide, or a missing export.
+pub async fn prepare_role(
+    engine: &wasmtime::Engine,
+    linker: &wasmtime::component::Linker<InstanceState>,
+    bytes: Vec<u8>,
+    kind: RoleKind,
+) -> Result<RolePre, String> {
+    let compile_engine = engine.clone();
+    let component = tokio::task::spawn_blocking(move || Component::new(&compile_engine, &bytes))
+        .await
+        .map_err(|e| format!("compilation panicked: {e}"))?
+        .map_err(|e| format!("not a valid component: {e:#}"))?;
+    let pre = linker
+        .instantiate_pre(&component)
+        .map_err(|e| format!("imports something the host does not provide: {e:#}"))?;
+    match kind {
+        RoleKind::Worker => WorkerRolePre::new(pre)
+            .map(RolePre::Worker)
+            .map_err(|e| format!("is not a worker role (rolehost:platform/worker-role): {e:#}")),
+        RoleKind::Web => ProxyPre::new(pre).map(RolePre::Web).map_err(|e| {
+            format!("is not a web role (it must export wasi:http/incoming-handler): {e:#}")
+        }),
+    }
+}
+
+/// [`prepare_role`] for a worker role.
 pub async fn prepare_worker(
     engine: &wasmtime::Engine,
     linker: &wasmtime::component::Linker<InstanceState>,
@@ -136,12 +163,21 @@ impl InstanceSlot {
     }
 }
 
+/// The web side of a service: its roles' load balancers and their listeners.
+struct WebPart {
+    stop: StopHandle,
+    roles: Vec<Arc<WebRole>>,
+    endpoints: Vec<(String, std::net::SocketAddr)>,
+    serve_tasks: Vec<JoinHandle<()>>,
+}
+
 /// A running service.
 pub struct Service {
     name: String,
     deployment_id: String,
     instances: Arc<Vec<InstanceSlot>>,
     usage_task: Option<JoinHandle<()>>,
+    web: WebPart,
     _ticker: EpochTicker,
 }
 
@@ -192,11 +228,6 @@ impl Service {
         let wakers = Arc::new(QueueWakers::default());
         let mut roles = Vec::new();
         for (name, spec) in &manifest.roles {
-            if spec.kind == RoleKind::Web {
-                return Err(RuntimeError::Unsupported(format!(
-                    "role {name} is a web role; this version of rolehost runs worker roles only"
-                )));
-            }
             let path = components.get(name).ok_or_else(|| {
                 RuntimeError::Unsupported(format!("role {name} has no component"))
             })?;
@@ -210,7 +241,7 @@ impl Service {
                 source,
             })?;
             let started = std::time::Instant::now();
-            let pre = prepare_worker(&engine, &linker, bytes)
+            let pre = prepare_role(&engine, &linker, bytes, spec.kind)
                 .await
                 .map_err(component_err)?;
             tracing::info!(role = %name, elapsed = ?started.elapsed(), "compiled and linked");
@@ -230,8 +261,42 @@ impl Service {
         }
         let ticker =
             EpochTicker::start(&engine).map_err(|e| RuntimeError::Engine(e.to_string()))?;
+        // Web roles: bind every endpoint before anything starts, so a taken port fails the
+        // start cleanly.
+        let mut listeners = Vec::new();
+        for role in roles.iter().filter(|r| matches!(r.pre, RolePre::Web(_))) {
+            for e in &role.spec.web.endpoints {
+                let listener = crate::web::bind(e.address).await.map_err(|source| {
+                    RuntimeError::Unsupported(format!(
+                        "role {}: cannot listen on {}: {source}",
+                        role.spec.name, e.address
+                    ))
+                })?;
+                listeners.push((role.clone(), listener));
+            }
+        }
+        let (web_stop, web_signal) = stop_signal();
+        let mut web_roles: Vec<(Arc<RoleRuntime>, Arc<WebRole>)> = Vec::new();
+        let mut endpoints = Vec::new();
+        let mut serve_tasks = Vec::new();
+        for role in roles.iter() {
+            if let RolePre::Web(pre) = &role.pre {
+                let web = WebRole::start(role.clone(), pre.clone(), web_signal.clone()).await;
+                web_roles.push((role.clone(), web));
+            }
+        }
+        for (role, listener) in listeners {
+            let Some((_, web)) = web_roles.iter().find(|(r, _)| Arc::ptr_eq(r, &role)) else {
+                continue;
+            };
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(role = %role.spec.name, %addr, "listening");
+                endpoints.push((role.spec.name.clone(), addr));
+            }
+            serve_tasks.push(tokio::spawn(web.clone().serve(listener)));
+        }
         let mut instances = Vec::new();
-        for role in roles {
+        for role in roles.iter().filter(|r| matches!(r.pre, RolePre::Worker(_))) {
             for index in 0..role.spec.instances {
                 let (stop, signal) = stop_signal();
                 let status = Arc::new(Mutex::new(InstanceStatus {
@@ -274,6 +339,12 @@ impl Service {
             deployment_id,
             instances,
             usage_task,
+            web: WebPart {
+                stop: web_stop,
+                roles: web_roles.into_iter().map(|(_, w)| w).collect(),
+                endpoints,
+                serve_tasks,
+            },
             _ticker: ticker,
         })
     }
@@ -288,9 +359,18 @@ impl Service {
         &self.deployment_id
     }
 
-    /// Every instance's status.
+    /// Every instance's status (worker roles, then web roles).
     pub fn status(&self) -> Vec<InstanceStatus> {
-        self.instances.iter().map(InstanceSlot::read).collect()
+        let mut all: Vec<InstanceStatus> = self.instances.iter().map(InstanceSlot::read).collect();
+        for w in &self.web.roles {
+            all.extend(w.status());
+        }
+        all
+    }
+
+    /// The addresses web roles listen on: (role, address).
+    pub fn endpoints(&self) -> &[(String, std::net::SocketAddr)] {
+        &self.web.endpoints
     }
 
     /// Asks every instance to stop and waits until all have stopped (each within its grace
@@ -298,6 +378,11 @@ impl Service {
     pub async fn shutdown(self) -> Vec<InstanceStatus> {
         tracing::info!(service = %self.name, "stopping all instances");
         if let Some(t) = &self.usage_task {
+            t.abort();
+        }
+        // Web roles stop taking connections; requests in flight finish on their own.
+        self.web.stop.request();
+        for t in &self.web.serve_tasks {
             t.abort();
         }
         for i in self.instances.iter() {
@@ -312,6 +397,10 @@ impl Service {
                 tracing::error!(error = %e, "instance supervisor failed");
             }
             out.push(i.read());
+        }
+        for w in &self.web.roles {
+            w.wipe();
+            out.extend(w.status());
         }
         out
     }

@@ -24,6 +24,7 @@ use crate::link::{FaultPlan, InjectedCrash, Link};
 use crate::manifest::RoleSpec;
 use crate::quota::{Usage, UsageCell};
 use crate::stop::StopSignal;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 /// Longest wait between recycles.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -64,7 +65,16 @@ pub struct InstanceStatus {
     pub usage: Usage,
 }
 
-/// Everything the instances of one worker role share.
+/// A role's component, checked against its world and ready to instantiate.
+#[derive(Clone)]
+pub enum RolePre {
+    /// A worker role.
+    Worker(WorkerRolePre<InstanceState>),
+    /// A web role (`wasi:http/incoming-handler`).
+    Web(ProxyPre<InstanceState>),
+}
+
+/// Everything the instances of one role share.
 pub struct RoleRuntime {
     /// The role.
     pub spec: RoleSpec,
@@ -75,7 +85,7 @@ pub struct RoleRuntime {
     /// The engine.
     pub engine: Engine,
     /// The role's component, linked and ready to instantiate.
-    pub pre: WorkerRolePre<InstanceState>,
+    pub pre: RolePre,
     /// Storage.
     pub backend: Arc<dyn Backend>,
     /// The service's account.
@@ -133,7 +143,11 @@ async fn guarded<F: Future>(
 }
 
 /// Why a call failed, in words for the log: names the quota when one was hit.
-fn describe_failure(phase: &str, e: &wasmtime::Error, state: Option<&InstanceState>) -> String {
+pub(crate) fn describe_failure(
+    phase: &str,
+    e: &wasmtime::Error,
+    state: Option<&InstanceState>,
+) -> String {
     if let Some(crash) = e.downcast_ref::<InjectedCrash>() {
         return crash.to_string();
     }
@@ -227,19 +241,18 @@ impl RoleRuntime {
         }
     }
 
-    async fn incarnation(
+    /// A fresh store for an incarnation of `instance_id`, with its local resources prepared
+    /// (emptied first when `first`, or per clean-on-recycle). The error says what failed.
+    pub fn new_store(
         &self,
         instance_id: &str,
         first: bool,
         stop: &StopSignal,
-        status: &Mutex<InstanceStatus>,
         usage: &Arc<UsageCell>,
-    ) -> Outcome {
-        let grace = self.spec.grace_period;
-        let (local_dirs, disk_quotas) = match self.prepare_local(instance_id, first) {
-            Ok(d) => d,
-            Err(e) => return Outcome::Recycle(format!("preparing local resources: {e}")),
-        };
+    ) -> Result<wasmtime::Store<InstanceState>, String> {
+        let (local_dirs, disk_quotas) = self
+            .prepare_local(instance_id, first)
+            .map_err(|e| format!("preparing local resources: {e}"))?;
         let mut link = Link::new(
             self.backend.clone(),
             self.account.clone(),
@@ -258,13 +271,34 @@ impl RoleRuntime {
             metered: self.metered,
             usage: usage.clone(),
         };
-        let mut store = match new_store(&self.engine, parts, &self.spec.limits) {
+        new_store(&self.engine, parts, &self.spec.limits)
+            .map_err(|e| format!("creating the store: {e:#}"))
+    }
+
+    /// Wipes an instance's local resources (it stopped).
+    pub fn wipe(&self, instance_id: &str) {
+        self.wipe_local(instance_id);
+    }
+
+    async fn incarnation(
+        &self,
+        instance_id: &str,
+        first: bool,
+        stop: &StopSignal,
+        status: &Mutex<InstanceStatus>,
+        usage: &Arc<UsageCell>,
+    ) -> Outcome {
+        let grace = self.spec.grace_period;
+        let mut store = match self.new_store(instance_id, first, stop, usage) {
             Ok(s) => s,
-            Err(e) => return Outcome::Recycle(format!("creating the store: {e:#}")),
+            Err(reason) => return Outcome::Recycle(reason),
+        };
+        let RolePre::Worker(pre) = &self.pre else {
+            return Outcome::Recycle("not a worker role".into());
         };
         let mut deadline = None;
         let bindings = match guarded(
-            self.pre.instantiate_async(&mut store),
+            pre.instantiate_async(&mut store),
             stop,
             grace,
             &mut deadline,

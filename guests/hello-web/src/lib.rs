@@ -1,0 +1,48 @@
+//! Hello-world web role: answers every request with a line naming the instance that served it
+//! and how many requests that instance has served (instances are long-lived: the count grows).
+//!
+//! Paths: `/slow?ms=N` sleeps N ms first; `/spin` loops forever (for the host's timeout tests).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use wasip2::http::types::{
+    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
+};
+
+static SERVED: AtomicU64 = AtomicU64::new(0);
+
+struct Hello;
+
+impl wasip2::exports::http::incoming_handler::Guest for Hello {
+    fn handle(request: IncomingRequest, out: ResponseOutparam) {
+        let n = SERVED.fetch_add(1, Ordering::Relaxed) + 1;
+        let path = request.path_with_query().unwrap_or_default();
+        if let Some(ms) = path
+            .strip_prefix("/slow?ms=")
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
+        if path == "/spin" {
+            let mut x: u64 = 1;
+            while x != 0 {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+            }
+        }
+        let body = format!(
+            "hello from {} (request {n})\n",
+            rolehost_sdk::env::instance_id()
+        );
+        let headers = Fields::new();
+        let _ = headers.set("content-type", &[b"text/plain".to_vec()]);
+        let response = OutgoingResponse::new(headers);
+        let outgoing = response.body().expect("body");
+        ResponseOutparam::set(out, Ok(response));
+        let stream = outgoing.write().expect("stream");
+        let _ = stream.blocking_write_and_flush(body.as_bytes());
+        drop(stream);
+        let _ = OutgoingBody::finish(outgoing, None);
+    }
+}
+
+wasip2::http::proxy::export!(Hello);

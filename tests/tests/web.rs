@@ -1,0 +1,188 @@
+//! Web roles over real sockets on 127.0.0.1: load balancing across instances, a bounded
+//! queue (503), request timeouts (504), and malformed requests kept from the guest.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use rolehost_tests::{TestService, http_get, http_request, prepare, wait_for};
+
+fn web_service(name: &str, instances: u32, extra: &str) -> TestService {
+    prepare(&format!(
+        r#"
+        [service]
+        name = "{name}"
+        [roles.Web]
+        kind = "web"
+        component = "{{guest:hello_web}}"
+        instances = {instances}
+        recycle-backoff-ms = 50
+        {extra}
+        [[roles.Web.endpoints]]
+        port = 0
+        "#
+    ))
+}
+
+fn addr(t: &TestService) -> std::net::SocketAddr {
+    t.service().endpoints()[0].1
+}
+
+/// "hello from Web_IN_2 (request 7)" -> ("Web_IN_2", 7)
+fn who(body: &str) -> (String, u64) {
+    let rest = body
+        .trim()
+        .strip_prefix("hello from ")
+        .unwrap_or_else(|| panic!("{body:?}"));
+    let (id, n) = rest.split_once(" (request ").unwrap();
+    (id.to_string(), n.trim_end_matches(')').parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_spread_over_all_instances_which_keep_their_memory() {
+    let mut t = web_service("spread", 4, "");
+    t.start().await;
+    let a = addr(&t);
+    wait_for(Duration::from_secs(30), "all instances up", || {
+        t.service()
+            .status()
+            .iter()
+            .all(|s| s.phase == rolehost_runtime::worker::Phase::Running)
+            .then_some(())
+    })
+    .await;
+    // Concurrent clients, so more than one instance is busy at a time.
+    let mut tasks = Vec::new();
+    for _ in 0..40 {
+        tasks.push(tokio::spawn(
+            async move { http_get(a, "/slow?ms=20").await },
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    let mut max_count = 0;
+    for task in tasks {
+        let r = task.await.unwrap().unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+        let (id, n) = who(&r.body);
+        seen.insert(id);
+        max_count = max_count.max(n);
+    }
+    assert_eq!(seen.len(), 4, "every instance served: {seen:?}");
+    assert!(
+        max_count > 1,
+        "an instance keeps its memory between requests"
+    );
+    t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_instance_does_not_block_the_others() {
+    let mut t = web_service("slowness", 2, "");
+    t.start().await;
+    let a = addr(&t);
+    let slow = tokio::spawn(async move { http_get(a, "/slow?ms=2000").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let fast = http_get(a, "/").await.unwrap();
+    assert_eq!(fast.status, 200);
+    assert!(
+        started.elapsed() < Duration::from_millis(1000),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(slow.await.unwrap().unwrap().status, 200);
+    t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_503_with_retry_after() {
+    let mut t = web_service("overload", 1, "max-queued-requests = 1");
+    t.start().await;
+    let a = addr(&t);
+    let mut tasks = Vec::new();
+    for _ in 0..5 {
+        tasks.push(tokio::spawn(
+            async move { http_get(a, "/slow?ms=800").await },
+        ));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut statuses = Vec::new();
+    for task in tasks {
+        let r = task.await.unwrap().unwrap();
+        if r.status == 503 {
+            assert!(
+                r.head.to_lowercase().contains("retry-after: 1"),
+                "{}",
+                r.head
+            );
+        }
+        statuses.push(r.status);
+    }
+    statuses.sort();
+    // One served at once, one waited, the rest were turned away.
+    assert_eq!(statuses, [200, 200, 503, 503, 503], "{statuses:?}");
+    t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_loops_gets_504_and_its_instance_is_recycled() {
+    let mut t = web_service("looping", 1, "request-timeout-ms = 500");
+    t.start().await;
+    let a = addr(&t);
+    let started = Instant::now();
+    let r = http_get(a, "/spin").await.unwrap();
+    assert_eq!(r.status, 504, "{r:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // A fresh instance serves the next request.
+    let ok = wait_for(Duration::from_secs(10), "a fresh instance", || {
+        let s = t.status_of("Web");
+        (s.restarts == 1 && s.phase == rolehost_runtime::worker::Phase::Running).then_some(s)
+    })
+    .await;
+    assert!(ok.last_recycle_reason.unwrap().contains("request timeout"));
+    let r = http_get(a, "/").await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(who(&r.body).1, 1, "memory of the old instance is gone");
+    t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_smuggling_requests_never_reach_the_guest() {
+    let mut t = web_service("malformed", 1, "");
+    t.start().await;
+    let a = addr(&t);
+    let bad: [&[u8]; 3] = [
+        b"GARBAGE\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n",
+    ];
+    for raw in bad {
+        let r = http_request(a, raw).await.unwrap();
+        assert_eq!(r.status, 400, "{:?}: {r:?}", String::from_utf8_lossy(raw));
+    }
+    let r = http_get(a, "/").await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(who(&r.body).1, 1, "the guest saw none of the bad requests");
+
+    // Smuggling: a request framed two ways, with a second request hidden behind it. It is
+    // read by its Transfer-Encoding, answered, and the connection closed: the hidden request
+    // is never read.
+    let smuggle = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /spin HTTP/1.1\r\nHost: x\r\n\r\n";
+    let r = http_request(a, smuggle).await.unwrap();
+    assert_eq!(
+        r.head.matches("HTTP/1.1 ").count(),
+        1,
+        "one answer only: {r:?}"
+    );
+    assert!(r.head.to_lowercase().contains("connection: close"), "{r:?}");
+    let r = http_get(a, "/").await.unwrap();
+    assert_eq!(
+        who(&r.body).1,
+        3,
+        "the guest saw the outer request, never the hidden /spin"
+    );
+    t.shutdown().await;
+}
