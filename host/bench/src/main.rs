@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --release -p rolehost-bench -- storage
 //! cargo run --release -p rolehost-bench -- runtime
+//! cargo run --release -p rolehost-bench -- web
 //! ```
 //!
 //! Each suite prints its figures as `key: value` lines, all measured in one run on the same disk,
@@ -10,6 +11,7 @@
 //! verify) join here.
 
 mod runtime;
+mod web;
 
 use std::io::Read;
 use std::sync::Arc;
@@ -29,12 +31,13 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("storage") => storage(),
         Some("runtime") => runtime::runtime(),
+        Some("web") => web::web(),
         // Internal: one idle-instances measurement in a process of its own.
         Some("runtime-idle") => runtime::idle_child(&args[1], &args[2]),
         // Internal: runs in a child process so its peak RSS is its own.
         Some("storage-blob-1gib") => blob_1gib(&args[1]),
         _ => {
-            eprintln!("usage: rolehost-bench <suite>\nsuites: storage, runtime");
+            eprintln!("usage: rolehost-bench <suite>\nsuites: storage, runtime, web");
             std::process::exit(2);
         }
     }

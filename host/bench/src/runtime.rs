@@ -25,11 +25,12 @@ const STARTS: u32 = 2000;
 /// Runs of each CPU-bound workload per engine; the best counts.
 const RUNS: usize = 5;
 
-fn repo_root() -> PathBuf {
+pub(crate) fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn testbed() -> PathBuf {
+/// Builds `guests/` (release, wasm32-wasip2) and returns the component called `name`.
+pub(crate) fn guest(name: &str) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target"));
@@ -40,18 +41,22 @@ fn testbed() -> PathBuf {
     .expect("building guests/");
     built
         .into_iter()
-        .find(|p| p.file_stem().is_some_and(|s| s == "testbed"))
-        .expect("the testbed component")
+        .find(|p| p.file_stem().is_some_and(|s| s == name))
+        .unwrap_or_else(|| panic!("no {name} component"))
 }
 
-struct Bed {
+fn testbed() -> PathBuf {
+    guest("testbed")
+}
+
+pub(crate) struct Bed {
     _dir: tempfile::TempDir,
     backend: Arc<dyn Backend>,
     wakers: Arc<QueueWakers>,
 }
 
 impl Bed {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let store =
             RedbStore::open(dir.path().join("s.redb"), StorageOptions::default()).expect("storage");
@@ -62,7 +67,7 @@ impl Bed {
         }
     }
 
-    fn parts(&self, settings: &[(&str, &str)], metered: bool) -> InstanceParts {
+    pub(crate) fn parts(&self, settings: &[(&str, &str)], metered: bool) -> InstanceParts {
         let info = InstanceInfo {
             service: "bench".into(),
             role: "Bench".into(),
