@@ -186,3 +186,59 @@ async fn malformed_and_smuggling_requests_never_reach_the_guest() {
     );
     t.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_heads_and_bodies_get_clear_4xx_answers() {
+    let mut t = web_service(
+        "limits",
+        1,
+        "max-body-bytes = 1024\nmax-header-bytes = 8192",
+    );
+    t.start().await;
+    let a = addr(&t);
+    // A declared length over the limit: 413 before any guest sees it.
+    let r = http_request(
+        a,
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 413, "{r:?}");
+    // A head over the limit: 431.
+    let raw = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    let r = http_request(a, raw.as_bytes()).await.unwrap();
+    assert_eq!(r.status, 431, "{r:?}");
+    // Within the limits, the body arrives whole.
+    let ok =
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n";
+    let mut raw = ok.to_vec();
+    raw.extend(std::iter::repeat_n(b'z', 1000));
+    let r = http_request(a, &raw).await.unwrap();
+    assert_eq!(r.body.trim(), "read 1000 bytes", "{r:?}");
+    // A chunked body with no declared length is cut off at the limit.
+    let mut raw = b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+    for _ in 0..4 {
+        raw.extend(b"200\r\n");
+        raw.extend(std::iter::repeat_n(b'y', 0x200));
+        raw.extend(b"\r\n");
+    }
+    raw.extend(b"0\r\n\r\n");
+    let _ = http_request(a, &raw).await;
+    let outcome = wait_for(
+        Duration::from_secs(10),
+        "the guest's upload outcome",
+        || {
+            t.blob_text("uploads", "last")
+                .filter(|o| o.starts_with("body error"))
+        },
+    )
+    .await;
+    assert!(
+        outcome.starts_with("body error after 1024 bytes"),
+        "{outcome}"
+    );
+    t.shutdown().await;
+}

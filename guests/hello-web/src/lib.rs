@@ -1,7 +1,9 @@
 //! Hello-world web role: answers every request with a line naming the instance that served it
 //! and how many requests that instance has served (instances are long-lived: the count grows).
 //!
-//! Paths: `/slow?ms=N` sleeps N ms first; `/spin` loops forever (for the host's timeout tests).
+//! Paths: `/slow?ms=N` sleeps N ms first; `/spin` loops forever (for the host's timeout tests);
+//! `/upload` reads the request body and answers how many bytes it read, or the error (also
+//! written to blob `uploads/last`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -29,10 +31,19 @@ impl wasip2::exports::http::incoming_handler::Guest for Hello {
                 x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
             }
         }
-        let body = format!(
-            "hello from {} (request {n})\n",
-            rolehost_sdk::env::instance_id()
-        );
+        let body = if path == "/upload" {
+            let outcome = read_body(&request);
+            // Also kept in storage: after a body error the client may not get the answer.
+            let uploads = rolehost_sdk::Container::new("uploads");
+            let _ = uploads.create_if_not_exists();
+            let _ = uploads.blob("last").put(outcome.as_bytes());
+            outcome
+        } else {
+            format!(
+                "hello from {} (request {n})\n",
+                rolehost_sdk::env::instance_id()
+            )
+        };
         let headers = Fields::new();
         let _ = headers.set("content-type", &[b"text/plain".to_vec()]);
         let response = OutgoingResponse::new(headers);
@@ -46,3 +57,24 @@ impl wasip2::exports::http::incoming_handler::Guest for Hello {
 }
 
 wasip2::http::proxy::export!(Hello);
+
+/// Reads the whole request body: "read N bytes", or "body error: ..." where it failed.
+fn read_body(request: &IncomingRequest) -> String {
+    let Ok(body) = request.consume() else {
+        return "body error: no body\n".into();
+    };
+    let Ok(stream) = body.stream() else {
+        return "body error: no stream\n".into();
+    };
+    let mut total: u64 = 0;
+    loop {
+        match stream.blocking_read(64 * 1024) {
+            Ok(chunk) => total += chunk.len() as u64,
+            Err(wasip2::io::streams::StreamError::Closed) => break,
+            Err(wasip2::io::streams::StreamError::LastOperationFailed(e)) => {
+                return format!("body error after {total} bytes: {}\n", e.to_debug_string());
+            }
+        }
+    }
+    format!("read {total} bytes\n")
+}

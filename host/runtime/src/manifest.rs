@@ -31,6 +31,8 @@
 //! instances = 4
 //! request-timeout-ms = 30000    # a handler running longer is interrupted: 504
 //! max-queued-requests = 100     # requests waiting for an idle instance; more get 503
+//! max-body-bytes = 67108864     # larger request bodies get 413
+//! max-header-bytes = 65536      # larger request heads get 431
 //! [[roles.Web.endpoints]]
 //! port = 8080                   # 0: any free port
 //! address = "127.0.0.1"         # the default
@@ -166,12 +168,20 @@ pub struct WebSpec {
     pub request_timeout: Duration,
     /// Requests that may wait for an idle instance; more get 503.
     pub max_queued_requests: usize,
+    /// Largest request body; a larger one gets 413 (streamed bodies are cut off there).
+    pub max_body_bytes: u64,
+    /// Largest request head (request line and headers); a larger one gets 431.
+    pub max_header_bytes: usize,
 }
 
 /// Default request timeout of web roles.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default bound of the queue in front of a web role.
 pub const DEFAULT_MAX_QUEUED: usize = 100;
+/// Default request body limit of web roles (the 2008 blob limit).
+pub const DEFAULT_MAX_BODY: u64 = 64 << 20;
+/// Default request head limit of web roles.
+pub const DEFAULT_MAX_HEADER: usize = 64 << 10;
 
 /// One role.
 #[derive(Clone, Debug, PartialEq)]
@@ -245,6 +255,8 @@ struct RoleSection {
     endpoints: Vec<EndpointSection>,
     request_timeout_ms: Option<u64>,
     max_queued_requests: Option<usize>,
+    max_body_bytes: Option<u64>,
+    max_header_bytes: Option<usize>,
 }
 
 /// `[[roles.<name>.endpoints]]`.
@@ -530,6 +542,12 @@ fn role_spec(base: &Path, name: &str, role: RoleSection) -> Result<RoleSpec, Man
             .request_timeout_ms
             .map_or(DEFAULT_REQUEST_TIMEOUT, Duration::from_millis),
         max_queued_requests: role.max_queued_requests.unwrap_or(DEFAULT_MAX_QUEUED),
+        max_body_bytes: role.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY),
+        // hyper's smallest read buffer is 8 KiB.
+        max_header_bytes: role
+            .max_header_bytes
+            .unwrap_or(DEFAULT_MAX_HEADER)
+            .max(8192),
     };
     Ok(RoleSpec {
         web,

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -208,6 +208,27 @@ impl WebRole {
 
     /// Serves one request on an idle instance.
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<HyperOutgoingBody> {
+        let limit = self.role.spec.web.max_body_bytes;
+        let declared = req
+            .headers()
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+        }
+        // A body without a length is cut off at the limit: the guest's read fails there.
+        let req = req.map(move |body| {
+            Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).map_err(move |e| {
+                if e.is::<LengthLimitError>() {
+                    wasmtime_wasi_http::Error::HttpRequestBodySize(Some(limit))
+                } else {
+                    match e.downcast::<hyper::Error>() {
+                        Ok(h) => wasmtime_wasi_http::Error::Hyper(*h),
+                        Err(_) => wasmtime_wasi_http::Error::ConnectionTerminated,
+                    }
+                }
+            })
+        });
         // Wait in the bounded queue for an idle instance; a full queue is a 503.
         let Ok(permit) = self.waiting.clone().try_acquire_owned() else {
             return self.busy();
@@ -321,6 +342,7 @@ impl WebRole {
             };
             let _ = stream.set_nodelay(true);
             let web = self.clone();
+            let max_head = self.role.spec.web.max_header_bytes;
             tokio::spawn(async move {
                 let service = service_fn(move |req| {
                     let web = web.clone();
@@ -328,6 +350,7 @@ impl WebRole {
                 });
                 if let Err(e) = http1::Builder::new()
                     .keep_alive(true)
+                    .max_buf_size(max_head)
                     .serve_connection(TokioIo::new(stream), service)
                     .await
                 {
