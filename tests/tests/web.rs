@@ -242,3 +242,66 @@ async fn oversized_heads_and_bodies_get_clear_4xx_answers() {
     );
     t.shutdown().await;
 }
+
+/// A tiny upstream server answering every connection with `secret`.
+async fn upstream() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nsecret",
+                    )
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_http_goes_only_to_allowed_hosts() {
+    let up = upstream().await;
+    let mut t = prepare(&format!(
+        r#"
+        [service]
+        name = "outbound"
+        [roles.Open]
+        kind = "web"
+        component = "{{guest:hello_web}}"
+        outbound-hosts = ["127.0.0.1:{port}"]
+        [[roles.Open.endpoints]]
+        port = 0
+        [roles.Closed]
+        kind = "web"
+        component = "{{guest:hello_web}}"
+        [[roles.Closed.endpoints]]
+        port = 0
+        "#,
+        port = up.port()
+    ));
+    t.start().await;
+    let at = |role: &str| {
+        t.service()
+            .endpoints()
+            .iter()
+            .find(|(r, _)| r == role)
+            .map(|(_, a)| *a)
+            .unwrap()
+    };
+    let path = format!("/fetch?url=http://{up}/data");
+    let open = http_get(at("Open"), &path).await.unwrap();
+    assert_eq!(open.body, "fetched 200: secret", "{open:?}");
+    let closed = http_get(at("Closed"), &path).await.unwrap();
+    assert!(closed.body.contains("HttpRequestDenied"), "{closed:?}");
+    // Allowed host, other port: refused too.
+    let other = format!("/fetch?url=http://127.0.0.1:{}/data", up.port() + 1);
+    let r = http_get(at("Open"), &other).await.unwrap();
+    assert!(r.body.contains("HttpRequestDenied"), "{r:?}");
+    t.shutdown().await;
+}

@@ -3,7 +3,8 @@
 //!
 //! Paths: `/slow?ms=N` sleeps N ms first; `/spin` loops forever (for the host's timeout tests);
 //! `/upload` reads the request body and answers how many bytes it read, or the error (also
-//! written to blob `uploads/last`).
+//! written to blob `uploads/last`); `/fetch?url=http://host:port/path` makes an outbound GET and
+//! answers `fetched <status>: <body>` or `fetch failed: <error>`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -31,7 +32,9 @@ impl wasip2::exports::http::incoming_handler::Guest for Hello {
                 x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
             }
         }
-        let body = if path == "/upload" {
+        let body = if let Some(url) = path.strip_prefix("/fetch?url=") {
+            fetch(url)
+        } else if path == "/upload" {
             let outcome = read_body(&request);
             // Also kept in storage: after a body error the client may not get the answer.
             let uploads = rolehost_sdk::Container::new("uploads");
@@ -77,4 +80,41 @@ fn read_body(request: &IncomingRequest) -> String {
         }
     }
     format!("read {total} bytes\n")
+}
+
+/// An outbound GET of `url` (`http://authority/path`).
+fn fetch(url: &str) -> String {
+    use wasip2::http::outgoing_handler;
+    use wasip2::http::types::{OutgoingRequest, Scheme};
+    let Some(rest) = url.strip_prefix("http://") else {
+        return "fetch failed: only http:// URLs\n".into();
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let request = OutgoingRequest::new(Fields::new());
+    let _ = request.set_scheme(Some(&Scheme::Http));
+    let _ = request.set_authority(Some(authority));
+    let _ = request.set_path_with_query(Some(path));
+    let future = match outgoing_handler::handle(request, None) {
+        Ok(f) => f,
+        Err(e) => return format!("fetch failed: {e:?}\n"),
+    };
+    future.subscribe().block();
+    let response = match future.get() {
+        Some(Ok(Ok(r))) => r,
+        Some(Ok(Err(e))) => return format!("fetch failed: {e:?}\n"),
+        other => return format!("fetch failed: {other:?}\n"),
+    };
+    let status = response.status();
+    let mut body = Vec::new();
+    if let Ok(incoming) = response.consume()
+        && let Ok(stream) = incoming.stream()
+    {
+        while let Ok(chunk) = stream.blocking_read(64 * 1024) {
+            body.extend(chunk);
+        }
+    }
+    format!("fetched {status}: {}", String::from_utf8_lossy(&body))
 }

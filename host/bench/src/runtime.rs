@@ -94,6 +94,7 @@ impl Bed {
             stop: signal,
             metered,
             usage: Arc::new(UsageCell::default()),
+            outbound_hosts: Vec::new(),
         }
     }
 }

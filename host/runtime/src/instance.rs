@@ -13,6 +13,7 @@ use wasmtime_wasi_http::{WasiHttp, WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use crate::capability::blob::BlobCtx;
 use crate::capability::environment::{EnvironmentCtx, InstanceInfo};
 use crate::capability::local_disk::{self, DiskQuota, LocalDiskCtx, LocalDiskView};
+use crate::capability::outbound::OutboundPolicy;
 use crate::capability::queue::{QueueCtx, QueueWakers};
 use crate::capability::table::TableCtx;
 use crate::capability::{self, Capabilities, CapabilityView};
@@ -27,6 +28,7 @@ use crate::stop::StopSignal;
 pub struct InstanceState {
     wasi: WasiCtx,
     http: WasiHttpCtx,
+    outbound: OutboundPolicy,
     table: ResourceTable,
     capabilities: Capabilities,
     /// Memory and table limits.
@@ -84,7 +86,7 @@ impl WasiHttpView for InstanceState {
         WasiHttpCtxView {
             ctx: &mut self.http,
             table: &mut self.table,
-            hooks: Default::default(),
+            hooks: &mut self.outbound,
         }
     }
 }
@@ -120,6 +122,8 @@ pub struct InstanceParts {
     pub metered: bool,
     /// Where its usage is published.
     pub usage: Arc<UsageCell>,
+    /// Hosts it may send HTTP requests to.
+    pub outbound_hosts: Vec<String>,
 }
 
 /// The linker every instance is instantiated with: WASI p2 and the platform.
@@ -127,9 +131,13 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<InstanceState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     local_disk::add_to_linker(&mut linker)?;
-    // The `wasi:http` types, for web roles' handlers. Not `outgoing-handler`: outbound HTTP is
-    // not offered (a component importing it is refused when its role is deployed).
+    // `wasi:http`: the types (web roles' handlers) and outbound requests, which the role's
+    // allow-list gates (`capability::outbound`).
     let http_options = wasmtime_wasi_http::p2::bindings::LinkOptions::default();
+    wasmtime_wasi_http::p2::bindings::http::outgoing_handler::add_to_linker::<_, WasiHttp>(
+        &mut linker,
+        |s: &mut InstanceState| s.http(),
+    )?;
     wasmtime_wasi_http::p2::bindings::http::types::add_to_linker::<_, WasiHttp>(
         &mut linker,
         &http_options.into(),
@@ -181,6 +189,7 @@ pub fn new_store(
     let state = InstanceState {
         wasi: wasi.build(),
         http: WasiHttpCtx::new(),
+        outbound: OutboundPolicy::new(&parts.outbound_hosts),
         table,
         limiter: MemoryLimiter::new(limits.memory_bytes),
         cpu: CpuMeter::new(limits.fuel_per_sec, initial_fuel),

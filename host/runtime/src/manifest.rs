@@ -33,6 +33,7 @@
 //! max-queued-requests = 100     # requests waiting for an idle instance; more get 503
 //! max-body-bytes = 67108864     # larger request bodies get 413
 //! max-header-bytes = 65536      # larger request heads get 431
+//! outbound-hosts = ["api.example.com", "127.0.0.1:9000"]   # outbound HTTP; none by default
 //! [[roles.Web.endpoints]]
 //! port = 8080                   # 0: any free port
 //! address = "127.0.0.1"         # the default
@@ -208,6 +209,8 @@ pub struct RoleSpec {
     pub local_resources: Vec<LocalResourceSpec>,
     /// Web role settings (empty for workers).
     pub web: WebSpec,
+    /// Hosts (`host` or `host:port`) its instances may send HTTP requests to; none by default.
+    pub outbound_hosts: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -257,6 +260,8 @@ struct RoleSection {
     max_queued_requests: Option<usize>,
     max_body_bytes: Option<u64>,
     max_header_bytes: Option<usize>,
+    #[serde(default)]
+    outbound_hosts: Vec<String>,
 }
 
 /// `[[roles.<name>.endpoints]]`.
@@ -549,7 +554,16 @@ fn role_spec(base: &Path, name: &str, role: RoleSection) -> Result<RoleSpec, Man
             .unwrap_or(DEFAULT_MAX_HEADER)
             .max(8192),
     };
+    for (i, h) in role.outbound_hosts.iter().enumerate() {
+        if h.is_empty() || h.contains('/') || h.contains(char::is_whitespace) {
+            return Err(ManifestError::invalid(
+                format!("roles.{name}.outbound-hosts[{i}]"),
+                format!("{h:?}: give a host or host:port, not a URL"),
+            ));
+        }
+    }
     Ok(RoleSpec {
+        outbound_hosts: role.outbound_hosts,
         web,
         name: name.to_string(),
         kind: role.kind,

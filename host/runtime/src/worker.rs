@@ -270,6 +270,7 @@ impl RoleRuntime {
             stop: stop.clone(),
             metered: self.metered,
             usage: usage.clone(),
+            outbound_hosts: self.spec.outbound_hosts.clone(),
         };
         new_store(&self.engine, parts, &self.spec.limits)
             .map_err(|e| format!("creating the store: {e:#}"))

@@ -9,6 +9,7 @@
 pub mod blob;
 pub mod environment;
 pub mod local_disk;
+pub mod outbound;
 pub mod queue;
 pub mod table;
 
