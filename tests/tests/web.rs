@@ -305,3 +305,61 @@ async fn outbound_http_goes_only_to_allowed_hosts() {
     assert!(r.body.contains("HttpRequestDenied"), "{r:?}");
     t.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_works_with_a_test_certificate() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let fixtures = rolehost_tests::repo_root().join("tests/fixtures");
+    let mut t = prepare(&format!(
+        r#"
+        [service]
+        name = "tls"
+        [roles.Web]
+        kind = "web"
+        component = "{{guest:hello_web}}"
+        [[roles.Web.endpoints]]
+        protocol = "https"
+        port = 0
+        certificate = "{cert}"
+        key = "{key}"
+        "#,
+        cert = fixtures.join("localhost.crt").display(),
+        key = fixtures.join("localhost.key").display(),
+    ));
+    t.start().await;
+    let a = addr(&t);
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(fixtures.join("ca.crt")).unwrap())
+        .unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(a).await.unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut tls = connector
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake with the test CA");
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = tls.read_to_end(&mut buf).await;
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("hello from Web_IN_0"), "{text}");
+
+    // Plain HTTP on the HTTPS port gets no HTTP answer.
+    let plain = http_get(a, "/").await.map(|r| r.status).unwrap_or(0);
+    assert_ne!(plain, 200);
+    t.shutdown().await;
+}

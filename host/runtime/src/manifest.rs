@@ -37,6 +37,11 @@
 //! [[roles.Web.endpoints]]
 //! port = 8080                   # 0: any free port
 //! address = "127.0.0.1"         # the default
+//! [[roles.Web.endpoints]]
+//! protocol = "https"            # "http" (the default) or "https"
+//! port = 8443
+//! certificate = "tls/cert.pem"  # PEM chain, leaf first
+//! key = "tls/key.pem"
 //!
 //! [roles.Counter.limits]        # overrides of the VM size (all optional)
 //! cpu-cores = 0.5               # CPU share in reference cores (a 1.6 GHz 2008 core)
@@ -153,10 +158,21 @@ pub struct LocalResourceSpec {
 }
 
 /// An HTTP endpoint of a web role.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndpointSpec {
     /// Where to listen (port 0: any free port).
     pub address: std::net::SocketAddr,
+    /// For HTTPS: the certificate chain and private key files (PEM).
+    pub tls: Option<TlsFiles>,
+}
+
+/// The PEM files of an HTTPS endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub certificate: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 /// How a web role takes requests.
@@ -273,6 +289,8 @@ struct EndpointSection {
     address: std::net::IpAddr,
     #[serde(default = "http")]
     protocol: String,
+    certificate: Option<PathBuf>,
+    key: Option<PathBuf>,
 }
 
 fn loopback() -> std::net::IpAddr {
@@ -516,14 +534,35 @@ fn role_spec(base: &Path, name: &str, role: RoleSection) -> Result<RoleSpec, Man
     }
     let mut endpoints = Vec::new();
     for (i, e) in role.endpoints.into_iter().enumerate() {
-        if e.protocol != "http" {
-            return Err(ManifestError::invalid(
-                format!("roles.{name}.endpoints[{i}].protocol"),
-                format!("{:?}: this version serves \"http\" only", e.protocol),
-            ));
-        }
+        let ekey = |k: &str| format!("roles.{name}.endpoints[{i}].{k}");
+        let tls = match (e.protocol.as_str(), e.certificate, e.key) {
+            ("http", None, None) => None,
+            ("http", _, _) => {
+                return Err(ManifestError::invalid(
+                    ekey("protocol"),
+                    "certificate and key are for protocol = \"https\"",
+                ));
+            }
+            ("https", Some(c), Some(k)) => Some(TlsFiles {
+                certificate: base.join(c),
+                key: base.join(k),
+            }),
+            ("https", _, _) => {
+                return Err(ManifestError::invalid(
+                    ekey("certificate"),
+                    "an https endpoint needs `certificate` and `key` (PEM files)",
+                ));
+            }
+            (other, _, _) => {
+                return Err(ManifestError::invalid(
+                    ekey("protocol"),
+                    format!("{other:?} is not \"http\" or \"https\""),
+                ));
+            }
+        };
         endpoints.push(EndpointSpec {
             address: std::net::SocketAddr::new(e.address, e.port),
+            tls,
         });
     }
     match role.kind {
@@ -684,6 +723,27 @@ mod tests {
         );
         let e = error_of(head);
         assert!(e.contains("roles"), "{e}");
+        let web = format!("{head}[roles.W]\nkind = \"web\"\ncomponent = \"w\"\n");
+        let e = error_of(&web);
+        assert!(
+            e.contains("roles.W.endpoints") && e.contains("at least one"),
+            "{e}"
+        );
+        let e = error_of(&format!(
+            "{web}[[roles.W.endpoints]]\nport = 1\nprotocol = \"https\"\n"
+        ));
+        assert!(e.contains("roles.W.endpoints[0].certificate"), "{e}");
+        let e = error_of(&format!(
+            "{web}[[roles.W.endpoints]]\nport = 1\nprotocol = \"gopher\"\n"
+        ));
+        assert!(
+            e.contains("roles.W.endpoints[0].protocol") && e.contains("gopher"),
+            "{e}"
+        );
+        let e = error_of(&format!(
+            "{head}[roles.A]\nkind = \"worker\"\ncomponent = \"a\"\noutbound-hosts = [\"http://x/\"]\n"
+        ));
+        assert!(e.contains("roles.A.outbound-hosts[0]"), "{e}");
         let e = error_of(&format!(
             "{head}[roles.A]\nkind = \"worker\"\ncomponent = \"a\"\n[roles.A.limits]\nmemory-mb = 5000\n"
         ));

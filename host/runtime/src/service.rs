@@ -266,13 +266,19 @@ impl Service {
         let mut listeners = Vec::new();
         for role in roles.iter().filter(|r| matches!(r.pre, RolePre::Web(_))) {
             for e in &role.spec.web.endpoints {
+                let tls = match &e.tls {
+                    None => None,
+                    Some(files) => Some(crate::web::tls_acceptor(files).map_err(|detail| {
+                        RuntimeError::Unsupported(format!("role {}: {detail}", role.spec.name))
+                    })?),
+                };
                 let listener = crate::web::bind(e.address).await.map_err(|source| {
                     RuntimeError::Unsupported(format!(
                         "role {}: cannot listen on {}: {source}",
                         role.spec.name, e.address
                     ))
                 })?;
-                listeners.push((role.clone(), listener));
+                listeners.push((role.clone(), listener, tls));
             }
         }
         let (web_stop, web_signal) = stop_signal();
@@ -285,15 +291,16 @@ impl Service {
                 web_roles.push((role.clone(), web));
             }
         }
-        for (role, listener) in listeners {
+        for (role, listener, tls) in listeners {
             let Some((_, web)) = web_roles.iter().find(|(r, _)| Arc::ptr_eq(r, &role)) else {
                 continue;
             };
             if let Ok(addr) = listener.local_addr() {
-                tracing::info!(role = %role.spec.name, %addr, "listening");
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                tracing::info!(role = %role.spec.name, %addr, scheme, "listening");
                 endpoints.push((role.spec.name.clone(), addr));
             }
-            serve_tasks.push(tokio::spawn(web.clone().serve(listener)));
+            serve_tasks.push(tokio::spawn(web.clone().serve(listener, tls)));
         }
         let mut instances = Vec::new();
         for role in roles.iter().filter(|r| matches!(r.pre, RolePre::Worker(_))) {

@@ -33,9 +33,11 @@ use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::instance::InstanceState;
+use crate::manifest::TlsFiles;
 use crate::quota::UsageCell;
 use crate::stop::StopSignal;
 use crate::worker::{InstanceStatus, Phase, RoleRuntime, describe_failure};
+use tokio_rustls::TlsAcceptor;
 
 /// How long a client is asked to wait before retrying after a 503.
 pub const RETRY_AFTER_SECS: u64 = 1;
@@ -207,7 +209,11 @@ impl WebRole {
     }
 
     /// Serves one request on an idle instance.
-    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<HyperOutgoingBody> {
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        scheme: Scheme,
+    ) -> Response<HyperOutgoingBody> {
         let limit = self.role.spec.web.max_body_bytes;
         let declared = req
             .headers()
@@ -244,7 +250,7 @@ impl WebRole {
             .store
             .data_mut()
             .http()
-            .new_incoming_request(Scheme::Http, req)
+            .new_incoming_request(scheme, req)
             .and_then(|req| {
                 let out = instance.store.data_mut().http().new_response_outparam(tx)?;
                 Ok((req, out))
@@ -327,8 +333,9 @@ impl WebRole {
         r
     }
 
-    /// Accepts HTTP connections on `listener` until the service stops.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+    /// Accepts connections on `listener` (TLS first when `tls` is given) until the service
+    /// stops.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, tls: Option<TlsAcceptor>) {
         loop {
             let (stream, _peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -342,21 +349,38 @@ impl WebRole {
             };
             let _ = stream.set_nodelay(true);
             let web = self.clone();
-            let max_head = self.role.spec.web.max_header_bytes;
+            let tls = tls.clone();
             tokio::spawn(async move {
-                let service = service_fn(move |req| {
-                    let web = web.clone();
-                    async move { Ok::<_, Infallible>(web.handle(req).await) }
-                });
-                if let Err(e) = http1::Builder::new()
-                    .keep_alive(true)
-                    .max_buf_size(max_head)
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await
-                {
-                    tracing::debug!(error = %e, "connection ended with an error");
+                match tls {
+                    None => web.connection(stream, Scheme::Http).await,
+                    Some(acceptor) => match acceptor.accept(stream).await {
+                        Ok(stream) => web.connection(stream, Scheme::Https).await,
+                        Err(e) => tracing::debug!(error = %e, "TLS handshake failed"),
+                    },
                 }
             });
+        }
+    }
+
+    /// Serves the requests of one connection.
+    async fn connection<S>(self: Arc<Self>, stream: S, scheme: Scheme)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let max_head = self.role.spec.web.max_header_bytes;
+        let web = self.clone();
+        let service = service_fn(move |req| {
+            let web = web.clone();
+            let scheme = scheme.clone();
+            async move { Ok::<_, Infallible>(web.handle(req, scheme).await) }
+        });
+        if let Err(e) = http1::Builder::new()
+            .keep_alive(true)
+            .max_buf_size(max_head)
+            .serve_connection(TokioIo::new(stream), service)
+            .await
+        {
+            tracing::debug!(error = %e, "connection ended with an error");
         }
     }
 
@@ -372,4 +396,35 @@ impl WebRole {
 /// Binds an endpoint.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
+}
+
+/// Loads an HTTPS endpoint's certificate chain and key. The error names the file.
+pub fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.certificate)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .map_err(|e| format!("certificate {}: {e}", files.certificate.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "certificate {}: no certificate in it",
+            files.certificate.display()
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| format!("key {}: {e}", files.key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| {
+            format!(
+                "certificate {} and key {}: {e}",
+                files.certificate.display(),
+                files.key.display()
+            )
+        })?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
 }
