@@ -184,6 +184,26 @@ impl TestService {
             .expect("role exists")
     }
 
+    /// Puts `n` messages for the `counter` guest (queue `increments`, counter `total`) and
+    /// returns how long it took until the counter had counted them all.
+    pub async fn feed_counter(&self, n: usize) -> Duration {
+        let _ = self
+            .store
+            .create_queue(&self.account, "increments", Vec::new());
+        let count =
+            || -> Option<usize> { self.blob_text("counters", "total")?.trim().parse().ok() };
+        let before = count().unwrap_or(0);
+        let started = Instant::now();
+        self.put_messages("increments", (0..n).map(|_| "total".to_string()));
+        wait_for(
+            Duration::from_secs(300),
+            "the counter to count them",
+            || (count()? == before + n).then_some(()),
+        )
+        .await;
+        started.elapsed()
+    }
+
     /// Stops the service and returns the instances' final status.
     pub async fn shutdown(&mut self) -> Vec<rolehost_runtime::worker::InstanceStatus> {
         self.service

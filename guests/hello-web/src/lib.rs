@@ -4,7 +4,9 @@
 //! Paths: `/slow?ms=N` sleeps N ms first; `/spin` loops forever (for the host's timeout tests);
 //! `/upload` reads the request body and answers how many bytes it read, or the error (also
 //! written to blob `uploads/last`); `/fetch?url=http://host:port/path` makes an outbound GET and
-//! answers `fetched <status>: <body>` or `fetch failed: <error>`.
+//! answers `fetched <status>: <body>` or `fetch failed: <error>`; `/store?name=N` streams the
+//! request body into blob `uploads/N` (4 MiB blocks; the body is never whole in memory) and
+//! answers `stored <bytes> bytes`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -32,7 +34,9 @@ impl wasip2::exports::http::incoming_handler::Guest for Hello {
                 x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
             }
         }
-        let body = if let Some(url) = path.strip_prefix("/fetch?url=") {
+        let body = if let Some(name) = path.strip_prefix("/store?name=") {
+            store_body(&request, name)
+        } else if let Some(url) = path.strip_prefix("/fetch?url=") {
             fetch(url)
         } else if path == "/upload" {
             let outcome = read_body(&request);
@@ -117,4 +121,42 @@ fn fetch(url: &str) -> String {
         }
     }
     format!("fetched {status}: {}", String::from_utf8_lossy(&body))
+}
+
+/// Streams the request body into blob `uploads/<name>`.
+fn store_body(request: &IncomingRequest, name: &str) -> String {
+    use std::io::Write;
+    let uploads = rolehost_sdk::Container::new("uploads");
+    if let Err(e) = uploads.create_if_not_exists() {
+        return format!("store failed: {e}\n");
+    }
+    let Ok(body) = request.consume() else {
+        return "store failed: no body\n".into();
+    };
+    let Ok(stream) = body.stream() else {
+        return "store failed: no stream\n".into();
+    };
+    let mut writer = uploads.blob(name).writer();
+    let mut total: u64 = 0;
+    loop {
+        match stream.blocking_read(256 * 1024) {
+            Ok(chunk) => {
+                total += chunk.len() as u64;
+                if let Err(e) = writer.write_all(&chunk) {
+                    return format!("store failed after {total} bytes: {e}\n");
+                }
+            }
+            Err(wasip2::io::streams::StreamError::Closed) => break,
+            Err(wasip2::io::streams::StreamError::LastOperationFailed(e)) => {
+                return format!(
+                    "store failed after {total} bytes: {}\n",
+                    e.to_debug_string()
+                );
+            }
+        }
+    }
+    match writer.finish() {
+        Ok(props) => format!("stored {} bytes\n", props.size),
+        Err(e) => format!("store failed at commit: {e}\n"),
+    }
 }
