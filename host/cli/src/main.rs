@@ -106,6 +106,9 @@ async fn run(
     stop_after: Option<u64>,
     usage_log: Option<Duration>,
 ) -> anyhow::Result<()> {
+    // Take over Ctrl-C and SIGTERM before anything starts, so a signal arriving while the
+    // service starts stops it gracefully too.
+    let mut stop_signals = StopSignals::install()?;
     let manifest = Manifest::load(path)?;
     let data_dir = data_dir.unwrap_or_else(|| manifest.storage.data_dir.clone());
     let components =
@@ -135,8 +138,7 @@ async fn run(
         }
     };
     tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("listening for Ctrl-C")?,
-        () = terminate() => {}
+        () = stop_signals.next() => {}
         () = stop_timer => {}
     }
     eprintln!("rolehost: stopping (Ctrl-C again to quit at once)");
@@ -151,22 +153,43 @@ async fn run(
                 statuses.len()
             );
         }
-        _ = tokio::signal::ctrl_c() => bail!("interrupted before every instance stopped"),
+        () = stop_signals.next() => bail!("interrupted before every instance stopped"),
     }
     Ok(())
 }
 
-/// Completes on SIGTERM (a service manager stopping us), never elsewhere.
-async fn terminate() {
+/// Ctrl-C (SIGINT) and SIGTERM, listened to from the moment they are installed.
+struct StopSignals {
     #[cfg(unix)]
-    {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> anyhow::Result<Self> {
+        #[cfg(unix)]
         {
-            s.recv().await;
-            return;
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(StopSignals {
+                interrupt: signal(SignalKind::interrupt()).context("listening for Ctrl-C")?,
+                terminate: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(StopSignals {})
     }
-    std::future::pending::<()>().await
+
+    /// Completes at the next Ctrl-C or SIGTERM.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 fn build(path: &Path, target_dir: Option<&Path>) -> anyhow::Result<()> {

@@ -231,13 +231,15 @@ fn ctrl_c_stops_every_instance_gracefully() {
         all
     });
     let mut running = 0;
-    while running < 3 {
+    let mut up = false;
+    while running < 3 || !up {
         let line = rx
             .recv_timeout(std::time::Duration::from_secs(60))
             .expect("the service comes up");
         if line.contains(" running") && line.contains("Probe_IN_") {
             running += 1;
         }
+        up |= line.contains("is running");
     }
     let pid = i32::try_from(child.0.id()).unwrap();
     // SAFETY: sending a signal to our own child process.

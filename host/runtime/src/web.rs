@@ -24,7 +24,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, oneshot};
 use wasmtime::Store;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::io::TokioIo;
@@ -59,8 +59,10 @@ enum Failure {
 pub struct WebRole {
     role: Arc<RoleRuntime>,
     pre: ProxyPre<InstanceState>,
-    idle_tx: mpsc::UnboundedSender<WebInstance>,
-    idle_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<WebInstance>>,
+    /// Idle instances, most recently used first (its memory is warmest).
+    idle: Mutex<Vec<WebInstance>>,
+    /// Wakes one request waiting for an idle instance.
+    returned: tokio::sync::Notify,
     waiting: Arc<Semaphore>,
     timeout: Duration,
     stop: StopSignal,
@@ -85,7 +87,6 @@ impl WebRole {
         pre: ProxyPre<InstanceState>,
         stop: StopSignal,
     ) -> Arc<WebRole> {
-        let (idle_tx, idle_rx) = mpsc::unbounded_channel();
         let n = role.spec.instances as usize;
         let statuses = (0..n)
             .map(|i| {
@@ -105,8 +106,8 @@ impl WebRole {
             waiting: Arc::new(Semaphore::new(role.spec.web.max_queued_requests)),
             role,
             pre,
-            idle_tx,
-            idle_rx: tokio::sync::Mutex::new(idle_rx),
+            idle: Mutex::new(Vec::with_capacity(n)),
+            returned: tokio::sync::Notify::new(),
             stop,
             statuses,
             usages: (0..n).map(|_| Arc::new(UsageCell::default())).collect(),
@@ -140,7 +141,7 @@ impl WebRole {
                 match self.new_instance(index, first).await {
                     Ok(instance) => {
                         self.set_phase(index, Phase::Running);
-                        let _ = self.idle_tx.send(instance);
+                        self.release(instance);
                         return;
                     }
                     Err(reason) => {
@@ -239,10 +240,9 @@ impl WebRole {
         let Ok(permit) = self.waiting.clone().try_acquire_owned() else {
             return self.busy();
         };
-        let next = async { self.idle_rx.lock().await.recv().await };
-        let mut instance = match tokio::time::timeout(self.timeout, next).await {
-            Ok(Some(i)) => i,
-            _ => return self.busy(),
+        let mut instance = match tokio::time::timeout(self.timeout, self.acquire()).await {
+            Ok(i) => i,
+            Err(_) => return self.busy(),
         };
         drop(permit);
         let (tx, rx) = oneshot::channel();
@@ -259,7 +259,7 @@ impl WebRole {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error = %e, "could not hand a request to a guest");
-                let _ = self.idle_tx.send(instance);
+                self.release(instance);
                 return text(StatusCode::BAD_REQUEST, "bad request\n");
             }
         };
@@ -273,7 +273,7 @@ impl WebRole {
             );
             match tokio::time::timeout(this.timeout, call).await {
                 Ok(Ok(())) => {
-                    let _ = this.idle_tx.send(instance);
+                    this.release(instance);
                     Ok(())
                 }
                 Ok(Err(e)) => {
@@ -319,6 +319,29 @@ impl WebRole {
                 ),
             },
         }
+    }
+
+    /// Waits for an idle instance and takes it.
+    async fn acquire(&self) -> WebInstance {
+        loop {
+            // Register for a wake-up before looking, so a release in between is not missed.
+            let returned = self.returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+            if let Some(i) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+                return i;
+            }
+            returned.await;
+        }
+    }
+
+    /// Puts an instance back and wakes one waiting request.
+    fn release(&self, instance: WebInstance) {
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(instance);
+        self.returned.notify_one();
     }
 
     fn busy(&self) -> Response<HyperOutgoingBody> {
