@@ -53,13 +53,16 @@ impl wasip2::exports::http::incoming_handler::Guest for Hello {
         };
         let headers = Fields::new();
         let _ = headers.set("content-type", &[b"text/plain".to_vec()]);
+        let _ = headers.set("content-length", &[body.len().to_string().into_bytes()]);
         let response = OutgoingResponse::new(headers);
         let outgoing = response.body().expect("body");
-        ResponseOutparam::set(out, Ok(response));
+        // A short body is written whole before the response is handed over, so the host can
+        // send head and body together.
         let stream = outgoing.write().expect("stream");
         let _ = stream.blocking_write_and_flush(body.as_bytes());
         drop(stream);
         let _ = OutgoingBody::finish(outgoing, None);
+        ResponseOutparam::set(out, Ok(response));
     }
 }
 
