@@ -289,8 +289,11 @@ fn the_log_shows_each_instances_use_of_its_quotas() {
             "[service]\nname = \"usage\"\n[storage]\ndata-dir = \"data\"\n\
              [roles.Idle]\nkind = \"worker\"\ncomponent = {:?}\nvm-size = \"ExtraSmall\"\n\
              [roles.Idle.settings]\nmode = \"idle\"\n\
-             [[roles.Idle.local-resources]]\nname = \"scratch\"\nsize-mb = 10\n",
-            testbed.display().to_string()
+             [[roles.Idle.local-resources]]\nname = \"scratch\"\nsize-mb = 10\n\
+             [roles.Web]\nkind = \"web\"\ncomponent = {:?}\n\
+             [[roles.Web.endpoints]]\nport = 0\n",
+            testbed.display().to_string(),
+            rolehost_tests::guest("hello_web").display().to_string()
         ),
     );
     let out = rolehost(&["run", &svc, "--stop-after", "3", "--usage-every", "1"]);
@@ -304,5 +307,11 @@ fn the_log_shows_each_instances_use_of_its_quotas() {
     assert!(
         line.contains("of 768 MiB") && line.contains("of 10 MiB"),
         "{line}"
+    );
+    assert!(
+        stderr.lines().any(|l| l.contains("usage: cpu")
+            && l.contains("Web_IN_0")
+            && l.contains("of 1700 MiB")),
+        "web instances are in the usage log too:\n{stderr}"
     );
 }

@@ -229,6 +229,13 @@ pub struct RoleSpec {
     pub outbound_hosts: Vec<String>,
 }
 
+impl RoleSpec {
+    /// The local resources' quotas together.
+    pub fn local_resource_bytes(&self) -> u64 {
+        self.local_resources.iter().map(|r| r.size_bytes).sum()
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct File {

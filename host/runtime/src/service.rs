@@ -111,16 +111,10 @@ pub async fn prepare_worker(
     linker: &wasmtime::component::Linker<InstanceState>,
     bytes: Vec<u8>,
 ) -> Result<WorkerRolePre<InstanceState>, String> {
-    let compile_engine = engine.clone();
-    let component = tokio::task::spawn_blocking(move || Component::new(&compile_engine, &bytes))
-        .await
-        .map_err(|e| format!("compilation panicked: {e}"))?
-        .map_err(|e| format!("not a valid component: {e:#}"))?;
-    let pre = linker
-        .instantiate_pre(&component)
-        .map_err(|e| format!("imports something the host does not provide: {e:#}"))?;
-    WorkerRolePre::new(pre)
-        .map_err(|e| format!("is not a worker role (rolehost:platform/worker-role): {e:#}"))
+    match prepare_role(engine, linker, bytes, RoleKind::Worker).await? {
+        RolePre::Worker(pre) => Ok(pre),
+        RolePre::Web(_) => Err("is not a worker role".into()),
+    }
 }
 
 /// How to run a service.
@@ -151,14 +145,10 @@ impl InstanceSlot {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let disk_quota = self
-            .role
-            .spec
-            .local_resources
-            .iter()
-            .map(|r| r.size_bytes)
-            .sum();
-        s.usage = self.usage.read(&self.role.spec.limits, disk_quota);
+        s.usage = self.usage.read(
+            &self.role.spec.limits,
+            self.role.spec.local_resource_bytes(),
+        );
         s
     }
 }
@@ -338,9 +328,10 @@ impl Service {
             "service started"
         );
         let instances = Arc::new(instances);
+        let web_list: Vec<Arc<WebRole>> = web_roles.iter().map(|(_, w)| w.clone()).collect();
         let usage_task = options
             .usage_log
-            .map(|every| tokio::spawn(log_usage(instances.clone(), every)));
+            .map(|every| tokio::spawn(log_usage(instances.clone(), web_list, every)));
         Ok(Service {
             name: manifest.service.clone(),
             deployment_id,
@@ -415,16 +406,31 @@ impl Service {
 
 /// Logs each instance's use of its quotas every `every`: CPU in reference cores over the
 /// interval against its share, memory and local disk against their caps.
-async fn log_usage(instances: Arc<Vec<InstanceSlot>>, every: std::time::Duration) {
-    let mut last: Vec<u64> = instances.iter().map(|i| i.read().usage.fuel).collect();
+async fn log_usage(
+    instances: Arc<Vec<InstanceSlot>>,
+    web: Vec<Arc<WebRole>>,
+    every: std::time::Duration,
+) {
+    let read_all = || {
+        let mut all: Vec<InstanceStatus> = instances.iter().map(InstanceSlot::read).collect();
+        for w in &web {
+            all.extend(w.status());
+        }
+        all
+    };
+    let mut last: std::collections::HashMap<String, u64> = read_all()
+        .into_iter()
+        .map(|s| (s.instance_id, s.usage.fuel))
+        .collect();
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
     loop {
         tick.tick().await;
-        for (i, slot) in instances.iter().enumerate() {
-            let s = slot.read();
-            let used = s.usage.fuel.saturating_sub(last[i]);
-            last[i] = s.usage.fuel;
+        for s in read_all() {
+            let before = last
+                .insert(s.instance_id.clone(), s.usage.fuel)
+                .unwrap_or(0);
+            let used = s.usage.fuel.saturating_sub(before);
             let core = crate::quota::REFERENCE_CORE_FUEL_PER_SEC as f64;
             let cores = used as f64 / every.as_secs_f64() / core;
             let share = s.usage.fuel_per_sec as f64 / core;

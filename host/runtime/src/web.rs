@@ -196,14 +196,10 @@ impl WebRole {
             .zip(&self.usages)
             .map(|(s, u)| {
                 let mut s = s.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                let disk_quota = self
-                    .role
-                    .spec
-                    .local_resources
-                    .iter()
-                    .map(|r| r.size_bytes)
-                    .sum();
-                s.usage = u.read(&self.role.spec.limits, disk_quota);
+                s.usage = u.read(
+                    &self.role.spec.limits,
+                    self.role.spec.local_resource_bytes(),
+                );
                 s
             })
             .collect()
