@@ -308,7 +308,7 @@ async fn local_disk_quotas_hold_on_write_overwrite_truncate_rename_and_delete() 
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{fill}"));
     assert!(
-        written <= 2 << 20 && written >= (2 << 20) - (128 << 10),
+        ((2 << 20) - (128 << 10)..=2 << 20).contains(&written),
         "{fill}"
     );
     let fill_dir = t.dir.path().join("local/Filler/Filler_IN_0/scratch");

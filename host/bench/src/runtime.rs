@@ -288,7 +288,7 @@ pub(crate) fn idle_child(n: &str, component: &str) {
         let up = started.elapsed();
         tokio::time::sleep(Duration::from_secs(2)).await;
         let rss = rss_mib();
-        let key = if n >= 1000 && n % 1000 == 0 { format!("{}k", n / 1000) } else { n.to_string() };
+        let key = if n >= 1000 && n.is_multiple_of(1000) { format!("{}k", n / 1000) } else { n.to_string() };
         line(&format!("idle_{key}_start_s"), format!("{:.2}", up.as_secs_f64()));
         line(&format!("idle_{key}_rss_mib"), format!("{rss:.1}"));
         line(&format!("idle_{key}_rss_before_mib"), format!("{before:.1}"));
