@@ -236,9 +236,14 @@ impl WebRole {
         let Ok(permit) = self.waiting.clone().try_acquire_owned() else {
             return self.busy();
         };
-        let mut instance = match tokio::time::timeout(self.timeout, self.acquire()).await {
-            Ok(i) => i,
-            Err(_) => return self.busy(),
+        // Fast path: an idle instance is there (no timer needed).
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut instance = match idle {
+            Some(i) => i,
+            None => match tokio::time::timeout(self.timeout, self.acquire()).await {
+                Ok(i) => i,
+                Err(_) => return self.busy(),
+            },
         };
         drop(permit);
         let (tx, rx) = oneshot::channel();
