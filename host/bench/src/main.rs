@@ -259,13 +259,19 @@ fn storage() {
     print!("{}", String::from_utf8_lossy(&out.stdout));
 }
 
-pub(crate) fn peak_rss_mib() -> f64 {
+/// A memory figure of this process from `/proc/self/status` (`VmHWM`, `VmRSS`), in MiB.
+pub(crate) fn proc_status_mib(field: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// This process's peak RSS so far, MiB.
+fn peak_rss_mib() -> f64 {
+    proc_status_mib("VmHWM")
 }
 
 fn blob_1gib(path: &str) {

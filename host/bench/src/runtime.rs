@@ -244,13 +244,25 @@ async fn overhead(component: &Path) {
     line("limits_overhead_ratio", format!("{worst:.3}"));
 }
 
+/// Starts the service described by manifest `text` on a temporary data directory (kept alive
+/// by the returned guard).
+pub(crate) async fn start_service(text: &str) -> (tempfile::TempDir, Service) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let manifest = Manifest::parse(text, &dir.path().join("rolehost.toml")).expect("manifest");
+    let store = service::open_storage(dir.path(), &manifest, None).expect("storage");
+    let components = service::resolve_components(&manifest, None).expect("components");
+    let options = ServiceOptions {
+        data_dir: dir.path().to_path_buf(),
+        ..ServiceOptions::default()
+    };
+    let svc = Service::start(&manifest, &components, store, options)
+        .await
+        .expect("service");
+    (dir, svc)
+}
+
 fn rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
+    crate::proc_status_mib("VmRSS")
 }
 
 /// Starts `n` idle worker instances and prints the process's RSS once all run.
@@ -261,27 +273,13 @@ pub(crate) fn idle_child(n: &str, component: &str) {
         .build()
         .expect("tokio");
     rt.block_on(async {
-        let dir = tempfile::tempdir().expect("temp dir");
         let text = format!(
             "[service]\nname = \"idle\"\n[roles.Idle]\nkind = \"worker\"\ncomponent = {component:?}\n\
              instances = {n}\n[roles.Idle.settings]\nmode = \"idle\"\n"
         );
-        let manifest = Manifest::parse(&text, &dir.path().join("rolehost.toml")).expect("manifest");
-        let store = service::open_storage(dir.path(), &manifest, None).expect("storage");
-        let components = service::resolve_components(&manifest, None).expect("components");
         let before = rss_mib();
         let started = Instant::now();
-        let svc = Service::start(
-            &manifest,
-            &components,
-            store,
-            ServiceOptions {
-                data_dir: dir.path().to_path_buf(),
-                ..ServiceOptions::default()
-            },
-        )
-        .await
-        .expect("service");
+        let (_dir, svc) = start_service(&text).await;
         while svc.status().iter().any(|s| s.phase != Phase::Running) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

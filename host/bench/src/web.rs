@@ -20,9 +20,9 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use rolehost_runtime::engine::{EngineOptions, EpochTicker, build_engine};
 use rolehost_runtime::instance::{InstanceState, linker, new_store};
-use rolehost_runtime::manifest::{Manifest, VmSize};
+use rolehost_runtime::manifest::VmSize;
 use rolehost_runtime::quota::Limits;
-use rolehost_runtime::service::{self, Service, ServiceOptions, prepare_role};
+use rolehost_runtime::service::prepare_role;
 use rolehost_runtime::worker::RolePre;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -33,7 +33,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::line;
-use crate::runtime::{Bed, guest};
+use crate::runtime::{Bed, guest, start_service};
 
 const CONNECTIONS: usize = 16;
 const WARMUP: Duration = Duration::from_millis(500);
@@ -49,25 +49,11 @@ pub(crate) fn web() {
         .expect("tokio");
     let component = guest("hello_web");
     rt.block_on(async {
-        let dir = tempfile::tempdir().expect("temp dir");
         let text = format!(
             "[service]\nname = \"webbench\"\n[roles.Web]\nkind = \"web\"\ncomponent = {component:?}\n\
              instances = 4\n[[roles.Web.endpoints]]\nport = 0\n"
         );
-        let manifest = Manifest::parse(&text, &dir.path().join("rolehost.toml")).expect("manifest");
-        let store = service::open_storage(dir.path(), &manifest, None).expect("storage");
-        let components = service::resolve_components(&manifest, None).expect("components");
-        let svc = Service::start(
-            &manifest,
-            &components,
-            store,
-            ServiceOptions {
-                data_dir: dir.path().to_path_buf(),
-                ..ServiceOptions::default()
-            },
-        )
-        .await
-        .expect("service");
+        let (_dir, svc) = start_service(&text).await;
         let servers = [
             svc.endpoints()[0].1,
             per_request_server(&component).await,

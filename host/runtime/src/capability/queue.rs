@@ -30,6 +30,15 @@ pub struct QueueWakers {
 }
 
 impl QueueWakers {
+    /// The waker of `queue`, if one was made.
+    fn existing(&self, queue: &str) -> Option<Arc<Notify>> {
+        self.queues
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(queue)
+            .cloned()
+    }
+
     fn get(&self, queue: &str) -> Arc<Notify> {
         let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
         queues.entry(queue.to_string()).or_default().clone()
@@ -37,13 +46,7 @@ impl QueueWakers {
 
     /// Wakes every instance waiting on `queue`.
     pub fn wake(&self, queue: &str) {
-        let notify = self
-            .queues
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(queue)
-            .cloned();
-        if let Some(n) = notify {
+        if let Some(n) = self.existing(queue) {
             n.notify_waiters();
         }
     }
@@ -244,29 +247,38 @@ impl Host for QueueCtx {
             )));
         }
         let deadline = tokio::time::Instant::now() + wait;
-        // The first read tells whether the queue exists: only then is a waker kept for it, so
+        // A waker is kept only for a queue seen to exist (after a read that did not fail), so
         // a guest naming queues that do not exist cannot grow the host's waker map.
-        match self.get(&queue, count, visibility_timeout_seconds).await? {
-            Ok(ms) if ms.is_empty() => {}
-            other => return Ok(other),
-        }
-        let notify = self.wakers.get(&queue);
+        let mut notify = self.wakers.existing(&queue);
         loop {
             // Register for a wake-up before reading, so a put in between is not missed.
-            let woken = notify.notified();
-            tokio::pin!(woken);
-            woken.as_mut().enable();
+            let mut woken = notify.as_deref().map(|n| Box::pin(n.notified()));
+            if let Some(w) = &mut woken {
+                w.as_mut().enable();
+            }
             match self.get(&queue, count, visibility_timeout_seconds).await? {
                 Ok(ms) if ms.is_empty() => {}
                 other => return Ok(other),
+            }
+            if woken.is_none() {
+                // First wait on this queue here: register, then read once more.
+                drop(woken);
+                notify = Some(self.wakers.get(&queue));
+                continue;
             }
             let now = tokio::time::Instant::now();
             if now >= deadline || self.stop.is_requested() {
                 return Ok(Ok(Vec::new()));
             }
             let nap = (deadline - now).min(POLL_INTERVAL);
+            let woken = async {
+                match woken {
+                    Some(w) => w.await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                () = &mut woken => {}
+                () = woken => {}
                 () = tokio::time::sleep(nap) => {}
                 () = self.stop.requested() => return Ok(Ok(Vec::new())),
             }
