@@ -42,7 +42,7 @@
 //! Build with `cargo build --release --target wasm32-wasip2` (or `rolehost build`). Give the
 //! role's workspace a release profile with `lto = true`, `opt-level = 3` and
 //! `codegen-units = 1`: the host meters CPU with checks at every function entry, and
-//! whole-program optimisation removes most of those calls (the limits then cost about 7% on
+//! whole-program optimisation removes most of those calls (the limits then cost about 7-20% on
 //! call-heavy code instead of about 50%).
 //!
 //! ## Freeze safety
