@@ -71,6 +71,31 @@ pub fn wait_for_stop(timeout: Duration) -> bool {
     host::wait_for_stop(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// The service's roles and instance counts, with a version that grows with every change.
+pub use host::ServiceTopology as Topology;
+
+/// The service's topology now: each role's instance count, and a version. The host changes
+/// it when the service is scaled or upgraded, without restarting running instances; an
+/// instance that cares (to re-partition work, say) remembers the version it last saw and
+/// compares.
+///
+/// ```no_run
+/// use rolehost_sdk::env;
+///
+/// let mut seen = env::topology().version;
+/// // ... later, in the loop:
+/// let now = env::topology();
+/// if now.version != seen {
+///     seen = now.version;
+///     for r in &now.roles {
+///         env::info(&format!("{} now has {} instances", r.role, r.instances));
+///     }
+/// }
+/// ```
+pub fn topology() -> Topology {
+    host::topology()
+}
+
 /// How important a log line is.
 pub use host::LogLevel;
 

@@ -107,7 +107,7 @@ impl TestService {
             data_dir: self.dir.path().to_path_buf(),
             cache_dir: Some(target_dir().join("rolehost-component-cache")),
             faults,
-            usage_log: None,
+            ..ServiceOptions::default()
         };
         let svc = Service::start(&self.manifest, &components, self.store.clone(), options)
             .await

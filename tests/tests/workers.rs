@@ -146,12 +146,16 @@ async fn a_message_whose_handler_always_fails_lands_in_the_poison_queue_after_fi
     );
     t.put_messages("fail", ["bad".to_string()]);
     t.start().await;
+    // The SDK puts the message on the poison queue, then deletes it from its queue: wait for
+    // both, then make sure it stays so (a copy would come back and be tried a sixth time).
     wait_for(
         Duration::from_secs(60),
-        "the message on fail-poison",
-        || (t.queue_len("fail-poison") == 1).then_some(()),
+        "the message moved to fail-poison",
+        || (t.queue_len("fail-poison") == 1 && t.queue_len("fail") == 0).then_some(()),
     )
     .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(t.queue_len("fail-poison"), 1);
     let poisoned = t.store.peek_messages(&t.account, "fail-poison", 1).unwrap();
     assert_eq!(poisoned[0].body, b"bad");
     assert_eq!(t.queue_len("fail"), 0, "moved, not copied");

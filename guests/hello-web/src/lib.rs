@@ -1,5 +1,6 @@
 //! Hello-world web role: answers every request with a line naming the instance that served it
-//! and how many requests that instance has served (instances are long-lived: the count grows).
+//! and how many requests that instance has served (instances are long-lived: the count grows),
+//! and the role's `version` setting when it has one.
 //!
 //! Paths: `/slow?ms=N` sleeps N ms first; `/spin` loops forever (for the host's timeout tests);
 //! `/upload` reads the request body and answers how many bytes it read, or the error (also
@@ -46,8 +47,12 @@ impl wasip2::exports::http::incoming_handler::Guest for Hello {
             let _ = uploads.blob("last").put(outcome.as_bytes());
             outcome
         } else {
+            // A `version` setting, when the manifest gives one, says which deployment answered.
+            let version = rolehost_sdk::env::setting("version")
+                .map(|v| format!(", version {v}"))
+                .unwrap_or_default();
             format!(
-                "hello from {} (request {n})\n",
+                "hello from {} (request {n}{version})\n",
                 rolehost_sdk::env::instance_id()
             )
         };

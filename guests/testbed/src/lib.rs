@@ -20,6 +20,9 @@
 //! - `cpu-loop`: a tight integer loop of `iterations` (default 300,000,000) steps.
 //! - `cpu-alloc`: builds, sorts, hashes and formats `items` (default 2,000,000) values.
 //!
+//! - `topology`: writes blob `topology/<instance id>` (`version N: Role=n,...`) whenever the
+//!   service's topology changes, and `topology/<instance id>-stopped` when asked to stop.
+//!
 //! Misbehaving modes (the host must contain each):
 //! - `membomb`: allocates without limit (infallibly): aborts when memory runs out.
 //! - `memtry`: allocates with `try_reserve` until refused, writes blob `memtry/<instance id>`
@@ -90,6 +93,34 @@ impl WorkerRole for Testbed {
                 panic!("testbed trapping as asked");
             }
             "return" => Ok(()),
+            "topology" => {
+                // Writes what it sees each time the topology changes, and on stop, so the
+                // test can tell it was told (and stopped gracefully).
+                let out = Container::new("topology");
+                out.create_if_not_exists().map_err(|e| e.to_string())?;
+                let mut seen = None;
+                loop {
+                    let t = env::topology();
+                    if seen != Some(t.version) {
+                        seen = Some(t.version);
+                        let counts: Vec<String> = t
+                            .roles
+                            .iter()
+                            .map(|r| format!("{}={}", r.role, r.instances))
+                            .collect();
+                        let text = format!("version {}: {}", t.version, counts.join(","));
+                        out.blob(env::instance_id())
+                            .put(text.as_bytes())
+                            .map_err(|e| e.to_string())?;
+                    }
+                    if env::wait_for_stop(Duration::from_millis(20)) {
+                        out.blob(format!("{}-stopped", env::instance_id()))
+                            .put(b"")
+                            .map_err(|e| e.to_string())?;
+                        return Ok(());
+                    }
+                }
+            }
             "stuck" => loop {
                 std::thread::sleep(Duration::from_millis(50));
             },

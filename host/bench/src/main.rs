@@ -4,12 +4,14 @@
 //! cargo run --release -p rolehost-bench -- storage
 //! cargo run --release -p rolehost-bench -- runtime
 //! cargo run --release -p rolehost-bench -- web
+//! cargo run --release -p rolehost-bench -- fabric
 //! ```
 //!
 //! Each suite prints its figures as `key: value` lines, all measured in one run on the same disk,
 //! so ratios between them are meaningful. Suites of later issues (runtime, web, fabric, freeze,
 //! verify) join here.
 
+mod fabric;
 mod runtime;
 mod web;
 
@@ -32,12 +34,15 @@ fn main() {
         Some("storage") => storage(),
         Some("runtime") => runtime::runtime(),
         Some("web") => web::web(),
+        Some("fabric") => fabric::fabric(),
+        // Internal: the fabric measurement in a process of its own.
+        Some("fabric-child") => fabric::fabric_child(&args[1]),
         // Internal: one idle-instances measurement in a process of its own.
         Some("runtime-idle") => runtime::idle_child(&args[1], &args[2]),
         // Internal: runs in a child process so its peak RSS is its own.
         Some("storage-blob-1gib") => blob_1gib(&args[1]),
         _ => {
-            eprintln!("usage: rolehost-bench <suite>\nsuites: storage, runtime, web");
+            eprintln!("usage: rolehost-bench <suite>\nsuites: storage, runtime, web, fabric");
             std::process::exit(2);
         }
     }

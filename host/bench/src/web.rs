@@ -18,7 +18,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use rolehost_runtime::engine::{EngineOptions, EpochTicker, build_engine};
+use rolehost_runtime::engine::{EngineOptions, build_engine};
 use rolehost_runtime::instance::{InstanceState, linker, new_store};
 use rolehost_runtime::manifest::VmSize;
 use rolehost_runtime::quota::Limits;
@@ -169,7 +169,6 @@ async fn per_request_server(component: &std::path::Path) -> SocketAddr {
         cache_dir: None,
     })
     .expect("engine");
-    let ticker = EpochTicker::start(&engine).expect("ticker");
     let linker = linker(&engine).expect("linker");
     let bytes = std::fs::read(component).expect("component");
     let RolePre::Web(pre) = prepare_role(
@@ -182,7 +181,7 @@ async fn per_request_server(component: &std::path::Path) -> SocketAddr {
     .expect("web role") else {
         panic!("not a web role")
     };
-    let state = Arc::new((engine, pre, Bed::new(), ticker));
+    let state = Arc::new((engine, pre, Bed::new()));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {

@@ -1,5 +1,7 @@
 //! `rolehost`: run, build and inspect services of Wasm roles.
 
+mod client;
+mod fabric_cmd;
 mod storage_cmd;
 
 use std::path::{Path, PathBuf};
@@ -58,6 +60,94 @@ enum Command {
     /// Create, put, get, peek and list blobs, queue messages and table entities in a data
     /// directory (while no host is running on it).
     Storage(storage_cmd::StorageArgs),
+    /// Run a host that services are deployed to (the fabric), until Ctrl-C or SIGTERM.
+    /// Deployed services come back when it starts again.
+    Serve {
+        /// The host's data directory: storage, uploaded files, service records, local
+        /// resources, the management token. Default: ~/.local/share/rolehost.
+        #[arg(long, env = "ROLEHOST_HOST_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Address of the management API (keep it on loopback: the token is its only guard).
+        #[arg(long, default_value = client::DEFAULT_LISTEN)]
+        listen: std::net::SocketAddr,
+        /// Most instances the host runs, all services together.
+        #[arg(long, default_value_t = fabric_cmd::MAX_INSTANCES)]
+        max_instances: u32,
+    },
+    /// Build a service's roles, upload them to a running host and deploy it; a service that
+    /// runs there already is upgraded in place, a few instances at a time.
+    Deploy {
+        /// The service: a directory holding rolehost.toml, or the manifest file itself.
+        #[arg(default_value = ".")]
+        path: PathBuf,
+        /// Cargo target directory for guest builds.
+        #[arg(long)]
+        target_dir: Option<PathBuf>,
+        #[command(flatten)]
+        host: client::HostArgs,
+    },
+    /// Change the number of instances of a role while the service runs.
+    Scale {
+        /// The service.
+        service: String,
+        /// The role.
+        role: String,
+        /// The new instance count.
+        instances: u32,
+        #[command(flatten)]
+        host: client::HostArgs,
+    },
+    /// Show the host's services, their roles and each instance's state and use.
+    Status {
+        /// Only this service.
+        service: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        host: client::HostArgs,
+    },
+    /// Show a service's guest output (stdout, stderr, log lines).
+    Logs {
+        /// The service.
+        service: String,
+        /// Only this role.
+        #[arg(long)]
+        role: Option<String>,
+        /// Only this instance.
+        #[arg(long)]
+        instance: Option<String>,
+        /// Keep following new lines.
+        #[arg(short, long)]
+        follow: bool,
+        #[command(flatten)]
+        host: client::HostArgs,
+    },
+    /// Stop every instance of a service (it stays deployed; `rolehost start` runs it again).
+    Stop {
+        /// The service.
+        service: String,
+        #[command(flatten)]
+        host: client::HostArgs,
+    },
+    /// Start a stopped service again.
+    Start {
+        /// The service.
+        service: String,
+        #[command(flatten)]
+        host: client::HostArgs,
+    },
+    /// Stop a service and remove it from the host.
+    Delete {
+        /// The service.
+        service: String,
+        /// Also delete its storage account (every blob, queue and table). Without this flag
+        /// the data stays.
+        #[arg(long)]
+        purge_storage: bool,
+        #[command(flatten)]
+        host: client::HostArgs,
+    },
 }
 
 fn init_logging(verbose: u8) {
@@ -95,6 +185,57 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Build { path, target_dir } => build(&path, target_dir.as_deref()),
             Command::Storage(args) => storage_cmd::run(args),
+            Command::Serve {
+                data_dir,
+                listen,
+                max_instances,
+            } => {
+                let signals = StopSignals::install()?;
+                fabric_cmd::serve(data_dir, listen, max_instances, signals).await
+            }
+            Command::Deploy {
+                path,
+                target_dir,
+                host,
+            } => fabric_cmd::deploy(&host, &path, target_dir.as_deref()).await,
+            Command::Scale {
+                service,
+                role,
+                instances,
+                host,
+            } => fabric_cmd::scale(&host, &service, &role, instances).await,
+            Command::Status {
+                service,
+                json,
+                host,
+            } => fabric_cmd::status(&host, service.as_deref(), json).await,
+            Command::Logs {
+                service,
+                role,
+                instance,
+                follow,
+                host,
+            } => {
+                fabric_cmd::logs(
+                    &host,
+                    &service,
+                    role.as_deref(),
+                    instance.as_deref(),
+                    follow,
+                )
+                .await
+            }
+            Command::Stop { service, host } => {
+                fabric_cmd::lifecycle(&host, &service, "stop", false).await
+            }
+            Command::Start { service, host } => {
+                fabric_cmd::lifecycle(&host, &service, "start", false).await
+            }
+            Command::Delete {
+                service,
+                purge_storage,
+                host,
+            } => fabric_cmd::lifecycle(&host, &service, "delete", purge_storage).await,
         }
     })
 }
@@ -118,8 +259,8 @@ async fn run(
     let options = ServiceOptions {
         data_dir: data_dir.clone(),
         cache_dir: Some(data_dir.join("cache")),
-        faults: None,
         usage_log,
+        ..ServiceOptions::default()
     };
     let service = Service::start(&manifest, &components, store, options).await?;
     eprintln!(
@@ -159,7 +300,7 @@ async fn run(
 }
 
 /// Ctrl-C (SIGINT) and SIGTERM, listened to from the moment they are installed.
-struct StopSignals {
+pub(crate) struct StopSignals {
     #[cfg(unix)]
     interrupt: tokio::signal::unix::Signal,
     #[cfg(unix)]
@@ -181,7 +322,7 @@ impl StopSignals {
     }
 
     /// Completes at the next Ctrl-C or SIGTERM.
-    async fn next(&mut self) {
+    pub(crate) async fn next(&mut self) {
         #[cfg(unix)]
         tokio::select! {
             _ = self.interrupt.recv() => {}

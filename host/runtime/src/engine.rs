@@ -1,10 +1,4 @@
-//! The one place the wasmtime [`Engine`] is configured (Architecture Invariant), and the epoch
-//! ticker that lets long-running guests yield and be interrupted.
-
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
-use std::time::Duration;
+//! The one place the wasmtime [`Engine`] is configured (Architecture Invariant).
 
 use std::path::PathBuf;
 
@@ -14,18 +8,13 @@ use wasmtime::{
 
 use crate::quota::WASM32_MAX_MEMORY;
 
-/// How often the epoch advances. A running guest yields to the async executor at least this
-/// often, so one busy instance never starves the others or the host, and a stuck one can be
-/// interrupted within about one tick.
-pub const EPOCH_TICK: Duration = Duration::from_millis(10);
-
 /// How to build the engine.
 #[derive(Clone, Debug)]
 pub struct EngineOptions {
     /// Cache compiled components here (keyed by content and engine settings), so a restart, or
     /// the next test, does not compile the same component again.
     pub cache_dir: Option<PathBuf>,
-    /// Meter CPU with fuel and preempt with epochs (the VM sizes' CPU share, per-call budgets,
+    /// Meter CPU with fuel, which also preempts (the VM sizes' CPU share, per-call budgets,
     /// grace-period interruption). Off only to measure what the limits cost: instances then
     /// cannot be interrupted.
     pub metering: bool,
@@ -54,55 +43,18 @@ pub fn build_engine(options: &EngineOptions) -> wasmtime::Result<Engine> {
         config.cache(Some(Cache::new(cache)?));
     }
     config.wasm_component_model(true);
-    // Preemption: stores yield (and are metered) at every epoch tick (`instance::new_store`).
-    config.epoch_interruption(options.metering);
+    // Metering and preemption: stores yield (and are metered) at the end of every slice of
+    // fuel (`instance::new_store`). No epoch interruption: its checks would cost as much again.
     config.consume_fuel(options.metering);
     if let Some(n) = options.pool_capacity {
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool(n)));
     }
     // Guests are long-lived: compile for speed of the code, not of compilation.
     config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+    // Inlining small functions also removes their entry checks (fuel and epoch): on a
+    // call-heavy guest the limits then cost about half as much (`rolehost-bench runtime`).
+    config.compiler_inlining(wasmtime::Inlining::Yes);
     Engine::new(&config)
-}
-
-/// A thread advancing the engine's epoch every [`EPOCH_TICK`] until dropped.
-#[derive(Debug)]
-pub struct EpochTicker {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl EpochTicker {
-    /// Starts ticking `engine`.
-    pub fn start(engine: &Engine) -> std::io::Result<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let weak = engine.weak();
-        let flag = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("rolehost-epoch".into())
-            .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    match weak.upgrade() {
-                        Some(engine) => engine.increment_epoch(),
-                        None => return,
-                    }
-                }
-            })?;
-        Ok(EpochTicker {
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for EpochTicker {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 /// The pooling allocator for `n` live instances. A component instance holds several core

@@ -64,18 +64,115 @@ impl LineBudget {
     }
 }
 
+/// Lines a [`LogHub`] keeps for `rolehost logs` without `--follow`.
+pub const RECENT_LINES: usize = 2000;
+
+/// One line of guest output (stdout, stderr or the environment's `log`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogLine {
+    /// Its place in the host's output: grows by one with every line.
+    pub seq: u64,
+    /// When, milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// The service.
+    pub service: Arc<str>,
+    /// The instance (its role is the part before `_IN_`).
+    pub instance: Arc<str>,
+    /// `stdout`, `stderr`, or the level of a `log` line.
+    pub stream: &'static str,
+    /// The text, without its newline.
+    pub text: String,
+}
+
+impl LogLine {
+    /// The instance's role.
+    pub fn role(&self) -> &str {
+        self.instance
+            .rsplit_once("_IN_")
+            .map_or(&*self.instance, |(role, _)| role)
+    }
+}
+
+/// Where the guest lines of a host's services go besides the host's log: the most recent
+/// [`RECENT_LINES`], and everyone following live. A slow follower misses lines (it is told
+/// how many); it never slows a guest down.
+#[derive(Debug)]
+pub struct LogHub {
+    recent: Mutex<std::collections::VecDeque<Arc<LogLine>>>,
+    live: tokio::sync::broadcast::Sender<Arc<LogLine>>,
+}
+
+impl Default for LogHub {
+    fn default() -> Self {
+        LogHub {
+            recent: Mutex::new(std::collections::VecDeque::with_capacity(RECENT_LINES)),
+            live: tokio::sync::broadcast::channel(RECENT_LINES).0,
+        }
+    }
+}
+
+impl LogHub {
+    /// Takes a line.
+    pub fn push(&self, mut line: LogLine) {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        line.seq = recent.back().map_or(0, |l| l.seq + 1);
+        let line = Arc::new(line);
+        if recent.len() == RECENT_LINES {
+            recent.pop_front();
+        }
+        recent.push_back(line.clone());
+        // Sent under the lock, so followers see lines in `seq` order. No follower is not an
+        // error.
+        let _ = self.live.send(line);
+    }
+
+    /// The most recent lines, oldest first.
+    pub fn recent(&self) -> Vec<Arc<LogLine>> {
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent.iter().cloned().collect()
+    }
+
+    /// Lines from now on.
+    pub fn follow(&self) -> tokio::sync::broadcast::Receiver<Arc<LogLine>> {
+        self.live.subscribe()
+    }
+
+    /// Takes a line of `instance` of `service` now.
+    pub fn line(&self, service: &Arc<str>, instance: &Arc<str>, stream: &'static str, text: &str) {
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        self.push(LogLine {
+            seq: 0,
+            at_ms,
+            service: service.clone(),
+            instance: instance.clone(),
+            stream,
+            text: text.to_string(),
+        });
+    }
+}
+
+/// Where an instance's lines go: the host's log always, and a hub when the host has one.
+#[derive(Clone, Debug)]
+pub(crate) struct LogTarget {
+    pub(crate) service: Arc<str>,
+    pub(crate) instance: Arc<str>,
+    pub(crate) hub: Option<Arc<LogHub>>,
+}
+
 /// A guest output stream that ends in the log.
 #[derive(Clone, Debug)]
 pub(crate) struct GuestOutput {
-    instance: Arc<str>,
+    target: LogTarget,
     stream: Stream,
     budget: Arc<Mutex<LineBudget>>,
 }
 
 impl GuestOutput {
-    pub(crate) fn new(instance: Arc<str>, stream: Stream, budget: Arc<Mutex<LineBudget>>) -> Self {
+    pub(crate) fn new(target: LogTarget, stream: Stream, budget: Arc<Mutex<LineBudget>>) -> Self {
         GuestOutput {
-            instance,
+            target,
             stream,
             budget,
         }
@@ -112,14 +209,20 @@ impl LineWriter {
     fn emit(&mut self) {
         let text = String::from_utf8_lossy(&self.line);
         let text = text.trim_end_matches(['\n', '\r']);
-        let instance = &*self.out.instance;
-        match self.out.stream {
+        let target = &self.out.target;
+        let instance = &*target.instance;
+        let stream = match self.out.stream {
             Stream::Stdout => {
-                tracing::info!(target: "guest", instance, stream = "stdout", "{text}")
+                tracing::info!(target: "guest", instance, stream = "stdout", "{text}");
+                "stdout"
             }
             Stream::Stderr => {
-                tracing::warn!(target: "guest", instance, stream = "stderr", "{text}")
+                tracing::warn!(target: "guest", instance, stream = "stderr", "{text}");
+                "stderr"
             }
+        };
+        if let Some(hub) = &target.hub {
+            hub.line(&target.service, &target.instance, stream, text);
         }
         self.line.clear();
         self.emitted += 1;

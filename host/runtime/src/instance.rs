@@ -6,18 +6,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use wasmtime::component::{Linker, ResourceTable};
-use wasmtime::{CallHook, Engine, Store, UpdateDeadline};
+use wasmtime::{CallHook, CallHookHandler, Engine, Store, StoreContextMut};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttp, WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::capability::blob::BlobCtx;
-use crate::capability::environment::{EnvironmentCtx, InstanceInfo};
+use crate::capability::environment::{EnvironmentCtx, InstanceInfo, Topology};
 use crate::capability::local_disk::{self, DiskQuota, LocalDiskCtx, LocalDiskView};
 use crate::capability::outbound::OutboundPolicy;
 use crate::capability::queue::{QueueCtx, QueueWakers};
 use crate::capability::table::TableCtx;
 use crate::capability::{self, Capabilities, CapabilityView};
-use crate::guest_log::{GuestOutput, LineBudget, Stream};
+use crate::guest_log::{GuestOutput, LineBudget, LogHub, LogTarget, Stream};
 use crate::link::Link;
 use crate::quota::{
     CpuMeter, Limits, MAX_HOST_HANDLES, MAX_HOSTCALL_BYTES, MemoryLimiter, UsageCell, Verdict,
@@ -124,6 +124,10 @@ pub struct InstanceParts {
     pub usage: Arc<UsageCell>,
     /// Hosts it may send HTTP requests to.
     pub outbound_hosts: Vec<String>,
+    /// The service's topology.
+    pub topology: Arc<Topology>,
+    /// Where its output goes besides the host's log.
+    pub logs: Option<Arc<LogHub>>,
 }
 
 /// The linker every instance is instantiated with: WASI p2 and the platform.
@@ -151,9 +155,10 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<InstanceState>> {
 /// is enforced by the meter, not by running dry).
 const UNBOUNDED_FUEL: u64 = u64::MAX / 4;
 
-/// Fuel per slice: the meter's reading is exact to within one slice (about a millisecond of a
-/// busy guest on current hardware), and each slice ends in a cheap yield.
-const FUEL_SLICE: u64 = 10_000_000;
+/// Fuel per slice: about a millisecond of a busy guest on current hardware. Each slice ends in
+/// a yield (a few microseconds), so a busy guest gives way to others this often, can be
+/// interrupted this soon, and the meter is exact to within one slice.
+const FUEL_SLICE: u64 = 4_000_000;
 
 /// A fresh store for one instance, with its limits applied.
 pub fn new_store(
@@ -161,15 +166,19 @@ pub fn new_store(
     parts: InstanceParts,
     limits: &Limits,
 ) -> wasmtime::Result<Store<InstanceState>> {
-    let instance: Arc<str> = Arc::from(parts.info.instance_id.as_str());
+    let target = LogTarget {
+        service: Arc::from(parts.info.service.as_str()),
+        instance: Arc::from(parts.info.instance_id.as_str()),
+        hub: parts.logs.clone(),
+    };
     let mut wasi = WasiCtxBuilder::new();
     let budget = LineBudget::new();
     wasi.stdout(GuestOutput::new(
-        instance.clone(),
+        target.clone(),
         Stream::Stdout,
         budget.clone(),
     ))
-    .stderr(GuestOutput::new(instance, Stream::Stderr, budget))
+    .stderr(GuestOutput::new(target, Stream::Stderr, budget))
     // Instances share nothing but storage: no sockets, no name lookups.
     .allow_tcp(false)
     .allow_udp(false)
@@ -191,72 +200,97 @@ pub fn new_store(
         http: WasiHttpCtx::new(),
         outbound: OutboundPolicy::new(&parts.outbound_hosts),
         table,
-        limiter: MemoryLimiter::new(limits.memory_bytes),
+        limiter: MemoryLimiter::new(limits.memory_bytes).publishing(parts.usage.clone()),
         cpu: CpuMeter::new(limits.fuel_per_sec, initial_fuel),
         call_budget: limits.call_budget.filter(|_| metered),
         fuel_base: parts.usage.fuel.load(Ordering::Relaxed),
         platform_calls: platform_calls.clone(),
         budget_mark: 0,
         disk: LocalDiskCtx::new(parts.disk_quotas, parts.usage.clone()),
-        usage: parts.usage,
+        usage: parts.usage.clone(),
         capabilities: Capabilities {
             blob: BlobCtx::new(link.clone()),
-            queue: QueueCtx::new(link.clone(), parts.wakers, parts.stop.clone()),
+            queue: QueueCtx::new(link.clone(), parts.wakers, parts.stop.clone())
+                .counting(parts.usage.clone()),
             table: TableCtx::new(link),
-            environment: EnvironmentCtx::new(parts.info, parts.stop).counting(platform_calls),
+            environment: EnvironmentCtx::new(parts.info, parts.stop)
+                .counting(platform_calls)
+                .with_topology(parts.topology)
+                .with_logs(parts.logs),
         },
     };
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limiter);
     store.set_hostcall_fuel(MAX_HOSTCALL_BYTES);
-    // The deadline must be set before instantiation: the default of 0 would trap at once.
-    store.set_epoch_deadline(1);
     if metered {
-        // Fuel must be there before instantiation too: instantiating runs wasm.
+        // Fuel must be there before instantiation: instantiating runs wasm.
         store.set_fuel(initial_fuel)?;
-        // Running code keeps its fuel count in a register; the store's count (what the meter
-        // reads at each epoch tick) is brought up to date each time a slice is used up.
+        // Every slice of fuel ends in a yield to the executor: a busy guest never starves its
+        // neighbours or the host, and a stopping one can be interrupted there. Running code
+        // keeps its fuel count in a register; the store's count (what the meter reads) is
+        // brought up to date at the end of each slice and at every host call.
         store.fuel_async_yield_interval(Some(FUEL_SLICE))?;
-        // At every epoch tick: charge the fuel used to the CPU share, then yield (so a busy
-        // guest never starves its neighbours, and a stuck one can be interrupted at the next
-        // tick), sleeping first if the instance is over its share.
-        store.epoch_deadline_callback(|mut ctx| {
-            let fuel = ctx.get_fuel()?;
-            let verdict = ctx.data_mut().cpu.tick(fuel, std::time::Instant::now());
-            ctx.data().publish();
-            Ok(match verdict {
-                Verdict::Yield => UpdateDeadline::Yield(1),
-                Verdict::Sleep(d) => {
-                    UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep(d)))
-                }
-            })
+        store.call_hook_async(Metering {
+            budget: limits.call_budget,
         });
-        if let Some(budget) = limits.call_budget {
-            // Each call into the guest, and each return from a platform call, starts a new
-            // budget: only code that runs that long without calling the platform runs out.
-            // (Returns from wasmtime's own libcalls, such as the fuel and epoch checks, also
-            // come here; the platform-call counter tells them apart.)
-            store.call_hook(move |mut ctx, hook| {
-                let restart = match hook {
-                    CallHook::CallingWasm => true,
-                    CallHook::ReturningFromHost => {
-                        let calls = ctx.data().platform_calls.load(Ordering::Relaxed);
-                        let new = calls != ctx.data().budget_mark;
-                        ctx.data_mut().budget_mark = calls;
-                        new
-                    }
-                    _ => false,
-                };
-                if restart {
-                    let fuel = ctx.get_fuel()?;
-                    ctx.data_mut().cpu.reset_fuel(fuel, budget);
-                    ctx.set_fuel(budget)?;
-                }
-                Ok(())
-            });
-        }
-    } else {
-        store.epoch_deadline_async_yield_and_update(1);
     }
     Ok(store)
+}
+
+/// The CPU meter and the per-call budget, run on the way into and back from the host (every
+/// host function, and wasmtime's own libcalls such as the one that ends a fuel slice).
+///
+/// Fuel alone does this: wasmtime's epoch checks, the other way to preempt, cost as much
+/// again on call-heavy guests (`rolehost-bench runtime`).
+struct Metering {
+    budget: Option<u64>,
+}
+
+#[async_trait::async_trait]
+impl CallHookHandler<InstanceState> for Metering {
+    async fn handle_call_event(
+        &self,
+        mut ctx: StoreContextMut<'_, InstanceState>,
+        hook: CallHook,
+    ) -> wasmtime::Result<()> {
+        match hook {
+            CallHook::ReturningFromHost => {
+                // Charge the fuel used to the CPU share; over it, sleep first.
+                let fuel = ctx.get_fuel()?;
+                let verdict = ctx.data_mut().cpu.tick(fuel, std::time::Instant::now());
+                ctx.data().publish();
+                if let Verdict::Sleep(d) = verdict {
+                    tokio::time::sleep(d).await;
+                }
+                // A platform call starts a new per-call budget: only code that runs that long
+                // without calling the platform runs out. (Returns from libcalls, such as the
+                // end of a fuel slice, come here too; the platform-call counter tells them
+                // apart.)
+                if let Some(budget) = self.budget {
+                    let calls = ctx.data().platform_calls.load(Ordering::Relaxed);
+                    if calls != ctx.data().budget_mark {
+                        ctx.data_mut().budget_mark = calls;
+                        restart_budget(&mut ctx, budget)?;
+                    }
+                }
+            }
+            // Each call into the guest starts a new budget.
+            CallHook::CallingWasm => {
+                if let Some(budget) = self.budget {
+                    restart_budget(&mut ctx, budget)?;
+                }
+            }
+            CallHook::CallingHost | CallHook::ReturningFromWasm => {}
+        }
+        Ok(())
+    }
+}
+
+fn restart_budget(
+    ctx: &mut StoreContextMut<'_, InstanceState>,
+    budget: u64,
+) -> wasmtime::Result<()> {
+    let fuel = ctx.get_fuel()?;
+    ctx.data_mut().cpu.reset_fuel(fuel, budget);
+    ctx.set_fuel(budget)
 }

@@ -14,6 +14,7 @@ pub mod build;
 pub mod capability;
 pub mod engine;
 pub mod error;
+pub mod fabric;
 pub mod instance;
 pub mod link;
 pub mod manifest;
@@ -23,6 +24,6 @@ pub mod stop;
 pub mod web;
 pub mod worker;
 
-mod guest_log;
+pub mod guest_log;
 
 pub use error::RuntimeError;

@@ -89,6 +89,8 @@ pub struct MemoryLimiter {
     pub current: usize,
     /// The last growth refused, in bytes asked for.
     pub refused: Option<usize>,
+    /// Where the size is published as it grows (status and metrics read it).
+    usage: Option<std::sync::Arc<UsageCell>>,
 }
 
 impl MemoryLimiter {
@@ -98,7 +100,14 @@ impl MemoryLimiter {
             cap: usize::try_from(cap).unwrap_or(usize::MAX),
             current: 0,
             refused: None,
+            usage: None,
         }
+    }
+
+    /// Publishes the size to `usage` at every growth.
+    pub fn publishing(mut self, usage: std::sync::Arc<UsageCell>) -> Self {
+        self.usage = Some(usage);
+        self
     }
 
     /// The cap in bytes.
@@ -119,6 +128,10 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
             return Ok(false);
         }
         self.current = self.current.max(desired);
+        if let Some(u) = &self.usage {
+            u.memory
+                .store(self.current as u64, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(true)
     }
 
@@ -145,7 +158,7 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
 }
 
 /// The CPU share of one instance: a token bucket of fuel, refilled at the share's rate per
-/// wall-clock second. Checked at every epoch tick while the guest runs: a guest over its share
+/// wall-clock second. Checked at every slice of fuel and host call while the guest runs: a guest over its share
 /// sleeps until its credit is back (throttled, never killed); one within it just yields.
 #[derive(Debug)]
 pub struct CpuMeter {
@@ -161,7 +174,7 @@ pub struct CpuMeter {
     pub throttled: Duration,
 }
 
-/// What the epoch callback should do after a reading.
+/// What the metering hook should do after a reading.
 #[derive(Debug, PartialEq)]
 pub enum Verdict {
     /// Within the share: yield to let others run, then go on.
@@ -287,6 +300,13 @@ pub struct UsageCell {
     pub throttled_us: std::sync::atomic::AtomicU64,
     /// Bytes in the local resources.
     pub disk: std::sync::atomic::AtomicU64,
+    /// Requests a web instance answered.
+    pub requests: std::sync::atomic::AtomicU64,
+    /// Queue messages the instance deleted (processed).
+    pub messages_processed: std::sync::atomic::AtomicU64,
+    /// Queue messages the instance received that had been delivered before (dequeue count
+    /// over 1): the redeliveries at-least-once makes.
+    pub redeliveries: std::sync::atomic::AtomicU64,
 }
 
 /// A reading of [`UsageCell`] with the quotas it is measured against.
@@ -306,6 +326,12 @@ pub struct Usage {
     pub disk_bytes: u64,
     /// The local resources' quotas together.
     pub disk_quota: u64,
+    /// Requests answered (web roles).
+    pub requests: u64,
+    /// Queue messages deleted.
+    pub messages_processed: u64,
+    /// Queue messages received with a dequeue count over 1.
+    pub redeliveries: u64,
 }
 
 impl UsageCell {
@@ -320,6 +346,9 @@ impl UsageCell {
             memory_cap: limits.memory_bytes,
             disk_bytes: self.disk.load(Relaxed),
             disk_quota,
+            requests: self.requests.load(Relaxed),
+            messages_processed: self.messages_processed.load(Relaxed),
+            redeliveries: self.redeliveries.load(Relaxed),
         }
     }
 }

@@ -1,24 +1,29 @@
-//! A running service: its storage, engine, compiled roles and instance supervisors.
+//! A running service: its storage, engine, compiled roles and instance supervisors. A
+//! service changes while it runs: roles are scaled ([`Service::scale`]) and upgraded in place,
+//! a few instances at a time ([`Service::upgrade`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use rolehost_storage::{AccountName, Backend, Clock, RedbStore, StorageOptions};
 use tokio::task::JoinHandle;
 use wasmtime::component::Component;
 
 use crate::bindings::WorkerRolePre;
+use crate::capability::environment::Topology;
 use crate::capability::queue::QueueWakers;
-use crate::engine::{EngineOptions, EpochTicker, build_engine};
+use crate::engine::{EngineOptions, build_engine};
 use crate::error::RuntimeError;
+use crate::guest_log::LogHub;
 use crate::instance::{InstanceState, linker};
 use crate::link::FaultPlan;
 use crate::manifest::{ComponentSource, Manifest, RoleKind};
 use crate::quota::Usage;
 use crate::quota::UsageCell;
 use crate::stop::{StopHandle, stop_signal};
-use crate::web::WebRole;
+use crate::web::{WebRole, WebVersion};
 use crate::worker::{InstanceStatus, Phase, RolePre, RoleRuntime};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
@@ -127,8 +132,25 @@ pub struct ServiceOptions {
     /// Faults to inject on every instance's link (verification only).
     pub faults: Option<Arc<dyn FaultPlan>>,
     /// Log every instance's CPU, memory and local-disk use against its quotas this often.
-    pub usage_log: Option<std::time::Duration>,
+    pub usage_log: Option<Duration>,
+    /// Run on this engine (a host's, shared by its services) instead of one of the service's
+    /// own, sized for its manifest.
+    pub engine: Option<wasmtime::Engine>,
+    /// Where guest output goes besides the host's log.
+    pub logs: Option<Arc<LogHub>>,
+    /// The deployment's id; default: a fresh one. A host gives the id of what was deployed,
+    /// so the same deployment keeps its id across restarts.
+    pub deployment_id: Option<String>,
 }
+
+/// Upgrade domains: an in-place upgrade replaces a role's instances in this many steps, as
+/// Azure's default of five.
+pub const UPGRADE_DOMAINS: u32 = 5;
+/// How long an upgrade waits for a domain's new instances to run before going on.
+pub const UPGRADE_SETTLE: Duration = Duration::from_secs(60);
+
+/// Reports a long operation's progress, a line at a time.
+pub type Progress<'a> = &'a (dyn Fn(String) + Send + Sync);
 
 struct InstanceSlot {
     stop: StopHandle,
@@ -151,33 +173,216 @@ impl InstanceSlot {
         );
         s
     }
+
+    /// Asks the instance to stop and waits until it has (within its grace period).
+    async fn stop(&self) {
+        self.stop.request();
+        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(task) = task
+            && let Err(e) = task.await
+        {
+            tracing::error!(error = %e, "instance supervisor failed");
+        }
+    }
 }
 
-/// The web side of a service: its roles' load balancers and their listeners.
-struct WebPart {
-    stop: StopHandle,
-    roles: Vec<Arc<WebRole>>,
-    endpoints: Vec<(String, std::net::SocketAddr)>,
-    serve_tasks: Vec<JoinHandle<()>>,
+/// The instances of a worker role, by index.
+struct WorkerPool {
+    runtime: Mutex<Arc<RoleRuntime>>,
+    slots: Mutex<BTreeMap<u32, Arc<InstanceSlot>>>,
+}
+
+impl WorkerPool {
+    fn new(runtime: Arc<RoleRuntime>) -> Self {
+        WorkerPool {
+            runtime: Mutex::new(runtime),
+            slots: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn runtime(&self) -> Arc<RoleRuntime> {
+        self.runtime
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn spawn(runtime: &Arc<RoleRuntime>, index: u32, restarts: u32) -> Arc<InstanceSlot> {
+        let (stop, signal) = stop_signal();
+        let status = Arc::new(Mutex::new(InstanceStatus {
+            role: runtime.spec.name.clone(),
+            instance_id: format!("{}_IN_{index}", runtime.spec.name),
+            phase: Phase::Starting,
+            restarts,
+            last_recycle_reason: None,
+            interrupted: false,
+            usage: Usage::default(),
+        }));
+        let usage = Arc::new(UsageCell::default());
+        let task = tokio::spawn(runtime.clone().supervise(
+            index,
+            signal,
+            status.clone(),
+            usage.clone(),
+        ));
+        Arc::new(InstanceSlot {
+            stop,
+            task: Mutex::new(Some(task)),
+            status,
+            usage,
+            role: runtime.clone(),
+        })
+    }
+
+    /// Sets the number of instances to `n`: starts the missing ones, stops the ones past it
+    /// (gracefully, waiting for them).
+    async fn scale(&self, n: u32) {
+        let runtime = self.runtime();
+        let removed: Vec<Arc<InstanceSlot>> = {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            for index in 0..n {
+                slots
+                    .entry(index)
+                    .or_insert_with(|| Self::spawn(&runtime, index, 0));
+            }
+            let past: Vec<u32> = slots.range(n..).map(|(i, _)| *i).collect();
+            past.iter().filter_map(|i| slots.remove(i)).collect()
+        };
+        stop_all(&removed).await;
+    }
+
+    /// Replaces every instance with one of `runtime`, `batch` at a time: each old instance
+    /// stops (within its grace period) before its replacement starts.
+    async fn upgrade(&self, runtime: Arc<RoleRuntime>, batch: usize, progress: Progress<'_>) {
+        *self.runtime.lock().unwrap_or_else(|p| p.into_inner()) = runtime.clone();
+        let indices: Vec<u32> = self
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        let domains = indices.chunks(batch.max(1)).count();
+        for (d, domain) in indices.chunks(batch.max(1)).enumerate() {
+            progress(format!(
+                "role {}: upgrade domain {}/{domains} ({} instances)",
+                runtime.spec.name,
+                d + 1,
+                domain.len()
+            ));
+            let old: Vec<Arc<InstanceSlot>> = {
+                let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+                domain
+                    .iter()
+                    .filter_map(|i| slots.get(i).cloned())
+                    .collect()
+            };
+            stop_all(&old).await;
+            let mut fresh = Vec::new();
+            {
+                let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+                for (index, old) in domain.iter().zip(&old) {
+                    let restarts = old.read().restarts;
+                    let slot = Self::spawn(&runtime, *index, restarts);
+                    fresh.push(slot.clone());
+                    slots.insert(*index, slot);
+                }
+            }
+            let deadline = tokio::time::Instant::now() + UPGRADE_SETTLE;
+            while tokio::time::Instant::now() < deadline
+                && fresh.iter().any(|s| s.read().phase == Phase::Starting)
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+
+    fn slots(&self) -> Vec<Arc<InstanceSlot>> {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.values().cloned().collect()
+    }
+
+    fn status(&self) -> Vec<InstanceStatus> {
+        self.slots().iter().map(|s| s.read()).collect()
+    }
+}
+
+/// Asks every slot to stop at once, then waits for each.
+async fn stop_all(slots: &[Arc<InstanceSlot>]) {
+    for s in slots {
+        s.stop.request();
+    }
+    for s in slots {
+        s.stop().await;
+    }
+}
+
+/// A role of a running service.
+enum RoleEntry {
+    Worker(Arc<WorkerPool>),
+    Web {
+        role: Arc<WebRole>,
+        endpoints: Vec<std::net::SocketAddr>,
+        serve_tasks: Vec<JoinHandle<()>>,
+    },
+}
+
+impl RoleEntry {
+    fn status(&self) -> Vec<InstanceStatus> {
+        match self {
+            RoleEntry::Worker(pool) => pool.status(),
+            RoleEntry::Web { role, .. } => role.status(),
+        }
+    }
+
+    fn spec(&self) -> crate::manifest::RoleSpec {
+        match self {
+            RoleEntry::Worker(pool) => pool.runtime().spec.clone(),
+            RoleEntry::Web { role, .. } => role.runtime().spec.clone(),
+        }
+    }
+}
+
+type Roles = Arc<Mutex<BTreeMap<String, RoleEntry>>>;
+
+/// What every role of the service shares.
+struct Shared {
+    name: String,
+    engine: wasmtime::Engine,
+    linker: wasmtime::component::Linker<InstanceState>,
+    backend: Arc<dyn Backend>,
+    account: AccountName,
+    wakers: Arc<QueueWakers>,
+    data_dir: PathBuf,
+    faults: Option<Arc<dyn FaultPlan>>,
+    topology: Arc<Topology>,
+    logs: Option<Arc<LogHub>>,
+    metered: bool,
+}
+
+/// A role, compiled and checked, not yet running.
+struct Prepared {
+    runtime: Arc<RoleRuntime>,
 }
 
 /// A running service.
 pub struct Service {
-    name: String,
-    deployment_id: String,
-    instances: Arc<Vec<InstanceSlot>>,
+    shared: Shared,
+    deployment_id: Mutex<String>,
+    roles: Roles,
+    /// Scale, upgrade and shutdown one at a time.
+    ops: tokio::sync::Mutex<()>,
+    web_stop: StopHandle,
+    web_signal: crate::stop::StopSignal,
     usage_task: Option<JoinHandle<()>>,
-    web: WebPart,
-    _ticker: EpochTicker,
 }
 
 impl std::fmt::Debug for Service {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Service")
-            .field("name", &self.name)
-            .field("deployment_id", &self.deployment_id)
-            .field("instances", &self.instances.len())
-            .finish()
+            .field("name", &self.shared.name)
+            .field("deployment_id", &self.deployment_id())
+            .finish_non_exhaustive()
     }
 }
 
@@ -191,32 +396,17 @@ fn deployment_id() -> String {
     )
 }
 
-impl Service {
-    /// Compiles every role's component, checks it against its world, and starts the instances.
-    /// Nothing starts unless every role is valid.
-    pub async fn start(
+impl Shared {
+    /// Compiles and checks every role of `manifest` (nothing starts); the error names the
+    /// role and what is wrong.
+    async fn prepare(
+        &self,
         manifest: &Manifest,
         components: &BTreeMap<String, PathBuf>,
-        backend: Arc<dyn Backend>,
-        options: ServiceOptions,
-    ) -> Result<Service, RuntimeError> {
-        let total: u32 = manifest.roles.values().map(|r| r.instances).sum();
-        let engine_options = EngineOptions {
-            cache_dir: options.cache_dir.clone(),
-            metering: true,
-            // Every instance, and some headroom (a recycled instance's store is dropped before
-            // its replacement is made, so recycling needs none).
-            pool_capacity: Some(total.saturating_add((total / 8).max(16))),
-        };
-        let engine =
-            build_engine(&engine_options).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
-        let linker = linker(&engine).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
-        let account = AccountName::new(manifest.service.clone()).map_err(|e| {
-            RuntimeError::Unsupported(format!("service name {:?}: {e}", manifest.service))
-        })?;
-        let deployment_id = deployment_id();
-        let wakers = Arc::new(QueueWakers::default());
-        let mut roles = Vec::new();
+        deployment_id: &str,
+        progress: Progress<'_>,
+    ) -> Result<Vec<Prepared>, RuntimeError> {
+        let mut out = Vec::new();
         for (name, spec) in &manifest.roles {
             let path = components.get(name).ok_or_else(|| {
                 RuntimeError::Unsupported(format!("role {name} has no component"))
@@ -230,193 +420,476 @@ impl Service {
                 path: path.clone(),
                 source,
             })?;
+            progress(format!(
+                "role {name}: compiling {} ({} KiB)",
+                path.file_name()
+                    .map_or_else(String::new, |f| f.to_string_lossy().into_owned()),
+                bytes.len() >> 10
+            ));
             let started = std::time::Instant::now();
-            let pre = prepare_role(&engine, &linker, bytes, spec.kind)
+            let pre = prepare_role(&self.engine, &self.linker, bytes, spec.kind)
                 .await
                 .map_err(component_err)?;
             tracing::info!(role = %name, elapsed = ?started.elapsed(), "compiled and linked");
-            roles.push(Arc::new(RoleRuntime {
-                spec: spec.clone(),
-                service: manifest.service.clone(),
-                deployment_id: deployment_id.clone(),
-                engine: engine.clone(),
-                pre,
-                backend: backend.clone(),
-                account: account.clone(),
-                wakers: wakers.clone(),
-                local_root: options.data_dir.join("local").join(name),
-                faults: options.faults.clone(),
-                metered: engine_options.metering,
-            }));
+            progress(format!(
+                "role {name}: compiled and linked in {:.1} s",
+                started.elapsed().as_secs_f64()
+            ));
+            out.push(Prepared {
+                runtime: Arc::new(RoleRuntime {
+                    spec: spec.clone(),
+                    service: manifest.service.clone(),
+                    deployment_id: deployment_id.to_string(),
+                    engine: self.engine.clone(),
+                    pre,
+                    backend: self.backend.clone(),
+                    account: self.account.clone(),
+                    wakers: self.wakers.clone(),
+                    local_root: self.data_dir.join("local").join(name),
+                    faults: self.faults.clone(),
+                    metered: self.metered,
+                    topology: self.topology.clone(),
+                    logs: self.logs.clone(),
+                }),
+            });
         }
-        let ticker =
-            EpochTicker::start(&engine).map_err(|e| RuntimeError::Engine(e.to_string()))?;
+        Ok(out)
+    }
+}
+
+/// Binds a web role's endpoints (so a taken port fails before anything starts).
+async fn bind_endpoints(
+    spec: &crate::manifest::RoleSpec,
+) -> Result<Vec<(tokio::net::TcpListener, Option<tokio_rustls::TlsAcceptor>)>, RuntimeError> {
+    let mut out = Vec::new();
+    for e in &spec.web.endpoints {
+        let tls = match &e.tls {
+            None => None,
+            Some(files) => Some(crate::web::tls_acceptor(files).map_err(|detail| {
+                RuntimeError::Unsupported(format!("role {}: {detail}", spec.name))
+            })?),
+        };
+        let listener = crate::web::bind(e.address).await.map_err(|source| {
+            RuntimeError::Unsupported(format!(
+                "role {}: cannot listen on {}: {source}",
+                spec.name, e.address
+            ))
+        })?;
+        out.push((listener, tls));
+    }
+    Ok(out)
+}
+
+impl Service {
+    /// Compiles every role's component, checks it against its world, and starts the instances.
+    /// Nothing starts unless every role is valid.
+    pub async fn start(
+        manifest: &Manifest,
+        components: &BTreeMap<String, PathBuf>,
+        backend: Arc<dyn Backend>,
+        options: ServiceOptions,
+    ) -> Result<Service, RuntimeError> {
+        Self::start_with_progress(manifest, components, backend, options, &|_| {}).await
+    }
+
+    /// [`Service::start`], reporting progress.
+    pub async fn start_with_progress(
+        manifest: &Manifest,
+        components: &BTreeMap<String, PathBuf>,
+        backend: Arc<dyn Backend>,
+        options: ServiceOptions,
+        progress: Progress<'_>,
+    ) -> Result<Service, RuntimeError> {
+        let engine = match options.engine.clone() {
+            Some(engine) => engine,
+            None => {
+                let total: u32 = manifest.roles.values().map(|r| r.instances).sum();
+                let engine_options = EngineOptions {
+                    cache_dir: options.cache_dir.clone(),
+                    metering: true,
+                    // Every instance, and some headroom (a recycled instance's store is
+                    // dropped before its replacement is made, so recycling needs none).
+                    pool_capacity: Some(total.saturating_add((total / 8).max(16))),
+                };
+                build_engine(&engine_options).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?
+            }
+        };
+        let linker = linker(&engine).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let account = AccountName::new(manifest.service.clone()).map_err(|e| {
+            RuntimeError::Unsupported(format!("service name {:?}: {e}", manifest.service))
+        })?;
+        let shared = Shared {
+            name: manifest.service.clone(),
+            engine,
+            linker,
+            backend,
+            account,
+            wakers: Arc::new(QueueWakers::default()),
+            data_dir: options.data_dir.clone(),
+            faults: options.faults.clone(),
+            topology: Arc::new(Topology::default()),
+            logs: options.logs.clone(),
+            metered: true,
+        };
+        let deployment_id = options.deployment_id.clone().unwrap_or_else(deployment_id);
+        let prepared = shared
+            .prepare(manifest, components, &deployment_id, progress)
+            .await?;
+        let (web_stop, web_signal) = stop_signal();
+        let roles: Roles = Arc::default();
+        let service = Service {
+            shared,
+            deployment_id: Mutex::new(deployment_id.clone()),
+            roles: roles.clone(),
+            ops: tokio::sync::Mutex::new(()),
+            web_stop,
+            web_signal,
+            usage_task: options
+                .usage_log
+                .map(|every| tokio::spawn(log_usage(roles.clone(), every))),
+        };
         // Web roles: bind every endpoint before anything starts, so a taken port fails the
         // start cleanly.
-        let mut listeners = Vec::new();
-        for role in roles.iter().filter(|r| matches!(r.pre, RolePre::Web(_))) {
-            for e in &role.spec.web.endpoints {
-                let tls = match &e.tls {
-                    None => None,
-                    Some(files) => Some(crate::web::tls_acceptor(files).map_err(|detail| {
-                        RuntimeError::Unsupported(format!("role {}: {detail}", role.spec.name))
-                    })?),
-                };
-                let listener = crate::web::bind(e.address).await.map_err(|source| {
-                    RuntimeError::Unsupported(format!(
-                        "role {}: cannot listen on {}: {source}",
-                        role.spec.name, e.address
-                    ))
-                })?;
-                listeners.push((role.clone(), listener, tls));
+        let mut bound = Vec::new();
+        for p in &prepared {
+            if matches!(p.runtime.pre, RolePre::Web(_)) {
+                bound.push(bind_endpoints(&p.runtime.spec).await?);
+            } else {
+                bound.push(Vec::new());
             }
         }
-        let (web_stop, web_signal) = stop_signal();
-        let mut web_roles: Vec<(Arc<RoleRuntime>, Arc<WebRole>)> = Vec::new();
-        let mut endpoints = Vec::new();
-        let mut serve_tasks = Vec::new();
-        for role in roles.iter() {
-            if let RolePre::Web(pre) = &role.pre {
-                let web = WebRole::start(role.clone(), pre.clone(), web_signal.clone()).await;
-                web_roles.push((role.clone(), web));
-            }
-        }
-        for (role, listener, tls) in listeners {
-            let Some((_, web)) = web_roles.iter().find(|(r, _)| Arc::ptr_eq(r, &role)) else {
-                continue;
-            };
-            if let Ok(addr) = listener.local_addr() {
-                let scheme = if tls.is_some() { "https" } else { "http" };
-                tracing::info!(role = %role.spec.name, %addr, scheme, "listening");
-                endpoints.push((role.spec.name.clone(), addr));
-            }
-            serve_tasks.push(tokio::spawn(web.clone().serve(listener, tls)));
-        }
-        let mut instances = Vec::new();
-        for role in roles.iter().filter(|r| matches!(r.pre, RolePre::Worker(_))) {
-            for index in 0..role.spec.instances {
-                let (stop, signal) = stop_signal();
-                let status = Arc::new(Mutex::new(InstanceStatus {
-                    role: role.spec.name.clone(),
-                    instance_id: format!("{}_IN_{index}", role.spec.name),
-                    phase: Phase::Starting,
-                    restarts: 0,
-                    last_recycle_reason: None,
-                    interrupted: false,
-                    usage: Usage::default(),
-                }));
-                let usage = Arc::new(UsageCell::default());
-                let task = tokio::spawn(role.clone().supervise(
-                    index,
-                    signal,
-                    status.clone(),
-                    usage.clone(),
-                ));
-                instances.push(InstanceSlot {
-                    stop,
-                    task: Mutex::new(Some(task)),
-                    status,
-                    usage,
-                    role: role.clone(),
-                });
-            }
+        for (p, listeners) in prepared.into_iter().zip(bound) {
+            service.add_role(p, listeners, progress).await;
         }
         tracing::info!(
             service = %manifest.service,
             deployment = %deployment_id,
-            instances = instances.len(),
+            instances = service.status().len(),
             "service started"
         );
-        let instances = Arc::new(instances);
-        let web_list: Vec<Arc<WebRole>> = web_roles.iter().map(|(_, w)| w.clone()).collect();
-        let usage_task = options
-            .usage_log
-            .map(|every| tokio::spawn(log_usage(instances.clone(), web_list, every)));
-        Ok(Service {
-            name: manifest.service.clone(),
-            deployment_id,
-            instances,
-            usage_task,
-            web: WebPart {
-                stop: web_stop,
-                roles: web_roles.into_iter().map(|(_, w)| w).collect(),
-                endpoints,
-                serve_tasks,
-            },
-            _ticker: ticker,
-        })
+        Ok(service)
+    }
+
+    /// Starts a prepared role with its bound listeners.
+    async fn add_role(
+        &self,
+        p: Prepared,
+        listeners: Vec<(tokio::net::TcpListener, Option<tokio_rustls::TlsAcceptor>)>,
+        progress: Progress<'_>,
+    ) {
+        let runtime = p.runtime;
+        let name = runtime.spec.name.clone();
+        let n = runtime.spec.instances;
+        progress(format!("role {name}: starting {n} instances"));
+        let entry = match &runtime.pre {
+            RolePre::Web(pre) => {
+                let web =
+                    WebRole::start(runtime.clone(), pre.clone(), self.web_signal.clone()).await;
+                let mut endpoints = Vec::new();
+                let mut serve_tasks = Vec::new();
+                for (listener, tls) in listeners {
+                    if let Ok(addr) = listener.local_addr() {
+                        let scheme = if tls.is_some() { "https" } else { "http" };
+                        tracing::info!(role = %name, %addr, scheme, "listening");
+                        endpoints.push(addr);
+                    }
+                    serve_tasks.push(tokio::spawn(web.clone().serve(listener, tls)));
+                }
+                RoleEntry::Web {
+                    role: web,
+                    endpoints,
+                    serve_tasks,
+                }
+            }
+            RolePre::Worker(_) => {
+                let pool = Arc::new(WorkerPool::new(runtime.clone()));
+                pool.scale(n).await;
+                RoleEntry::Worker(pool)
+            }
+        };
+        self.shared.topology.set(&name, n);
+        self.roles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name, entry);
     }
 
     /// The service's name.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.shared.name
     }
 
-    /// This deployment's id.
-    pub fn deployment_id(&self) -> &str {
-        &self.deployment_id
+    /// This deployment's id (a new one with every upgrade).
+    pub fn deployment_id(&self) -> String {
+        self.deployment_id
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
-    /// Every instance's status (worker roles, then web roles).
+    /// Every instance's status, role by role.
     pub fn status(&self) -> Vec<InstanceStatus> {
-        let mut all: Vec<InstanceStatus> = self.instances.iter().map(InstanceSlot::read).collect();
-        for w in &self.web.roles {
-            all.extend(w.status());
-        }
-        all
+        let roles = self.roles.lock().unwrap_or_else(|p| p.into_inner());
+        roles.values().flat_map(RoleEntry::status).collect()
+    }
+
+    /// The roles and their instance counts (the topology instances see).
+    pub fn instance_counts(&self) -> BTreeMap<String, u32> {
+        self.shared.topology.read().1
     }
 
     /// The addresses web roles listen on: (role, address).
-    pub fn endpoints(&self) -> &[(String, std::net::SocketAddr)] {
-        &self.web.endpoints
+    pub fn endpoints(&self) -> Vec<(String, std::net::SocketAddr)> {
+        let roles = self.roles.lock().unwrap_or_else(|p| p.into_inner());
+        roles
+            .iter()
+            .flat_map(|(name, e)| match e {
+                RoleEntry::Web { endpoints, .. } => {
+                    endpoints.iter().map(|a| (name.clone(), *a)).collect()
+                }
+                RoleEntry::Worker(_) => Vec::new(),
+            })
+            .collect()
+    }
+
+    /// Request counts and latencies of each web role.
+    pub fn web_metrics(&self) -> Vec<(String, Arc<WebRole>)> {
+        let roles = self.roles.lock().unwrap_or_else(|p| p.into_inner());
+        roles
+            .iter()
+            .filter_map(|(name, e)| match e {
+                RoleEntry::Web { role, .. } => Some((name.clone(), role.clone())),
+                RoleEntry::Worker(_) => None,
+            })
+            .collect()
+    }
+
+    /// The storage this service runs on, and its account.
+    pub fn storage(&self) -> (Arc<dyn Backend>, AccountName) {
+        (self.shared.backend.clone(), self.shared.account.clone())
+    }
+
+    /// Sets the instance count of `role` to `n` while the service runs. New instances start
+    /// at once; removed ones stop gracefully (a worker within its grace period; a web
+    /// instance takes no new request and finishes the one it serves). Running instances see
+    /// the new topology.
+    pub async fn scale(&self, role: &str, n: u32) -> Result<(), RuntimeError> {
+        if n > crate::manifest::MAX_INSTANCES {
+            return Err(RuntimeError::Unsupported(format!(
+                "{n} instances: a role has at most {}",
+                crate::manifest::MAX_INSTANCES
+            )));
+        }
+        let _op = self.ops.lock().await;
+        enum Target {
+            Worker(Arc<WorkerPool>),
+            Web(Arc<WebRole>),
+        }
+        let target = {
+            let roles = self.roles.lock().unwrap_or_else(|p| p.into_inner());
+            match roles.get(role) {
+                None => {
+                    return Err(RuntimeError::Unsupported(format!(
+                        "service {} has no role {role} (it has: {})",
+                        self.shared.name,
+                        roles.keys().cloned().collect::<Vec<_>>().join(", ")
+                    )));
+                }
+                Some(RoleEntry::Worker(pool)) => Target::Worker(pool.clone()),
+                Some(RoleEntry::Web { role, .. }) => Target::Web(role.clone()),
+            }
+        };
+        tracing::info!(service = %self.shared.name, role, instances = n, "scaling");
+        // Instances see the new count as soon as the change begins.
+        self.shared.topology.set(role, n);
+        match target {
+            Target::Worker(pool) => pool.scale(n).await,
+            Target::Web(web) => web.scale(n as usize),
+        }
+        Ok(())
+    }
+
+    /// Upgrades the service in place to `manifest`: every role is compiled and checked first
+    /// (nothing changes if one is invalid); then roles that are gone stop, new roles start,
+    /// and the others are replaced upgrade domain by upgrade domain ([`UPGRADE_DOMAINS`]), so
+    /// a web role keeps answering throughout. Instance counts follow the new manifest.
+    /// `deployment_id` names the new deployment (default: a fresh id).
+    pub async fn upgrade(
+        &self,
+        manifest: &Manifest,
+        components: &BTreeMap<String, PathBuf>,
+        deployment_id: Option<String>,
+        progress: Progress<'_>,
+    ) -> Result<(), RuntimeError> {
+        if manifest.service != self.shared.name {
+            return Err(RuntimeError::Unsupported(format!(
+                "the manifest is for service {}, not {}",
+                manifest.service, self.shared.name
+            )));
+        }
+        let _op = self.ops.lock().await;
+        // Check what cannot change in place before compiling anything.
+        let current: BTreeMap<String, crate::manifest::RoleSpec> = {
+            let roles = self.roles.lock().unwrap_or_else(|p| p.into_inner());
+            roles.iter().map(|(n, e)| (n.clone(), e.spec())).collect()
+        };
+        for (name, spec) in &manifest.roles {
+            if let Some(old) = current.get(name) {
+                if old.kind != spec.kind {
+                    return Err(RuntimeError::Unsupported(format!(
+                        "role {name} changes from {:?} to {:?}: a role's kind cannot change in \
+                         an upgrade (give the new role another name, or delete the service first)",
+                        old.kind, spec.kind
+                    )));
+                }
+                if old.web.endpoints != spec.web.endpoints {
+                    return Err(RuntimeError::Unsupported(format!(
+                        "role {name}: its endpoints change; endpoints cannot change in an \
+                         upgrade (delete the service and deploy it again)"
+                    )));
+                }
+            }
+        }
+        let deployment_id = deployment_id.unwrap_or_else(self::deployment_id);
+        let prepared = self
+            .shared
+            .prepare(manifest, components, &deployment_id, progress)
+            .await?;
+        // New web roles bind before anything changes.
+        let mut bound = Vec::new();
+        for p in &prepared {
+            let new = !current.contains_key(&p.runtime.spec.name);
+            if new && matches!(p.runtime.pre, RolePre::Web(_)) {
+                bound.push(bind_endpoints(&p.runtime.spec).await?);
+            } else {
+                bound.push(Vec::new());
+            }
+        }
+        *self.deployment_id.lock().unwrap_or_else(|p| p.into_inner()) = deployment_id.clone();
+        // Roles that are gone.
+        for name in current.keys().filter(|n| !manifest.roles.contains_key(*n)) {
+            progress(format!("role {name}: removed; stopping its instances"));
+            let entry = self
+                .roles
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(name);
+            if let Some(entry) = entry {
+                stop_role(entry).await;
+            }
+            self.shared.topology.set(name, 0);
+        }
+        for (p, listeners) in prepared.into_iter().zip(bound) {
+            let name = p.runtime.spec.name.clone();
+            let n = p.runtime.spec.instances;
+            if !current.contains_key(&name) {
+                self.add_role(p, listeners, progress).await;
+                continue;
+            }
+            let batch = n.max(1).div_ceil(UPGRADE_DOMAINS) as usize;
+            let entry = {
+                let roles = self.roles.lock().unwrap_or_else(|p| p.into_inner());
+                match roles.get(&name) {
+                    Some(RoleEntry::Worker(pool)) => Some(Ok(pool.clone())),
+                    Some(RoleEntry::Web { role, .. }) => Some(Err(role.clone())),
+                    None => None,
+                }
+            };
+            match (entry, &p.runtime.pre) {
+                (Some(Ok(pool)), _) => {
+                    pool.upgrade(p.runtime.clone(), batch, progress).await;
+                    pool.scale(n).await;
+                }
+                (Some(Err(web)), RolePre::Web(pre)) => {
+                    let version = Arc::new(WebVersion {
+                        role: p.runtime.clone(),
+                        pre: pre.clone(),
+                    });
+                    web.upgrade(version, batch, UPGRADE_SETTLE, progress).await;
+                    web.scale(n as usize);
+                }
+                _ => {}
+            }
+            self.shared.topology.set(&name, n);
+        }
+        self.shared.topology.bump();
+        progress(format!("deployment {deployment_id} is running"));
+        tracing::info!(service = %self.shared.name, deployment = %deployment_id, "upgraded");
+        Ok(())
     }
 
     /// Asks every instance to stop and waits until all have stopped (each within its grace
     /// period). Returns their final status.
     pub async fn shutdown(self) -> Vec<InstanceStatus> {
-        tracing::info!(service = %self.name, "stopping all instances");
+        self.stop().await
+    }
+
+    /// [`Service::shutdown`] through a shared reference: the service is empty afterwards.
+    pub async fn stop(&self) -> Vec<InstanceStatus> {
+        let _op = self.ops.lock().await;
+        tracing::info!(service = %self.shared.name, "stopping all instances");
         if let Some(t) = &self.usage_task {
             t.abort();
         }
         // Web roles stop taking connections; requests in flight finish on their own.
-        self.web.stop.request();
-        for t in &self.web.serve_tasks {
-            t.abort();
-        }
-        for i in self.instances.iter() {
-            i.stop.request();
-        }
-        let mut out = Vec::with_capacity(self.instances.len());
-        for i in self.instances.iter() {
-            let task = i.task.lock().unwrap_or_else(|p| p.into_inner()).take();
-            if let Some(task) = task
-                && let Err(e) = task.await
-            {
-                tracing::error!(error = %e, "instance supervisor failed");
+        self.web_stop.request();
+        let entries: Vec<(String, RoleEntry)> = {
+            let mut roles = self.roles.lock().unwrap_or_else(|p| p.into_inner());
+            std::mem::take(&mut *roles).into_iter().collect()
+        };
+        let mut workers = Vec::new();
+        let mut out = Vec::new();
+        for (name, entry) in entries {
+            self.shared.topology.set(&name, 0);
+            match entry {
+                RoleEntry::Worker(pool) => {
+                    let slots = pool.slots();
+                    for s in &slots {
+                        s.stop.request();
+                    }
+                    workers.extend(slots);
+                }
+                web => out.extend(stop_role(web).await),
             }
-            out.push(i.read());
         }
-        for w in &self.web.roles {
-            w.wipe();
-            out.extend(w.status());
+        for s in &workers {
+            s.stop().await;
+            out.push(s.read());
         }
         out
     }
 }
 
+/// Stops a role's instances and waits for them; returns their final status.
+async fn stop_role(entry: RoleEntry) -> Vec<InstanceStatus> {
+    match entry {
+        RoleEntry::Worker(pool) => {
+            let slots = pool.slots();
+            stop_all(&slots).await;
+            slots.iter().map(|s| s.read()).collect()
+        }
+        RoleEntry::Web {
+            role, serve_tasks, ..
+        } => {
+            for t in &serve_tasks {
+                t.abort();
+            }
+            role.scale(0);
+            role.wipe();
+            role.status()
+        }
+    }
+}
+
 /// Logs each instance's use of its quotas every `every`: CPU in reference cores over the
 /// interval against its share, memory and local disk against their caps.
-async fn log_usage(
-    instances: Arc<Vec<InstanceSlot>>,
-    web: Vec<Arc<WebRole>>,
-    every: std::time::Duration,
-) {
+async fn log_usage(roles: Roles, every: Duration) {
     let read_all = || {
-        let mut all: Vec<InstanceStatus> = instances.iter().map(InstanceSlot::read).collect();
-        for w in &web {
-            all.extend(w.status());
-        }
-        all
+        let roles = roles.lock().unwrap_or_else(|p| p.into_inner());
+        roles
+            .values()
+            .flat_map(RoleEntry::status)
+            .collect::<Vec<_>>()
     };
     let mut last: std::collections::HashMap<String, u64> = read_all()
         .into_iter()

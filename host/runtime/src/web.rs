@@ -12,8 +12,10 @@
 //! Transfer-Encoding and its connection closed after the answer (RFC 9112), so nothing
 //! smuggled after it is ever read.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,8 +47,27 @@ pub const RETRY_AFTER_SECS: u64 = 1;
 /// One instance of a web role, idle or serving.
 struct WebInstance {
     index: usize,
+    /// The slot's generation it was made for: an upgrade or a scale-down makes it stale, and
+    /// a stale instance is dropped instead of going back to the idle stack.
+    generation: u64,
     store: Store<InstanceState>,
     proxy: Proxy,
+}
+
+/// A version of the role: its runtime (spec, engine, storage) and its linked component.
+pub struct WebVersion {
+    /// The role's runtime.
+    pub role: Arc<RoleRuntime>,
+    /// The role's component, linked.
+    pub pre: ProxyPre<InstanceState>,
+}
+
+/// An instance slot of the role: what the host shows of it, and which version it runs.
+struct WebSlot {
+    status: Arc<Mutex<InstanceStatus>>,
+    usage: Arc<UsageCell>,
+    generation: u64,
+    version: Arc<WebVersion>,
 }
 
 /// How a handler call ended, when it did not end well.
@@ -57,17 +78,51 @@ enum Failure {
 
 /// A web role's instances and the queue in front of them.
 pub struct WebRole {
-    role: Arc<RoleRuntime>,
-    pre: ProxyPre<InstanceState>,
+    /// The version new instances run.
+    current: Mutex<Arc<WebVersion>>,
     /// Idle instances, most recently used first (its memory is warmest).
     idle: Mutex<Vec<WebInstance>>,
     /// Wakes one request waiting for an idle instance.
     returned: tokio::sync::Notify,
     waiting: Arc<Semaphore>,
-    timeout: Duration,
     stop: StopSignal,
-    statuses: Vec<Arc<Mutex<InstanceStatus>>>,
-    usages: Vec<Arc<UsageCell>>,
+    slots: Mutex<BTreeMap<usize, WebSlot>>,
+    generations: AtomicU64,
+    metrics: WebMetrics,
+}
+
+/// Request counts and latencies of a web role, for the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct WebMetrics {
+    /// Requests answered, by status class (index 1 = 1xx ... 5 = 5xx).
+    pub by_class: [AtomicU64; 6],
+    /// Latency histogram: counts of requests at most [`LATENCY_BUCKETS`]`[i]` seconds.
+    pub buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    /// Sum of latencies, microseconds.
+    pub sum_us: AtomicU64,
+    /// Requests in all.
+    pub count: AtomicU64,
+}
+
+/// Upper bounds of the latency histogram's buckets, seconds.
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+impl WebMetrics {
+    fn record(&self, status: StatusCode, elapsed: Duration) {
+        let class = usize::from(status.as_u16() / 100).min(5);
+        self.by_class[class].fetch_add(1, Ordering::Relaxed);
+        let secs = elapsed.as_secs_f64();
+        for (bound, count) in LATENCY_BUCKETS.iter().zip(&self.buckets) {
+            if secs <= *bound {
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<HyperOutgoingBody> {
@@ -88,46 +143,210 @@ impl WebRole {
         stop: StopSignal,
     ) -> Arc<WebRole> {
         let n = role.spec.instances as usize;
-        let statuses = (0..n)
-            .map(|i| {
-                Arc::new(Mutex::new(InstanceStatus {
-                    role: role.spec.name.clone(),
-                    instance_id: format!("{}_IN_{i}", role.spec.name),
-                    phase: Phase::Starting,
-                    restarts: 0,
-                    last_recycle_reason: None,
-                    interrupted: false,
-                    usage: Default::default(),
-                }))
-            })
-            .collect();
         let web = Arc::new(WebRole {
-            timeout: role.spec.web.request_timeout,
             waiting: Arc::new(Semaphore::new(role.spec.web.max_queued_requests)),
-            role,
-            pre,
+            current: Mutex::new(Arc::new(WebVersion { role, pre })),
             idle: Mutex::new(Vec::with_capacity(n)),
             returned: tokio::sync::Notify::new(),
             stop,
-            statuses,
-            usages: (0..n).map(|_| Arc::new(UsageCell::default())).collect(),
+            slots: Mutex::new(BTreeMap::new()),
+            generations: AtomicU64::new(0),
+            metrics: WebMetrics::default(),
         });
-        for index in 0..n {
-            web.clone().spawn_instance(index, true, Duration::ZERO);
-        }
+        web.scale(n);
         web
     }
 
-    fn id(&self, index: usize) -> String {
-        format!("{}_IN_{index}", self.role.spec.name)
+    /// The version new instances run.
+    fn current(&self) -> Arc<WebVersion> {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
-    /// Makes instance `index` after `delay` and puts it in the idle queue; retries with
-    /// backoff while it fails.
-    fn spawn_instance(self: Arc<Self>, index: usize, first: bool, delay: Duration) {
+    /// The role's runtime (of the current version).
+    pub fn runtime(&self) -> Arc<RoleRuntime> {
+        self.current().role.clone()
+    }
+
+    /// Request counts and latencies.
+    pub fn metrics(&self) -> &WebMetrics {
+        &self.metrics
+    }
+
+    fn id(&self, index: usize) -> String {
+        format!("{}_IN_{index}", self.current().role.spec.name)
+    }
+
+    fn new_slot(&self, index: usize, version: Arc<WebVersion>) -> WebSlot {
+        WebSlot {
+            status: Arc::new(Mutex::new(InstanceStatus {
+                role: version.role.spec.name.clone(),
+                instance_id: self.id(index),
+                phase: Phase::Starting,
+                restarts: 0,
+                last_recycle_reason: None,
+                interrupted: false,
+                usage: Default::default(),
+            })),
+            usage: Arc::new(UsageCell::default()),
+            generation: self.generations.fetch_add(1, Ordering::Relaxed) + 1,
+            version,
+        }
+    }
+
+    /// Sets the number of instances to `n`: new slots start at once; removed ones take no
+    /// more requests, and an instance serving one finishes it first (then it is dropped).
+    pub fn scale(self: &Arc<Self>, n: usize) {
+        let version = self.current();
+        let mut spawn = Vec::new();
+        {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            for index in 0..n {
+                if let std::collections::btree_map::Entry::Vacant(e) = slots.entry(index) {
+                    let slot = self.new_slot(index, version.clone());
+                    spawn.push((index, slot.generation));
+                    e.insert(slot);
+                }
+            }
+            let removed: Vec<usize> = slots.range(n..).map(|(i, _)| *i).collect();
+            for index in removed {
+                if let Some(slot) = slots.remove(&index) {
+                    set(&slot.status, Phase::Stopped);
+                }
+            }
+        }
+        self.drop_stale_idle();
+        for (index, generation) in spawn {
+            self.clone()
+                .spawn_instance(index, generation, true, Duration::ZERO);
+        }
+    }
+
+    /// Replaces every instance with one of `version`, `batch` slots at a time (upgrade
+    /// domains): a slot's old instance takes no new request once its domain is reached, and
+    /// the next domain starts when this one's new instances are running (or `settle` has
+    /// passed). The others serve meanwhile, so the role keeps answering.
+    pub async fn upgrade(
+        self: &Arc<Self>,
+        version: Arc<WebVersion>,
+        batch: usize,
+        settle: Duration,
+        progress: &(dyn Fn(String) + Send + Sync),
+    ) {
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = version.clone();
+        let indices: Vec<usize> = self
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        let domains = indices.chunks(batch.max(1)).count();
+        for (d, domain) in indices.chunks(batch.max(1)).enumerate() {
+            progress(format!(
+                "role {}: upgrade domain {}/{domains} ({} instances)",
+                version.role.spec.name,
+                d + 1,
+                domain.len()
+            ));
+            let mut started = Vec::new();
+            {
+                let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+                for index in domain {
+                    if let Some(slot) = slots.get_mut(index) {
+                        let restarts = slot
+                            .status
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .restarts;
+                        let fresh = self.new_slot(*index, version.clone());
+                        fresh
+                            .status
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .restarts = restarts;
+                        // The usage counters carry on: they are the slot's, not the version's.
+                        let fresh = WebSlot {
+                            usage: slot.usage.clone(),
+                            ..fresh
+                        };
+                        started.push((*index, fresh.generation, fresh.status.clone()));
+                        *slot = fresh;
+                    }
+                }
+            }
+            self.drop_stale_idle();
+            for (index, generation, _) in &started {
+                self.clone()
+                    .spawn_instance(*index, *generation, false, Duration::ZERO);
+            }
+            let deadline = tokio::time::Instant::now() + settle;
+            while tokio::time::Instant::now() < deadline
+                && started.iter().any(|(_, _, s)| {
+                    s.lock().unwrap_or_else(|p| p.into_inner()).phase != Phase::Running
+                })
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+
+    /// Whether the instance of slot `index` made for `generation` is still wanted.
+    fn is_current(&self, index: usize, generation: u64) -> bool {
+        self.slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&index)
+            .is_some_and(|s| s.generation == generation)
+    }
+
+    /// Drops idle instances whose slot was removed or upgraded.
+    fn drop_stale_idle(&self) {
+        let stale: Vec<WebInstance> = {
+            let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            let (keep, stale) = idle.drain(..).partition(|i: &WebInstance| {
+                slots
+                    .get(&i.index)
+                    .is_some_and(|s| s.generation == i.generation)
+            });
+            *idle = keep;
+            stale
+        };
+        for instance in stale {
+            self.retire(instance);
+        }
+    }
+
+    /// Drops a stale instance; wipes its local resources when its slot is gone.
+    fn retire(&self, instance: WebInstance) {
+        let index = instance.index;
+        drop(instance);
+        let gone = !self
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&index);
+        if gone {
+            self.current().role.wipe(&self.id(index));
+        }
+    }
+
+    /// Makes the instance of slot `index` (for `generation`) after `delay` and puts it in the
+    /// idle stack; retries with backoff while it fails. Gives up once the slot moved on.
+    fn spawn_instance(
+        self: Arc<Self>,
+        index: usize,
+        generation: u64,
+        first: bool,
+        delay: Duration,
+    ) {
         tokio::spawn(async move {
+            let recycle_backoff = self.current().role.spec.recycle_backoff;
             let mut backoff = if delay.is_zero() {
-                self.role.spec.recycle_backoff
+                recycle_backoff
             } else {
                 delay
             };
@@ -138,15 +357,20 @@ impl WebRole {
                     () = tokio::time::sleep(wait) => {}
                     () = self.stop.requested() => return,
                 }
-                match self.new_instance(index, first).await {
+                if !self.is_current(index, generation) {
+                    return;
+                }
+                match self.new_instance(index, generation, first).await {
                     Ok(instance) => {
-                        self.set_phase(index, Phase::Running);
+                        if self.is_current(index, generation) {
+                            self.set_phase(index, generation, Phase::Running);
+                        }
                         self.release(instance);
                         return;
                     }
                     Err(reason) => {
                         tracing::warn!(instance = %self.id(index), %reason, "web instance failed to start");
-                        self.recycled(index, reason);
+                        self.recycled(index, generation, reason);
                         wait = backoff;
                         backoff = (backoff * 2).min(crate::worker::MAX_BACKOFF);
                         first = false;
@@ -156,52 +380,73 @@ impl WebRole {
         });
     }
 
-    async fn new_instance(&self, index: usize, first: bool) -> Result<WebInstance, String> {
+    async fn new_instance(
+        &self,
+        index: usize,
+        generation: u64,
+        first: bool,
+    ) -> Result<WebInstance, String> {
+        let (version, usage) = {
+            let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            let slot = slots.get(&index).ok_or("the slot was removed")?;
+            (slot.version.clone(), slot.usage.clone())
+        };
         let id = self.id(index);
-        let mut store = self
-            .role
-            .new_store(&id, first, &self.stop, &self.usages[index])?;
-        let proxy = self
+        let mut store = version.role.new_store(&id, first, &self.stop, &usage)?;
+        let proxy = version
             .pre
             .instantiate_async(&mut store)
             .await
             .map_err(|e| describe_failure("instantiation", &e, Some(store.data())))?;
         Ok(WebInstance {
             index,
+            generation,
             store,
             proxy,
         })
     }
 
-    fn set_phase(&self, index: usize, phase: Phase) {
-        self.statuses[index]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .phase = phase;
+    fn set_phase(&self, index: usize, generation: u64, phase: Phase) {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = slots.get(&index).filter(|s| s.generation == generation) {
+            set(&s.status, phase);
+        }
     }
 
-    fn recycled(&self, index: usize, reason: String) {
-        let mut s = self.statuses[index]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        s.restarts += 1;
-        s.last_recycle_reason = Some(reason);
-        s.phase = Phase::Recycling;
+    fn recycled(&self, index: usize, generation: u64, reason: String) {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = slots.get(&index).filter(|s| s.generation == generation) {
+            let mut s = slot.status.lock().unwrap_or_else(|p| p.into_inner());
+            s.restarts += 1;
+            s.last_recycle_reason = Some(reason);
+            s.phase = Phase::Recycling;
+        }
     }
 
     /// Every instance's status.
     pub fn status(&self) -> Vec<InstanceStatus> {
-        self.statuses
-            .iter()
-            .zip(&self.usages)
-            .map(|(s, u)| {
-                let mut s = s.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                s.usage = u.read(
-                    &self.role.spec.limits,
-                    self.role.spec.local_resource_bytes(),
-                );
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots
+            .values()
+            .map(|slot| {
+                let mut s = slot
+                    .status
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                let spec = &slot.version.role.spec;
+                s.usage = slot.usage.read(&spec.limits, spec.local_resource_bytes());
                 s
             })
+            .collect()
+    }
+
+    /// Every instance's usage counters: (instance id, counters).
+    pub fn usage_cells(&self) -> Vec<(String, Arc<UsageCell>)> {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots
+            .iter()
+            .map(|(i, s)| (self.id(*i), s.usage.clone()))
             .collect()
     }
 
@@ -211,7 +456,21 @@ impl WebRole {
         req: Request<Incoming>,
         scheme: Scheme,
     ) -> Response<HyperOutgoingBody> {
-        let limit = self.role.spec.web.max_body_bytes;
+        let started = std::time::Instant::now();
+        let response = self.clone().dispatch(req, scheme).await;
+        self.metrics.record(response.status(), started.elapsed());
+        response
+    }
+
+    /// Finds an idle instance for `req` and has it answer.
+    async fn dispatch(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        scheme: Scheme,
+    ) -> Response<HyperOutgoingBody> {
+        let version = self.current();
+        let limit = version.role.spec.web.max_body_bytes;
+        let timeout = version.role.spec.web.request_timeout;
         let declared = req
             .headers()
             .get(hyper::header::CONTENT_LENGTH)
@@ -240,7 +499,7 @@ impl WebRole {
         let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut instance = match idle {
             Some(i) => i,
-            None => match tokio::time::timeout(self.timeout, self.acquire()).await {
+            None => match tokio::time::timeout(timeout, self.acquire()).await {
                 Ok(i) => i,
                 Err(_) => return self.busy(),
             },
@@ -266,13 +525,18 @@ impl WebRole {
         };
         let this = self.clone();
         let task = tokio::spawn(async move {
-            let index = instance.index;
+            let (index, generation) = (instance.index, instance.generation);
+            let usage = this.usage_of(index, generation);
             let call = instance.proxy.wasi_http_incoming_handler().call_handle(
                 &mut instance.store,
                 req,
                 out,
             );
-            match tokio::time::timeout(this.timeout, call).await {
+            let outcome = tokio::time::timeout(timeout, call).await;
+            if let Some(u) = usage {
+                u.requests.fetch_add(1, Ordering::Relaxed);
+            }
+            match outcome {
                 Ok(Ok(())) => {
                     this.release(instance);
                     Ok(())
@@ -281,21 +545,14 @@ impl WebRole {
                     let reason = describe_failure("the handler", &e, Some(instance.store.data()));
                     tracing::warn!(instance = %this.id(index), %reason, "recycling web instance");
                     drop(instance);
-                    this.recycled(index, reason);
-                    this.clone()
-                        .spawn_instance(index, false, this.role.spec.recycle_backoff);
+                    this.recycle(index, generation, reason);
                     Err(Failure::Trapped)
                 }
                 Err(_) => {
-                    let reason = format!(
-                        "the handler ran past the request timeout of {:?}",
-                        this.timeout
-                    );
+                    let reason = format!("the handler ran past the request timeout of {timeout:?}");
                     tracing::warn!(instance = %this.id(index), %reason, "interrupted; recycling web instance");
                     drop(instance);
-                    this.recycled(index, reason);
-                    this.clone()
-                        .spawn_instance(index, false, this.role.spec.recycle_backoff);
+                    this.recycle(index, generation, reason);
                     Err(Failure::TimedOut)
                 }
             }
@@ -322,6 +579,27 @@ impl WebRole {
         }
     }
 
+    /// The usage counters of slot `index`, if it still runs `generation`.
+    fn usage_of(&self, index: usize, generation: u64) -> Option<Arc<UsageCell>> {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots
+            .get(&index)
+            .filter(|s| s.generation == generation)
+            .map(|s| s.usage.clone())
+    }
+
+    /// Notes that the instance of slot `index` failed, and makes a new one after the backoff
+    /// (unless the slot moved on meanwhile).
+    fn recycle(self: &Arc<Self>, index: usize, generation: u64, reason: String) {
+        if !self.is_current(index, generation) {
+            return;
+        }
+        self.recycled(index, generation, reason);
+        let backoff = self.current().role.spec.recycle_backoff;
+        self.clone()
+            .spawn_instance(index, generation, false, backoff);
+    }
+
     /// Waits for an idle instance and takes it.
     async fn acquire(&self) -> WebInstance {
         loop {
@@ -336,8 +614,12 @@ impl WebRole {
         }
     }
 
-    /// Puts an instance back and wakes one waiting request.
+    /// Puts an instance back and wakes one waiting request; a stale one is dropped instead.
     fn release(&self, instance: WebInstance) {
+        if !self.is_current(instance.index, instance.generation) {
+            self.retire(instance);
+            return;
+        }
         self.idle
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -391,7 +673,7 @@ impl WebRole {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let max_head = self.role.spec.web.max_header_bytes;
+        let max_head = self.current().role.spec.web.max_header_bytes;
         let web = self.clone();
         let service = service_fn(move |req| {
             let web = web.clone();
@@ -408,13 +690,20 @@ impl WebRole {
         }
     }
 
-    /// Wipes the instances' local resources (after the service stopped).
+    /// Drops the idle instances and wipes every instance's local resources (after the
+    /// service stopped).
     pub fn wipe(&self) {
-        for i in 0..self.statuses.len() {
-            self.role.wipe(&self.id(i));
-            self.set_phase(i, Phase::Stopped);
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        for (i, slot) in slots.iter() {
+            slot.version.role.wipe(&self.id(*i));
+            set(&slot.status, Phase::Stopped);
         }
     }
+}
+
+fn set(status: &Mutex<InstanceStatus>, phase: Phase) {
+    status.lock().unwrap_or_else(|p| p.into_inner()).phase = phase;
 }
 
 /// Binds an endpoint.

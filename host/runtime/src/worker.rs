@@ -16,9 +16,10 @@ use tokio::time::Instant;
 use wasmtime::Engine;
 
 use crate::bindings::WorkerRolePre;
-use crate::capability::environment::{InstanceInfo, LocalResourceInfo};
+use crate::capability::environment::{InstanceInfo, LocalResourceInfo, Topology};
 use crate::capability::local_disk::DiskQuota;
 use crate::capability::queue::QueueWakers;
+use crate::guest_log::LogHub;
 use crate::instance::{InstanceParts, InstanceState, new_store};
 use crate::link::{FaultPlan, InjectedCrash, Link};
 use crate::manifest::RoleSpec;
@@ -98,6 +99,10 @@ pub struct RoleRuntime {
     pub faults: Option<Arc<dyn FaultPlan>>,
     /// Whether the engine meters fuel.
     pub metered: bool,
+    /// The service's topology, which instances read.
+    pub topology: Arc<Topology>,
+    /// Where guest output goes besides the host's log.
+    pub logs: Option<Arc<LogHub>>,
 }
 
 impl std::fmt::Debug for RoleRuntime {
@@ -121,7 +126,8 @@ enum Outcome {
 struct Interrupted;
 
 /// Runs `fut` until it completes; once a stop is requested, gives it until the grace deadline
-/// and then drops it (which interrupts the guest at its next yield: every epoch tick).
+/// and then drops it (which interrupts the guest at its next yield: the end of its fuel slice
+/// or its next host call).
 async fn guarded<F: Future>(
     fut: F,
     stop: &StopSignal,
@@ -271,6 +277,8 @@ impl RoleRuntime {
             metered: self.metered,
             usage: usage.clone(),
             outbound_hosts: self.spec.outbound_hosts.clone(),
+            topology: self.topology.clone(),
+            logs: self.logs.clone(),
         };
         new_store(&self.engine, parts, &self.spec.limits)
             .map_err(|e| format!("creating the store: {e:#}"))

@@ -1,6 +1,7 @@
 //! The `environment` capability: who the instance is, its settings and local resources, the
 //! stop signal, and a log line that needs no stream handle in the guest.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use wasmtime::component::{HasSelf, Linker};
 
 use crate::bindings::environment::{self as wit, Host, LogLevel};
-use crate::guest_log::LineBudget;
+use crate::guest_log::{LineBudget, LogHub};
 use crate::stop::StopSignal;
 
 /// Longest log line kept; the rest is cut (a guest cannot make the host hold a huge string).
@@ -42,11 +43,45 @@ pub struct LocalResourceInfo {
     pub quota_bytes: u64,
 }
 
+/// A service's roles and instance counts, shared by its instances; the version grows with
+/// every change.
+#[derive(Debug, Default)]
+pub struct Topology {
+    inner: Mutex<(u64, BTreeMap<String, u32>)>,
+}
+
+impl Topology {
+    /// Sets the instance count of `role` (0 removes it); bumps the version if it changed.
+    pub fn set(&self, role: &str, instances: u32) {
+        let mut t = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = if instances == 0 {
+            t.1.remove(role).is_some()
+        } else {
+            t.1.insert(role.to_string(), instances) != Some(instances)
+        };
+        if changed {
+            t.0 += 1;
+        }
+    }
+
+    /// Marks a change that keeps the counts (an upgrade).
+    pub fn bump(&self) {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).0 += 1;
+    }
+
+    /// The version and the counts.
+    pub fn read(&self) -> (u64, BTreeMap<String, u32>) {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
 /// What the environment capability needs.
 #[derive(Debug)]
 pub struct EnvironmentCtx {
     info: Arc<InstanceInfo>,
     stop: StopSignal,
+    topology: Arc<Topology>,
+    logs: Option<Arc<LogHub>>,
     /// `log` has its own budget of lines per second (as stdout and stderr share one).
     budget: Arc<Mutex<LineBudget>>,
     calls: Arc<AtomicU64>,
@@ -58,6 +93,8 @@ impl EnvironmentCtx {
         EnvironmentCtx {
             info,
             stop,
+            topology: Arc::default(),
+            logs: None,
             budget: LineBudget::new(),
             calls: Arc::default(),
         }
@@ -67,6 +104,18 @@ impl EnvironmentCtx {
     /// `calls`, the instance's platform-call counter.
     pub fn counting(mut self, calls: Arc<AtomicU64>) -> Self {
         self.calls = calls;
+        self
+    }
+
+    /// Reads the service's topology from `topology`.
+    pub fn with_topology(mut self, topology: Arc<Topology>) -> Self {
+        self.topology = topology;
+        self
+    }
+
+    /// Sends `log` lines to `hub` too.
+    pub fn with_logs(mut self, hub: Option<Arc<LogHub>>) -> Self {
+        self.logs = hub;
         self
     }
 
@@ -150,6 +199,17 @@ impl Host for EnvironmentCtx {
         Ok(self.stop.is_requested())
     }
 
+    async fn topology(&mut self) -> wasmtime::Result<wit::ServiceTopology> {
+        let (version, roles) = self.topology.read();
+        Ok(wit::ServiceTopology {
+            version,
+            roles: roles
+                .into_iter()
+                .map(|(role, instances)| wit::RoleInstances { role, instances })
+                .collect(),
+        })
+    }
+
     async fn log(&mut self, level: LogLevel, mut message: String) -> wasmtime::Result<()> {
         self.progress();
         // Over the budget, the guest waits: throttled, nothing lost.
@@ -165,6 +225,17 @@ impl Host for EnvironmentCtx {
             LogLevel::Info => tracing::info!(target: "guest", instance, "{message}"),
             LogLevel::Warn => tracing::warn!(target: "guest", instance, "{message}"),
             LogLevel::Error => tracing::error!(target: "guest", instance, "{message}"),
+        }
+        if let Some(hub) = &self.logs {
+            let stream = match level {
+                LogLevel::Trace => "trace",
+                LogLevel::Debug => "debug",
+                LogLevel::Info => "info",
+                LogLevel::Warn => "warn",
+                LogLevel::Error => "error",
+            };
+            let service: Arc<str> = Arc::from(self.info.service.as_str());
+            hub.line(&service, &Arc::from(instance), stream, &message);
         }
         Ok(())
     }

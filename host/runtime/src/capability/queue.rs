@@ -2,6 +2,7 @@
 //! plus `wait-for-messages`, the long poll a worker's loop blocks in.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use super::{invalid, list_options, to_wit_error};
 use crate::bindings::queue::{self as wit, Host};
 use crate::bindings::types::{ErrorCode, ListOptions, StorageError};
 use crate::link::Link;
+use crate::quota::UsageCell;
 use crate::stop::StopSignal;
 
 /// Longest `wait-for-messages` a guest may ask for.
@@ -58,12 +60,24 @@ pub struct QueueCtx {
     link: Link,
     wakers: Arc<QueueWakers>,
     stop: StopSignal,
+    usage: Arc<UsageCell>,
 }
 
 impl QueueCtx {
     /// A context for one instance.
     pub fn new(link: Link, wakers: Arc<QueueWakers>, stop: StopSignal) -> Self {
-        QueueCtx { link, wakers, stop }
+        QueueCtx {
+            link,
+            wakers,
+            stop,
+            usage: Arc::default(),
+        }
+    }
+
+    /// Counts the messages the instance processes and the redeliveries it sees in `usage`.
+    pub fn counting(mut self, usage: Arc<UsageCell>) -> Self {
+        self.usage = usage;
+        self
     }
 }
 
@@ -102,6 +116,10 @@ impl QueueCtx {
                 b.get_messages(a, &q, count, secs(vt))
             })
             .await?;
+        if let Ok(ms) = &r {
+            let again = ms.iter().filter(|m| m.dequeue_count > 1).count() as u64;
+            self.usage.redeliveries.fetch_add(again, Ordering::Relaxed);
+        }
         Ok(r.map(|ms| ms.into_iter().map(message).collect())
             .map_err(to_wit_error))
     }
@@ -320,6 +338,11 @@ impl Host for QueueCtx {
                 b.delete_message(a, &queue, &id, &pop_receipt)
             })
             .await?;
+        if r.is_ok() {
+            self.usage
+                .messages_processed
+                .fetch_add(1, Ordering::Relaxed);
+        }
         Ok(r.map_err(to_wit_error))
     }
 

@@ -1,0 +1,534 @@
+//! The fabric end to end, through the real `rolehost` binary: a host started with
+//! `rolehost serve`, services deployed, scaled and upgraded with the CLI under HTTP load,
+//! refused deployments, the management token, and a restart of the host.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// A `rolehost serve` process on a data directory; stopped with SIGTERM when dropped.
+struct Host {
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Host {
+    fn start(dir: &Path) -> Host {
+        let _ = std::fs::remove_file(dir.join("management.url"));
+        let child = Command::new(env!("CARGO_BIN_EXE_rolehost"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--max-instances",
+                "64",
+                "--data-dir",
+            ])
+            .arg(dir)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.with_extension("log")).unwrap())
+            .spawn()
+            .expect("starting rolehost serve");
+        let host = Host {
+            dir: dir.to_path_buf(),
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !dir.join("management.url").exists() {
+            assert!(
+                Instant::now() < deadline,
+                "the host did not come up: {}",
+                host.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        host
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.with_extension("log")).unwrap_or_default()
+    }
+
+    fn url(&self) -> String {
+        std::fs::read_to_string(self.dir.join("management.url")).unwrap()
+    }
+
+    /// Runs a client command against this host.
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_rolehost"))
+            .args(args)
+            .env("ROLEHOST_HOST_DATA_DIR", &self.dir)
+            .env_remove("ROLEHOST_HOST")
+            .env_remove("ROLEHOST_TOKEN")
+            .output()
+            .expect("running rolehost")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "rolehost {args:?} failed:\n{}\nhost log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["status", "--json"])).unwrap()
+    }
+
+    /// The first endpoint of `role` of `service`.
+    fn endpoint(&self, service: &str, role: &str) -> SocketAddr {
+        let st = self.status();
+        let svc = st
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == service)
+            .unwrap();
+        let r = svc["roles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == role)
+            .unwrap();
+        r["endpoints"][0].as_str().unwrap().parse().unwrap()
+    }
+
+    /// Instances of `role` in state running.
+    fn running(&self, service: &str, role: &str) -> usize {
+        let st = self.status();
+        let Some(svc) = st.as_array().unwrap().iter().find(|s| s["name"] == service) else {
+            return 0;
+        };
+        svc["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["role"] == role && i["state"] == "running")
+            .count()
+    }
+
+    fn wait_running(&self, service: &str, role: &str, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let now = self.running(service, role);
+            if now == n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{role}: {now} running, not {n}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = i32::try_from(child.id()).unwrap();
+            // SAFETY: sending a signal to our own child process.
+            #[allow(unsafe_code)]
+            let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+            assert_eq!(rc, 0);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while child.try_wait().unwrap().is_none() {
+                assert!(Instant::now() < deadline, "the host did not stop");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A service directory: a web role running hello-web with a `version` setting.
+fn web_service(dir: &Path, name: &str, instances: u32, version: &str) -> String {
+    let hello = rolehost_tests::guest("hello_web");
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("rolehost.toml"),
+        format!(
+            "[service]\nname = \"{name}\"\n[roles.Web]\nkind = \"web\"\ncomponent = {:?}\n\
+             instances = {instances}\ngrace-period-secs = 2\n[[roles.Web.endpoints]]\nport = 0\n\
+             [roles.Web.settings]\nversion = \"{version}\"\n",
+            hello.display().to_string()
+        ),
+    )
+    .unwrap();
+    dir.display().to_string()
+}
+
+/// What the load generator saw.
+#[derive(Default)]
+struct Seen {
+    ok: usize,
+    failures: Vec<String>,
+    bodies: Vec<String>,
+}
+
+/// Sends requests from `clients` tasks until `stop`, each on a fresh connection.
+fn load(addr: SocketAddr, clients: usize, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Seen> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut tasks = Vec::new();
+            for _ in 0..clients {
+                let stop = stop.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut seen = Seen::default();
+                    while !stop.load(Ordering::Relaxed) {
+                        match rolehost_tests::http_get(addr, "/").await {
+                            Ok(r) if r.status == 200 => {
+                                seen.ok += 1;
+                                seen.bodies.push(r.body);
+                            }
+                            Ok(r) => seen.failures.push(format!("{}: {}", r.status, r.body)),
+                            Err(e) => seen.failures.push(format!("connection: {e}")),
+                        }
+                    }
+                    seen
+                }));
+            }
+            let mut all = Seen::default();
+            for t in tasks {
+                let s = t.await.unwrap();
+                all.ok += s.ok;
+                all.failures.extend(s.failures);
+                all.bodies.extend(s.bodies);
+            }
+            all
+        })
+    })
+}
+
+fn instance_of(body: &str) -> String {
+    body.split_whitespace()
+        .nth(2)
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn a_web_role_scales_1_to_8_to_2_under_load_without_a_failed_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(&dir.path().join("host"));
+    let svc = web_service(&dir.path().join("svc"), "scaly", 1, "v1");
+    let out = host.ok(&["deploy", &svc]);
+    assert!(out.contains("deployed scaly"), "{out}");
+    host.wait_running("scaly", "Web", 1);
+    let addr = host.endpoint("scaly", "Web");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = load(addr, 4, stop.clone());
+    std::thread::sleep(Duration::from_millis(500));
+    host.ok(&["scale", "scaly", "Web", "8"]);
+    host.wait_running("scaly", "Web", 8);
+    std::thread::sleep(Duration::from_millis(1500));
+    let at_8 = Instant::now();
+    host.ok(&["scale", "scaly", "Web", "2"]);
+    host.wait_running("scaly", "Web", 2);
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let seen = load.join().unwrap();
+    assert!(
+        seen.failures.is_empty(),
+        "failed requests: {:?}",
+        &seen.failures[..seen.failures.len().min(5)]
+    );
+    assert!(seen.ok > 100, "only {} requests went through", seen.ok);
+    let instances: BTreeSet<String> = seen.bodies.iter().map(|b| instance_of(b)).collect();
+    assert!(
+        instances.len() >= 5,
+        "requests reached only {instances:?} (8 instances ran from {at_8:?})"
+    );
+    // The status shows the new count, and the instances removed are gone.
+    let st = host.status();
+    let ids: Vec<&str> = st[0]["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["Web_IN_0", "Web_IN_1"]);
+    assert_eq!(st[0]["roles"][0]["instances"], 2);
+}
+
+#[test]
+fn a_rolling_upgrade_under_load_fails_no_request_and_answers_old_or_new() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(&dir.path().join("host"));
+    let v1 = web_service(&dir.path().join("v1"), "rolling", 4, "v1");
+    host.ok(&["deploy", &v1]);
+    host.wait_running("rolling", "Web", 4);
+    let before = host.status()[0]["deployment_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let addr = host.endpoint("rolling", "Web");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = load(addr, 4, stop.clone());
+    std::thread::sleep(Duration::from_millis(500));
+    let v2 = web_service(&dir.path().join("v2"), "rolling", 4, "v2");
+    let out = host.cli(&["deploy", &v2]);
+    let progress = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{progress}");
+    assert!(
+        progress.contains("upgrade domain 1/4"),
+        "the upgrade goes domain by domain:\n{progress}"
+    );
+    assert!(progress.contains("upgrade domain 4/4"), "{progress}");
+    std::thread::sleep(Duration::from_millis(800));
+    stop.store(true, Ordering::Relaxed);
+    let seen = load.join().unwrap();
+
+    assert!(
+        seen.failures.is_empty(),
+        "failed requests: {:?}",
+        &seen.failures[..seen.failures.len().min(5)]
+    );
+    let v1_count = seen
+        .bodies
+        .iter()
+        .filter(|b| b.contains("version v1"))
+        .count();
+    let v2_count = seen
+        .bodies
+        .iter()
+        .filter(|b| b.contains("version v2"))
+        .count();
+    assert_eq!(
+        v1_count + v2_count,
+        seen.ok,
+        "every answer is from v1 or v2"
+    );
+    assert!(v1_count > 0 && v2_count > 0, "v1 {v1_count}, v2 {v2_count}");
+    // Once the upgrade is over, only v2 answers.
+    let last = seen.bodies.last().unwrap();
+    assert!(last.contains("version v2"), "{last}");
+    let after = host.status()[0]["deployment_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(before, after, "a new deployment id");
+    assert_eq!(host.running("rolling", "Web"), 4);
+}
+
+#[test]
+fn invalid_components_are_refused_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(&dir.path().join("host"));
+    let good = web_service(&dir.path().join("good"), "guarded", 1, "v1");
+    host.ok(&["deploy", &good]);
+    host.wait_running("guarded", "Web", 1);
+    let addr = host.endpoint("guarded", "Web");
+
+    // Not a component at all.
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"this is not wasm").unwrap();
+    let bad = dir.path().join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(
+        bad.join("rolehost.toml"),
+        format!("[service]\nname = \"guarded\"\n[roles.Web]\nkind = \"web\"\ncomponent = {:?}\n[[roles.Web.endpoints]]\nport = 0\n", junk.display().to_string()),
+    )
+    .unwrap();
+    let out = host.cli(&["deploy", bad.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("role Web") && err.contains("not a valid component"),
+        "{err}"
+    );
+
+    // A worker role's component deployed as a web role: the export is named.
+    let counter = rolehost_tests::guest("counter");
+    std::fs::write(
+        bad.join("rolehost.toml"),
+        format!("[service]\nname = \"guarded\"\n[roles.Web]\nkind = \"web\"\ncomponent = {:?}\n[[roles.Web.endpoints]]\nport = 0\n", counter.display().to_string()),
+    )
+    .unwrap();
+    let out = host.cli(&["deploy", bad.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("must export wasi:http/incoming-handler"),
+        "{err}"
+    );
+
+    // A web component deployed as a worker: the missing world is named.
+    let hello = rolehost_tests::guest("hello_web");
+    std::fs::write(
+        bad.join("rolehost.toml"),
+        format!(
+            "[service]\nname = \"other\"\n[roles.W]\nkind = \"worker\"\ncomponent = {:?}\n",
+            hello.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = host.cli(&["deploy", bad.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("is not a worker role (rolehost:platform/worker-role)"),
+        "{err}"
+    );
+
+    // The running version was not touched, and the refused service never appeared.
+    let r = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(rolehost_tests::http_get(addr, "/"))
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("version v1"), "{}", r.body);
+    let st = host.status();
+    assert_eq!(st.as_array().unwrap().len(), 1, "{st}");
+}
+
+#[test]
+fn management_calls_without_the_token_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(&dir.path().join("host"));
+    let url = host.url();
+    let addr: SocketAddr = url.strip_prefix("http://").unwrap().parse().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for (path, auth) in [
+        ("/v1/services", ""),
+        ("/metrics", ""),
+        ("/v1/services", "Authorization: Bearer not-the-token\r\n"),
+    ] {
+        let raw = format!("GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n");
+        let r = rt
+            .block_on(rolehost_tests::http_request(addr, raw.as_bytes()))
+            .unwrap();
+        assert_eq!(r.status, 401, "{path} {auth:?}: {}", r.body);
+        assert!(r.body.contains("token"), "{}", r.body);
+    }
+    // A deploy without the token is refused too, before anything is read.
+    let raw =
+        "POST /v1/deploy HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}";
+    let r = rt
+        .block_on(rolehost_tests::http_request(addr, raw.as_bytes()))
+        .unwrap();
+    assert_eq!(r.status, 401);
+    // The CLI with a wrong token says so.
+    let out = Command::new(env!("CARGO_BIN_EXE_rolehost"))
+        .args(["status", "--host", &url, "--token", "wrong"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wrong management token"));
+    // With the token (read from the data directory), it works; the token file is private.
+    let token = std::fs::read_to_string(dir.path().join("host/management.token")).unwrap();
+    let raw = format!(
+        "GET /v1/services HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    let r = rt
+        .block_on(rolehost_tests::http_request(addr, raw.as_bytes()))
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join("host/management.token"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o077,
+        0,
+        "the token is readable by its owner only: {mode:o}"
+    );
+}
+
+#[test]
+fn a_restarted_host_brings_its_services_back_with_their_instance_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("host");
+    let mut host = Host::start(&data);
+    let svc = web_service(&dir.path().join("svc"), "lasting", 1, "v1");
+    host.ok(&["deploy", &svc]);
+    host.ok(&["scale", "lasting", "Web", "3"]);
+    host.wait_running("lasting", "Web", 3);
+    let id = host.status()[0]["deployment_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // A second service, stopped: it stays stopped.
+    let other = web_service(&dir.path().join("other"), "resting", 1, "v1");
+    host.ok(&["deploy", &other]);
+    host.ok(&["stop", "resting"]);
+    host.stop();
+
+    let host = Host::start(&data);
+    host.wait_running("lasting", "Web", 3);
+    let st = host.status();
+    let lasting = st
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "lasting")
+        .unwrap();
+    assert_eq!(lasting["deployment_id"], id.as_str(), "the same deployment");
+    assert_eq!(lasting["roles"][0]["instances"], 3);
+    let resting = st
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "resting")
+        .unwrap();
+    assert_eq!(resting["state"], "stopped");
+    let addr = host.endpoint("lasting", "Web");
+    let r = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(rolehost_tests::http_get(addr, "/"))
+        .unwrap();
+    assert_eq!(r.status, 200);
+    // Logs and metrics see the service.
+    let metrics = {
+        let token = std::fs::read_to_string(data.join("management.token")).unwrap();
+        let a: SocketAddr = host.url().strip_prefix("http://").unwrap().parse().unwrap();
+        let raw = format!(
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        );
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(rolehost_tests::http_request(a, raw.as_bytes()))
+            .unwrap()
+            .body
+    };
+    assert!(
+        metrics.contains(
+            "rolehost_instance_up{service=\"lasting\",role=\"Web\",instance=\"Web_IN_2\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "rolehost_http_requests_total{service=\"lasting\",role=\"Web\",code=\"2xx\"} 1"
+        ),
+        "{metrics}"
+    );
+    // Deleting it keeps its storage unless asked; the service is gone after.
+    let out = host.ok(&["delete", "lasting"]);
+    assert!(out.contains("storage account is kept"), "{out}");
+    assert_eq!(host.status().as_array().unwrap().len(), 1);
+}

@@ -1,0 +1,411 @@
+//! The management API: HTTP/1.1 + JSON, on loopback by default, every request carrying the
+//! host's token (`Authorization: Bearer <token>`; the token is in `<data dir>/management.token`,
+//! readable by its owner only).
+//!
+//! | method and path | what it does |
+//! |---|---|
+//! | `GET /v1/services` | every service's status (JSON) |
+//! | `HEAD /v1/files/<sha256>` | 200 if the host has the file, 404 if not |
+//! | `PUT /v1/files/<sha256>` | uploads a file (a component, a certificate); the digest is checked |
+//! | `POST /v1/deploy` | deploys a [`Deployment`]; answers progress as JSON lines, the last `{"done": name}` or `{"error": message}` |
+//! | `POST /v1/services/<name>/scale` | `{"role": r, "instances": n}` |
+//! | `POST /v1/services/<name>/stop`, `.../start` | stops or starts the service |
+//! | `DELETE /v1/services/<name>[?purge-storage=true]` | removes it (and its storage account when asked) |
+//! | `GET /v1/logs[?service=&role=&instance=&follow=true]` | guest output, a line each |
+//! | `GET /metrics` | Prometheus text format |
+//!
+//! Errors answer `{"error": message}` with a 4xx or 5xx status.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Frame, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use super::{Deployment, Fabric, TOKEN_FILE};
+use crate::guest_log::LogLine;
+use crate::stop::StopSignal;
+
+/// Largest file a client may upload (a component, a certificate).
+pub const MAX_UPLOAD_BYTES: u64 = 1 << 30;
+/// Largest JSON request body.
+const MAX_JSON_BYTES: usize = 16 << 20;
+
+/// A response body: whole, or streamed from a channel (progress, followed logs).
+pub enum ApiBody {
+    /// All of it.
+    Whole(Option<Bytes>),
+    /// Chunks as they come; ends when the sender is dropped.
+    Stream(mpsc::UnboundedReceiver<Bytes>),
+}
+
+impl hyper::body::Body for ApiBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            ApiBody::Whole(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ApiBody::Stream(rx) => rx.poll_recv(cx).map(|c| c.map(|b| Ok(Frame::data(b)))),
+        }
+    }
+}
+
+type Reply = Response<ApiBody>;
+
+fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Reply {
+    let mut r = Response::new(ApiBody::Whole(Some(body.into())));
+    *r.status_mut() = status;
+    if let Ok(v) = hyper::header::HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Reply {
+    reply(status, "application/json", value.to_string())
+}
+
+fn error(status: u16, message: impl std::fmt::Display) -> Reply {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json(status, &serde_json::json!({ "error": message.to_string() }))
+}
+
+fn streamed(content_type: &str) -> (mpsc::UnboundedSender<Bytes>, Reply) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut r = Response::new(ApiBody::Stream(rx));
+    if let Ok(v) = hyper::header::HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    (tx, r)
+}
+
+/// Reads the host's token from the data directory, making one (256 random bits, readable by
+/// the owner only) the first time.
+pub fn ensure_token(data_dir: &std::path::Path) -> std::io::Result<String> {
+    let path = data_dir.join(TOKEN_FILE);
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        let t = t.trim().to_string();
+        if !t.is_empty() {
+            return Ok(t);
+        }
+    }
+    let mut raw = [0u8; 32];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut raw)?;
+    let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    std::io::Write::write_all(&mut options.open(&path)?, token.as_bytes())?;
+    Ok(token)
+}
+
+/// Compares in time independent of where the first difference is.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Serves the management API on `listener` until `stop`.
+pub async fn serve(fabric: Arc<Fabric>, listener: TcpListener, token: String, stop: StopSignal) {
+    let token: Arc<str> = Arc::from(token);
+    loop {
+        let (stream, _) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "management API: accept failed");
+                    continue;
+                }
+            },
+            () = stop.requested() => return,
+        };
+        let fabric = fabric.clone();
+        let token = token.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let fabric = fabric.clone();
+                let token = token.clone();
+                async move { Ok::<_, Infallible>(handle(fabric, &token, req).await) }
+            });
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(hyper_util_io(stream), service)
+                .await
+            {
+                tracing::debug!(error = %e, "management API: connection ended with an error");
+            }
+        });
+    }
+}
+
+fn hyper_util_io(
+    stream: tokio::net::TcpStream,
+) -> wasmtime_wasi_http::io::TokioIo<tokio::net::TcpStream> {
+    wasmtime_wasi_http::io::TokioIo::new(stream)
+}
+
+fn query(req: &Request<Incoming>, key: &str) -> Option<String> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == key).then(|| v.to_string())
+    })
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, Reply> {
+    let body = http_body_util::Limited::new(req.into_body(), MAX_JSON_BYTES)
+        .collect()
+        .await
+        .map_err(|e| error(400, format!("reading the request: {e}")))?
+        .to_bytes();
+    serde_json::from_slice(&body).map_err(|e| {
+        error(
+            400,
+            format!("the request is not valid JSON for this call: {e}"),
+        )
+    })
+}
+
+async fn handle(fabric: Arc<Fabric>, token: &str, req: Request<Incoming>) -> Reply {
+    let given = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(t) if same(t.trim().as_bytes(), token.as_bytes()) => {}
+        Some(_) => return error(401, "wrong management token"),
+        None => {
+            return error(
+                401,
+                format!(
+                    "a management token is required (Authorization: Bearer; the host keeps it in <data dir>/{TOKEN_FILE})"
+                ),
+            );
+        }
+    }
+    let path: Vec<String> = req
+        .uri()
+        .path()
+        .trim_matches('/')
+        .split('/')
+        .map(str::to_string)
+        .collect();
+    let parts: Vec<&str> = path.iter().map(String::as_str).collect();
+    match (req.method().clone(), parts.as_slice()) {
+        (Method::GET, ["metrics"]) => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            super::metrics::render(&fabric),
+        ),
+        (Method::GET, ["v1", "services"]) => match serde_json::to_value(fabric.status()) {
+            Ok(v) => json(StatusCode::OK, &v),
+            Err(e) => error(500, e),
+        },
+        (Method::HEAD, ["v1", "files", sha]) => {
+            let status = if fabric.has_file(sha) {
+                StatusCode::OK
+            } else {
+                StatusCode::NOT_FOUND
+            };
+            reply(status, "text/plain", Bytes::new())
+        }
+        (Method::PUT, ["v1", "files", sha]) => {
+            let sha = sha.to_string();
+            upload(&fabric, &sha, req).await
+        }
+        (Method::POST, ["v1", "deploy"]) => {
+            let deployment: Deployment = match read_json(req).await {
+                Ok(d) => d,
+                Err(r) => return r,
+            };
+            let (tx, response) = streamed("application/x-ndjson");
+            tokio::spawn(async move {
+                let progress_tx = tx.clone();
+                let progress = move |line: String| {
+                    tracing::info!("{line}");
+                    let mut l = serde_json::json!({ "progress": line }).to_string();
+                    l.push('\n');
+                    let _ = progress_tx.send(Bytes::from(l));
+                };
+                let last = match fabric.deploy(deployment, &progress).await {
+                    Ok(name) => serde_json::json!({ "done": name }),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "deployment refused");
+                        serde_json::json!({ "error": e.to_string() })
+                    }
+                };
+                let _ = tx.send(Bytes::from(format!("{last}\n")));
+            });
+            response
+        }
+        (Method::POST, ["v1", "services", name, "scale"]) => {
+            #[derive(serde::Deserialize)]
+            struct Scale {
+                role: String,
+                instances: u32,
+            }
+            let name = name.to_string();
+            let s: Scale = match read_json(req).await {
+                Ok(s) => s,
+                Err(r) => return r,
+            };
+            match fabric.scale(&name, &s.role, s.instances).await {
+                Ok(()) => json(StatusCode::OK, &serde_json::json!({ "ok": true })),
+                Err(e) => error(e.status(), e),
+            }
+        }
+        (Method::POST, ["v1", "services", name, "stop"]) => match fabric.stop(name).await {
+            Ok(()) => json(StatusCode::OK, &serde_json::json!({ "ok": true })),
+            Err(e) => error(e.status(), e),
+        },
+        (Method::POST, ["v1", "services", name, "start"]) => {
+            match fabric.start(name, &|line| tracing::info!("{line}")).await {
+                Ok(()) => json(StatusCode::OK, &serde_json::json!({ "ok": true })),
+                Err(e) => error(e.status(), e),
+            }
+        }
+        (Method::DELETE, ["v1", "services", name]) => {
+            let purge = query(&req, "purge-storage").is_some_and(|v| v == "true");
+            match fabric.delete(name, purge).await {
+                Ok(()) => json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "ok": true, "storage_purged": purge }),
+                ),
+                Err(e) => error(e.status(), e),
+            }
+        }
+        (Method::GET, ["v1", "logs"]) => logs(&fabric, &req),
+        (_, ["v1", ..]) | (_, ["metrics"]) => error(
+            404,
+            format!("no such call: {} {}", req.method(), req.uri().path()),
+        ),
+        _ => error(
+            404,
+            format!("no such call: {} {}", req.method(), req.uri().path()),
+        ),
+    }
+}
+
+/// Streams the upload to a file in the data directory, hashing it on the way.
+async fn upload(fabric: &Fabric, sha: &str, req: Request<Incoming>) -> Reply {
+    if !super::valid_digest(sha) {
+        return error(400, super::FabricError::BadDigest(sha.to_string()));
+    }
+    let tmp = fabric.upload_path();
+    let mut file = match tokio::fs::File::create(&tmp).await {
+        Ok(f) => f,
+        Err(e) => return error(500, format!("{}: {e}", tmp.display())),
+    };
+    let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+    let mut body = req.into_body();
+    let mut total: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return error(400, format!("reading the upload: {e}"));
+            }
+        };
+        if let Ok(data) = frame.into_data() {
+            total += data.len() as u64;
+            if total > MAX_UPLOAD_BYTES {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return error(
+                    413,
+                    format!("an upload is at most {MAX_UPLOAD_BYTES} bytes"),
+                );
+            }
+            sha2::Digest::update(&mut hasher, &data);
+            if let Err(e) = file.write_all(&data).await {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return error(500, format!("{}: {e}", tmp.display()));
+            }
+        }
+    }
+    if let Err(e) = file.sync_all().await {
+        return error(500, format!("{}: {e}", tmp.display()));
+    }
+    drop(file);
+    let actual: String = sha2::Digest::finalize(hasher)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    match fabric.keep_file(sha, &tmp, &actual) {
+        Ok(()) => json(
+            StatusCode::CREATED,
+            &serde_json::json!({ "sha256": sha, "bytes": total }),
+        ),
+        Err(e) => error(e.status(), e),
+    }
+}
+
+fn format_line(l: &LogLine) -> Bytes {
+    Bytes::from(format!(
+        "{} {} {}: {}\n",
+        l.at_ms, l.instance, l.stream, l.text
+    ))
+}
+
+/// Recent guest output, filtered; with `follow=true`, then everything new as it comes.
+fn logs(fabric: &Fabric, req: &Request<Incoming>) -> Reply {
+    let service = query(req, "service");
+    let role = query(req, "role");
+    let instance = query(req, "instance");
+    let follow = query(req, "follow").is_some_and(|v| v == "true");
+    let wanted = move |l: &LogLine| {
+        service.as_deref().is_none_or(|s| *l.service == *s)
+            && role.as_deref().is_none_or(|r| l.role() == r)
+            && instance.as_deref().is_none_or(|i| *l.instance == *i)
+    };
+    // Subscribe before reading the recent lines, so nothing falls between.
+    let mut live = fabric.logs().follow();
+    let recent = fabric.logs().recent();
+    let (tx, response) = streamed("text/plain; charset=utf-8");
+    for l in recent.iter().filter(|l| wanted(l)) {
+        let _ = tx.send(format_line(l));
+    }
+    let sent = recent.last().map(|l| l.seq);
+    if follow {
+        tokio::spawn(async move {
+            loop {
+                match live.recv().await {
+                    Ok(l) => {
+                        // Lines pushed between subscribing and reading the recent ones come
+                        // here again: skip what was sent.
+                        if sent.is_some_and(|s| l.seq <= s) {
+                            continue;
+                        }
+                        if wanted(&l) && tx.send(format_line(&l)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        if tx
+                            .send(Bytes::from(format!(
+                                "[{n} lines skipped: the follower fell behind]\n"
+                            )))
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+    }
+    response
+}

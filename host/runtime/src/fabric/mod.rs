@@ -1,0 +1,851 @@
+//! The fabric: a host daemon that services are deployed to, scaled on, watched and upgraded
+//! while it runs (`rolehost serve`).
+//!
+//! - [`Fabric`] holds the host's services, one engine for all of them (one pool of instance
+//!   slots, one compile cache), one embedded storage database (an account per service) and
+//!   the hub of guest output. Every change is written to the data directory first, so a
+//!   restarted host brings its services back with their instance counts.
+//! - [`api`] is the management API (HTTP + JSON on loopback, a bearer token) the CLI talks to.
+//! - [`metrics`] renders the Prometheus text format.
+//!
+//! A deployment is content-addressed: component files (and TLS certificates and keys) are
+//! uploaded once by their SHA-256 and kept in `<data dir>/files`; a deployment names them.
+//!
+//! Architecture Invariant: nothing in a deployment starts until every role's component is
+//! compiled and checked against its role's world; a refused deployment changes nothing.
+
+pub mod api;
+pub mod metrics;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rolehost_storage::{Backend, RedbStore, StorageOptions};
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+
+use crate::engine::{EngineOptions, build_engine};
+use crate::guest_log::LogHub;
+use crate::manifest::{ComponentSource, Manifest};
+use crate::service::{Progress, Service, ServiceOptions};
+use crate::worker::{InstanceStatus, Phase};
+
+/// The file in the data directory that holds the management token.
+pub const TOKEN_FILE: &str = "management.token";
+/// The file in the data directory that holds the management API's address.
+pub const ADDRESS_FILE: &str = "management.url";
+/// Default most instances a host runs (all services together): the pool's size.
+pub const DEFAULT_MAX_INSTANCES: u32 = 4096;
+
+/// What went wrong in a fabric operation.
+#[derive(Debug, thiserror::Error)]
+pub enum FabricError {
+    /// No such service.
+    #[error("no service named {0:?} is deployed")]
+    NoService(String),
+    /// A deployment names a file that was not uploaded.
+    #[error("{what} (sha256 {sha}) was not uploaded")]
+    MissingFile {
+        /// What it is.
+        what: String,
+        /// Its digest.
+        sha: String,
+    },
+    /// An uploaded file does not have the digest it was sent under.
+    #[error("the upload's sha256 is {actual}, not {expected}")]
+    DigestMismatch {
+        /// The name it was sent under.
+        expected: String,
+        /// What it hashes to.
+        actual: String,
+    },
+    /// Not a SHA-256 in hex.
+    #[error("{0:?} is not a sha256 (64 lowercase hex digits)")]
+    BadDigest(String),
+    /// The manifest is invalid.
+    #[error("the manifest is invalid: {0}")]
+    Manifest(#[from] crate::error::ManifestError),
+    /// More instances than the host has room for.
+    #[error(
+        "{wanted} instances in all would exceed this host's capacity of {max} (rolehost serve --max-instances)"
+    )]
+    Capacity {
+        /// Instances asked for, all services together.
+        wanted: u64,
+        /// The host's capacity.
+        max: u32,
+    },
+    /// The service is stopped.
+    #[error("service {0} is stopped (rolehost start {0})")]
+    Stopped(String),
+    /// The runtime refused.
+    #[error(transparent)]
+    Runtime(#[from] crate::error::RuntimeError),
+    /// The data directory.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Storage.
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+impl FabricError {
+    /// The HTTP status the management API answers with.
+    pub fn status(&self) -> u16 {
+        match self {
+            FabricError::NoService(_) => 404,
+            FabricError::Stopped(_) => 409,
+            FabricError::Io { .. } | FabricError::Storage(_) => 500,
+            _ => 400,
+        }
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FabricError + '_ {
+    move |source| FabricError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The certificate and key of one HTTPS endpoint, by digest.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsDigests {
+    /// The certificate chain (PEM).
+    pub certificate: String,
+    /// The key (PEM).
+    pub key: String,
+}
+
+/// A deployment as the CLI sends it: the manifest's text and the digests of the files it
+/// needs (uploaded before).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployment {
+    /// `rolehost.toml`, as written.
+    pub manifest: String,
+    /// Each role's component.
+    pub components: BTreeMap<String, String>,
+    /// Each web role's HTTPS endpoints, in the manifest's order (HTTP endpoints: `None`).
+    #[serde(default)]
+    pub tls: BTreeMap<String, Vec<Option<TlsDigests>>>,
+}
+
+impl Deployment {
+    /// The deployment's id: the first 16 hex digits of the SHA-256 of what was deployed (the
+    /// manifest and its files), so the same deployment has the same id on every host and
+    /// across restarts.
+    pub fn id(&self) -> String {
+        let text = serde_json::to_vec(self).unwrap_or_default();
+        digest(&text)[..16].to_string()
+    }
+}
+
+/// What the host keeps of a service: its deployment, the instance counts it was scaled to,
+/// and whether it is stopped.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Record {
+    deployment: Deployment,
+    /// Instance counts changed by `scale` since the deployment.
+    #[serde(default)]
+    scaled: BTreeMap<String, u32>,
+    #[serde(default)]
+    stopped: bool,
+}
+
+/// A service's state as `rolehost status` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ServiceStatus {
+    /// Its name.
+    pub name: String,
+    /// `running` or `stopped`.
+    pub state: String,
+    /// The running deployment's id (empty when stopped).
+    pub deployment_id: String,
+    /// Its roles.
+    pub roles: Vec<RoleStatus>,
+    /// Every instance.
+    pub instances: Vec<InstanceView>,
+}
+
+/// A role of a service.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RoleStatus {
+    /// Its name.
+    pub name: String,
+    /// `worker` or `web`.
+    pub kind: String,
+    /// How many instances it should have.
+    pub instances: u32,
+    /// Where a web role answers.
+    pub endpoints: Vec<String>,
+}
+
+/// An instance, as `rolehost status` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct InstanceView {
+    /// Its id.
+    pub id: String,
+    /// Its role.
+    pub role: String,
+    /// starting, running, stopping, recycling, stopped.
+    pub state: String,
+    /// Times it was recycled.
+    pub restarts: u32,
+    /// Why it was last recycled.
+    pub last_recycle_reason: Option<String>,
+    /// Fuel used in all.
+    pub fuel: u64,
+    /// Its CPU share, fuel per second.
+    pub fuel_per_sec: u64,
+    /// Linear memory, bytes.
+    pub memory_bytes: u64,
+    /// Its memory cap.
+    pub memory_cap: u64,
+    /// Local resources, bytes.
+    pub disk_bytes: u64,
+    /// Their quota.
+    pub disk_quota: u64,
+    /// Requests answered (web).
+    pub requests: u64,
+    /// Messages deleted.
+    pub messages_processed: u64,
+    /// Messages received again (dequeue count over 1).
+    pub redeliveries: u64,
+}
+
+/// The name of a phase, as status shows it.
+pub fn phase_name(p: Phase) -> &'static str {
+    match p {
+        Phase::Starting => "starting",
+        Phase::Running => "running",
+        Phase::Stopping => "stopping",
+        Phase::Recycling => "recycling",
+        Phase::Stopped => "stopped",
+    }
+}
+
+impl From<&InstanceStatus> for InstanceView {
+    fn from(s: &InstanceStatus) -> Self {
+        InstanceView {
+            id: s.instance_id.clone(),
+            role: s.role.clone(),
+            state: phase_name(s.phase).to_string(),
+            restarts: s.restarts,
+            last_recycle_reason: s.last_recycle_reason.clone(),
+            fuel: s.usage.fuel,
+            fuel_per_sec: s.usage.fuel_per_sec,
+            memory_bytes: s.usage.memory_bytes,
+            memory_cap: s.usage.memory_cap,
+            disk_bytes: s.usage.disk_bytes,
+            disk_quota: s.usage.disk_quota,
+            requests: s.usage.requests,
+            messages_processed: s.usage.messages_processed,
+            redeliveries: s.usage.redeliveries,
+        }
+    }
+}
+
+/// How to run a host.
+#[derive(Clone, Debug)]
+pub struct FabricOptions {
+    /// Where everything lives: storage, files, service records, local resources, the token.
+    pub data_dir: PathBuf,
+    /// Most instances, all services together.
+    pub max_instances: u32,
+}
+
+/// What status reads of a service without waiting for an operation in progress.
+type View = (Record, Option<Arc<Service>>);
+
+struct Hosted {
+    record: Record,
+    service: Option<Arc<Service>>,
+}
+
+/// A host and its services.
+pub struct Fabric {
+    data_dir: PathBuf,
+    engine: wasmtime::Engine,
+    storage: Arc<RedbStore>,
+    logs: Arc<LogHub>,
+    max_instances: u32,
+    /// Operations on services, one at a time (a deploy may take a while; status does not wait
+    /// for it: it reads `view`).
+    services: tokio::sync::Mutex<BTreeMap<String, Hosted>>,
+    view: std::sync::Mutex<BTreeMap<String, View>>,
+}
+
+/// Is `s` a SHA-256 in lowercase hex?
+pub fn valid_digest(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// The SHA-256 of `bytes`, in lowercase hex.
+pub fn digest(bytes: &[u8]) -> String {
+    let d = sha2::Sha256::digest(bytes);
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Fabric {
+    /// Opens the host's data directory (creating it), and brings back the services that were
+    /// running when the host last stopped.
+    pub async fn open(
+        options: FabricOptions,
+        progress: Progress<'_>,
+    ) -> Result<Arc<Fabric>, FabricError> {
+        let data_dir = std::path::absolute(&options.data_dir).map_err(io(&options.data_dir))?;
+        for sub in ["files", "services"] {
+            let d = data_dir.join(sub);
+            std::fs::create_dir_all(&d).map_err(io(&d))?;
+        }
+        let db = data_dir.join(crate::service::DATABASE_FILE);
+        let storage = RedbStore::open(&db, StorageOptions::default()).map_err(|e| {
+            FabricError::Storage(format!(
+                "{}: {e} (is another rolehost using this data directory?)",
+                db.display()
+            ))
+        })?;
+        let engine = build_engine(&EngineOptions {
+            cache_dir: Some(data_dir.join("cache")),
+            metering: true,
+            // Headroom for upgrades: an upgraded web instance's replacement starts while the
+            // old one finishes its request.
+            pool_capacity: Some(
+                options
+                    .max_instances
+                    .saturating_add(options.max_instances / 8 + 16),
+            ),
+        })
+        .map_err(|e| crate::error::RuntimeError::Engine(format!("{e:#}")))?;
+        let fabric = Arc::new(Fabric {
+            data_dir,
+            engine,
+            storage: Arc::new(storage),
+            logs: Arc::new(LogHub::default()),
+            max_instances: options.max_instances,
+            services: tokio::sync::Mutex::new(BTreeMap::new()),
+            view: std::sync::Mutex::new(BTreeMap::new()),
+        });
+        fabric.restore(progress).await?;
+        Ok(fabric)
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The hub of guest output.
+    pub fn logs(&self) -> &Arc<LogHub> {
+        &self.logs
+    }
+
+    /// The host's storage.
+    pub fn storage(&self) -> Arc<dyn Backend> {
+        self.storage.clone()
+    }
+
+    fn record_path(&self, name: &str) -> PathBuf {
+        self.data_dir.join("services").join(format!("{name}.json"))
+    }
+
+    /// Where the file with `sha` is kept.
+    pub fn file_path(&self, sha: &str) -> PathBuf {
+        self.data_dir.join("files").join(sha)
+    }
+
+    /// Whether the file with `sha` was uploaded.
+    pub fn has_file(&self, sha: &str) -> bool {
+        valid_digest(sha) && self.file_path(sha).is_file()
+    }
+
+    /// Keeps an uploaded file, written to `tmp` (in the data directory) already, if it hashes
+    /// to `sha`.
+    pub fn keep_file(&self, sha: &str, tmp: &Path, actual: &str) -> Result<(), FabricError> {
+        if !valid_digest(sha) {
+            let _ = std::fs::remove_file(tmp);
+            return Err(FabricError::BadDigest(sha.to_string()));
+        }
+        if actual != sha {
+            let _ = std::fs::remove_file(tmp);
+            return Err(FabricError::DigestMismatch {
+                expected: sha.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+        let path = self.file_path(sha);
+        std::fs::rename(tmp, &path).map_err(io(&path))
+    }
+
+    /// A temporary file for an upload.
+    pub fn upload_path(&self) -> PathBuf {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.data_dir
+            .join("files")
+            .join(format!(".upload-{}-{n}", std::process::id()))
+    }
+
+    /// Writes a record atomically (a crash leaves the old one or the new one).
+    fn save(&self, name: &str, record: &Record) -> Result<(), FabricError> {
+        let path = self.record_path(name);
+        let tmp = path.with_extension("json.tmp");
+        let text =
+            serde_json::to_vec_pretty(record).map_err(|e| FabricError::Storage(e.to_string()))?;
+        std::fs::write(&tmp, text).map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io(&path))
+    }
+
+    /// Turns a deployment into a manifest whose files are the uploaded ones, applying the
+    /// instance counts in `scaled`.
+    fn resolve(
+        &self,
+        deployment: &Deployment,
+        scaled: &BTreeMap<String, u32>,
+    ) -> Result<(Manifest, BTreeMap<String, PathBuf>), FabricError> {
+        let base = self.data_dir.join("services").join("rolehost.toml");
+        let mut manifest = Manifest::parse(&deployment.manifest, &base)?;
+        let mut components = BTreeMap::new();
+        for (name, spec) in manifest.roles.iter_mut() {
+            let sha = deployment
+                .components
+                .get(name)
+                .ok_or_else(|| FabricError::MissingFile {
+                    what: format!("the component of role {name}"),
+                    sha: "(none given)".into(),
+                })?;
+            if !self.has_file(sha) {
+                return Err(FabricError::MissingFile {
+                    what: format!("the component of role {name}"),
+                    sha: sha.clone(),
+                });
+            }
+            let path = self.file_path(sha);
+            spec.source = ComponentSource::File(path.clone());
+            components.insert(name.clone(), path);
+            let tls = deployment.tls.get(name);
+            for (i, e) in spec.web.endpoints.iter_mut().enumerate() {
+                if let Some(files) = &mut e.tls {
+                    let d = tls
+                        .and_then(|t| t.get(i))
+                        .and_then(Option::as_ref)
+                        .ok_or_else(|| FabricError::MissingFile {
+                            what: format!(
+                                "the certificate of role {name}'s endpoint {}",
+                                e.address
+                            ),
+                            sha: "(none given)".into(),
+                        })?;
+                    for (what, sha) in [("certificate", &d.certificate), ("key", &d.key)] {
+                        if !self.has_file(sha) {
+                            return Err(FabricError::MissingFile {
+                                what: format!("the {what} of role {name}'s endpoint {}", e.address),
+                                sha: sha.clone(),
+                            });
+                        }
+                    }
+                    files.certificate = self.file_path(&d.certificate);
+                    files.key = self.file_path(&d.key);
+                }
+            }
+            if let Some(n) = scaled.get(name) {
+                spec.instances = *n;
+            }
+        }
+        Ok((manifest, components))
+    }
+
+    /// Instances of every service but `except`.
+    fn instances_besides(services: &BTreeMap<String, Hosted>, except: &str) -> u64 {
+        services
+            .iter()
+            .filter(|(n, h)| n.as_str() != except && h.service.is_some())
+            .map(|(_, h)| {
+                h.service.as_ref().map_or(0, |s| {
+                    s.instance_counts().values().map(|n| u64::from(*n)).sum()
+                })
+            })
+            .sum()
+    }
+
+    fn check_capacity(
+        &self,
+        services: &BTreeMap<String, Hosted>,
+        name: &str,
+        wanted: u64,
+    ) -> Result<(), FabricError> {
+        let total = Self::instances_besides(services, name) + wanted;
+        if total > u64::from(self.max_instances) {
+            return Err(FabricError::Capacity {
+                wanted: total,
+                max: self.max_instances,
+            });
+        }
+        Ok(())
+    }
+
+    fn publish(&self, services: &BTreeMap<String, Hosted>) {
+        let mut view = self.view.lock().unwrap_or_else(|p| p.into_inner());
+        *view = services
+            .iter()
+            .map(|(n, h)| (n.clone(), (h.record.clone(), h.service.clone())))
+            .collect();
+    }
+
+    /// Deploys a service: a new one starts; a running one is upgraded in place, rolling.
+    /// Everything is checked before anything changes. Returns the service's name.
+    pub async fn deploy(
+        &self,
+        deployment: Deployment,
+        progress: Progress<'_>,
+    ) -> Result<String, FabricError> {
+        let (manifest, components) = self.resolve(&deployment, &BTreeMap::new())?;
+        let name = manifest.service.clone();
+        let wanted: u64 = manifest
+            .roles
+            .values()
+            .map(|r| u64::from(r.instances))
+            .sum();
+        let mut services = self.services.lock().await;
+        self.check_capacity(&services, &name, wanted)?;
+        let running = services.get(&name).and_then(|h| h.service.clone());
+        let record = Record {
+            deployment,
+            scaled: BTreeMap::new(),
+            stopped: false,
+        };
+        match running {
+            Some(service) => {
+                progress(format!("upgrading service {name} in place"));
+                let id = record.deployment.id();
+                service
+                    .upgrade(&manifest, &components, Some(id), progress)
+                    .await?;
+                self.save(&name, &record)?;
+                services.insert(
+                    name.clone(),
+                    Hosted {
+                        record,
+                        service: Some(service),
+                    },
+                );
+            }
+            None => {
+                progress(format!("starting service {name}"));
+                let service = self
+                    .start_service(&record.deployment, &manifest, &components, progress)
+                    .await?;
+                self.save(&name, &record)?;
+                services.insert(
+                    name.clone(),
+                    Hosted {
+                        record,
+                        service: Some(Arc::new(service)),
+                    },
+                );
+            }
+        }
+        self.publish(&services);
+        progress(format!("service {name} is running"));
+        Ok(name)
+    }
+
+    async fn start_service(
+        &self,
+        deployment: &Deployment,
+        manifest: &Manifest,
+        components: &BTreeMap<String, PathBuf>,
+        progress: Progress<'_>,
+    ) -> Result<Service, FabricError> {
+        let options = ServiceOptions {
+            deployment_id: Some(deployment.id()),
+            data_dir: self.data_dir.join("services").join(&manifest.service),
+            engine: Some(self.engine.clone()),
+            logs: Some(self.logs.clone()),
+            ..ServiceOptions::default()
+        };
+        Ok(Service::start_with_progress(
+            manifest,
+            components,
+            self.storage.clone(),
+            options,
+            progress,
+        )
+        .await?)
+    }
+
+    /// Brings back every service that was running when the host stopped.
+    async fn restore(&self, progress: Progress<'_>) -> Result<(), FabricError> {
+        let dir = self.data_dir.join("services");
+        let mut records = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(io(&dir))? {
+            let path = entry.map_err(io(&dir))?.path();
+            if path.extension().is_some_and(|e| e == "json") {
+                let text = std::fs::read(&path).map_err(io(&path))?;
+                match serde_json::from_slice::<Record>(&text) {
+                    Ok(r) => records.push(r),
+                    Err(e) => {
+                        tracing::error!(file = %path.display(), error = %e, "unreadable service record; skipped")
+                    }
+                }
+            }
+        }
+        let mut services = self.services.lock().await;
+        for record in records {
+            let (manifest, components) = match self.resolve(&record.deployment, &record.scaled) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "a deployed service cannot be brought back");
+                    continue;
+                }
+            };
+            let name = manifest.service.clone();
+            let service = if record.stopped {
+                None
+            } else {
+                progress(format!("bringing back service {name}"));
+                match self
+                    .start_service(&record.deployment, &manifest, &components, progress)
+                    .await
+                {
+                    Ok(s) => Some(Arc::new(s)),
+                    Err(e) => {
+                        tracing::error!(service = %name, error = %e, "could not start a deployed service");
+                        None
+                    }
+                }
+            };
+            services.insert(name, Hosted { record, service });
+        }
+        self.publish(&services);
+        Ok(())
+    }
+
+    /// Sets the instance count of a role of a running service.
+    pub async fn scale(&self, name: &str, role: &str, n: u32) -> Result<(), FabricError> {
+        let mut services = self.services.lock().await;
+        let hosted = services
+            .get(name)
+            .ok_or_else(|| FabricError::NoService(name.to_string()))?;
+        let service = hosted
+            .service
+            .clone()
+            .ok_or_else(|| FabricError::Stopped(name.to_string()))?;
+        let mut counts = service.instance_counts();
+        if !counts.contains_key(role) {
+            // Let the service name the roles it has.
+            service.scale(role, n).await?;
+        }
+        counts.insert(role.to_string(), n);
+        let wanted: u64 = counts.values().map(|n| u64::from(*n)).sum();
+        self.check_capacity(&services, name, wanted)?;
+        let mut record = hosted.record.clone();
+        record.scaled.insert(role.to_string(), n);
+        // Written first: a host that dies mid-scale comes back at the new count.
+        self.save(name, &record)?;
+        service.scale(role, n).await?;
+        if let Some(h) = services.get_mut(name) {
+            h.record = record;
+        }
+        self.publish(&services);
+        Ok(())
+    }
+
+    /// Stops every instance of a service; it stays deployed (and stopped across restarts).
+    pub async fn stop(&self, name: &str) -> Result<(), FabricError> {
+        let mut services = self.services.lock().await;
+        let hosted = services
+            .get_mut(name)
+            .ok_or_else(|| FabricError::NoService(name.to_string()))?;
+        hosted.record.stopped = true;
+        self.save(name, &hosted.record)?;
+        if let Some(service) = hosted.service.take() {
+            service.stop().await;
+        }
+        self.publish(&services);
+        Ok(())
+    }
+
+    /// Starts a stopped service again, with the instance counts it had.
+    pub async fn start(&self, name: &str, progress: Progress<'_>) -> Result<(), FabricError> {
+        let mut services = self.services.lock().await;
+        let hosted = services
+            .get(name)
+            .ok_or_else(|| FabricError::NoService(name.to_string()))?;
+        if hosted.service.is_some() {
+            return Ok(());
+        }
+        let mut record = hosted.record.clone();
+        let (manifest, components) = self.resolve(&record.deployment, &record.scaled)?;
+        let wanted: u64 = manifest
+            .roles
+            .values()
+            .map(|r| u64::from(r.instances))
+            .sum();
+        self.check_capacity(&services, name, wanted)?;
+        let service = self
+            .start_service(&record.deployment, &manifest, &components, progress)
+            .await?;
+        record.stopped = false;
+        self.save(name, &record)?;
+        services.insert(
+            name.to_string(),
+            Hosted {
+                record,
+                service: Some(Arc::new(service)),
+            },
+        );
+        self.publish(&services);
+        Ok(())
+    }
+
+    /// Stops and forgets a service. Its storage account (blobs, queues, tables) is deleted
+    /// only when `purge_storage` says so.
+    pub async fn delete(&self, name: &str, purge_storage: bool) -> Result<(), FabricError> {
+        let mut services = self.services.lock().await;
+        let hosted = services
+            .remove(name)
+            .ok_or_else(|| FabricError::NoService(name.to_string()))?;
+        if let Some(service) = hosted.service {
+            service.stop().await;
+        }
+        let path = self.record_path(name);
+        std::fs::remove_file(&path).map_err(io(&path))?;
+        let local = self.data_dir.join("services").join(name);
+        if local.exists() {
+            std::fs::remove_dir_all(&local).map_err(io(&local))?;
+        }
+        if purge_storage {
+            purge_account(&*self.storage, name)?;
+        }
+        self.publish(&services);
+        Ok(())
+    }
+
+    /// Every service's status.
+    pub fn status(&self) -> Vec<ServiceStatus> {
+        let view = self.view.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        view.into_iter()
+            .map(|(name, (record, service))| {
+                let parsed = self.resolve(&record.deployment, &record.scaled).ok();
+                let (state, deployment_id, instances, counts, endpoints) = match &service {
+                    Some(s) => (
+                        "running",
+                        s.deployment_id(),
+                        s.status().iter().map(InstanceView::from).collect(),
+                        s.instance_counts(),
+                        s.endpoints(),
+                    ),
+                    None => (
+                        "stopped",
+                        String::new(),
+                        Vec::new(),
+                        BTreeMap::new(),
+                        Vec::new(),
+                    ),
+                };
+                let roles = parsed
+                    .map(|(m, _)| {
+                        m.roles
+                            .values()
+                            .map(|r| RoleStatus {
+                                name: r.name.clone(),
+                                kind: match r.kind {
+                                    crate::manifest::RoleKind::Worker => "worker".into(),
+                                    crate::manifest::RoleKind::Web => "web".into(),
+                                },
+                                instances: counts.get(&r.name).copied().unwrap_or(r.instances),
+                                endpoints: endpoints
+                                    .iter()
+                                    .filter(|(role, _)| *role == r.name)
+                                    .map(|(_, a)| a.to_string())
+                                    .collect(),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                ServiceStatus {
+                    name,
+                    state: state.into(),
+                    deployment_id,
+                    roles,
+                    instances,
+                }
+            })
+            .collect()
+    }
+
+    /// The running services.
+    pub fn running(&self) -> Vec<Arc<Service>> {
+        let view = self.view.lock().unwrap_or_else(|p| p.into_inner());
+        view.values().filter_map(|(_, s)| s.clone()).collect()
+    }
+
+    /// Stops every service (the host is shutting down); their records stay, so they come
+    /// back when the host starts again.
+    pub async fn shutdown(&self) {
+        let mut services = self.services.lock().await;
+        for (name, h) in services.iter_mut() {
+            if let Some(s) = h.service.take() {
+                tracing::info!(service = %name, "stopping");
+                s.stop().await;
+            }
+        }
+        self.publish(&services);
+    }
+}
+
+/// Deletes every container, queue and table of account `name`.
+fn purge_account(storage: &dyn Backend, name: &str) -> Result<(), FabricError> {
+    use rolehost_storage::ListOptions;
+    let account = rolehost_storage::AccountName::new(name.to_string())
+        .map_err(|e| FabricError::Storage(e.to_string()))?;
+    let err =
+        |e: &dyn std::fmt::Display| FabricError::Storage(format!("purging account {name}: {e}"));
+    loop {
+        let page = storage
+            .list_containers(&account, &ListOptions::default())
+            .map_err(|e| err(&e))?;
+        if page.items.is_empty() {
+            break;
+        }
+        for c in page.items {
+            storage
+                .delete_container(&account, &c.name, &Default::default(), None)
+                .map_err(|e| err(&e))?;
+        }
+    }
+    loop {
+        let page = storage
+            .list_queues(&account, &ListOptions::default())
+            .map_err(|e| err(&e))?;
+        if page.items.is_empty() {
+            break;
+        }
+        for q in page.items {
+            storage
+                .delete_queue(&account, &q.name)
+                .map_err(|e| err(&e))?;
+        }
+    }
+    loop {
+        let page = storage
+            .list_tables(&account, &ListOptions::default())
+            .map_err(|e| err(&e))?;
+        if page.items.is_empty() {
+            break;
+        }
+        for t in page.items {
+            storage.delete_table(&account, &t).map_err(|e| err(&e))?;
+        }
+    }
+    Ok(())
+}
