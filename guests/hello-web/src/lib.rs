@@ -48,9 +48,13 @@ impl wasip2::exports::http::incoming_handler::Guest for Hello {
             outcome
         } else {
             // A `version` setting, when the manifest gives one, says which deployment answered.
-            let version = rolehost_sdk::env::setting("version")
-                .map(|v| format!(", version {v}"))
-                .unwrap_or_default();
+            // Settings do not change during an instance's life: read once.
+            static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+            let version = VERSION.get_or_init(|| {
+                rolehost_sdk::env::setting("version")
+                    .map(|v| format!(", version {v}"))
+                    .unwrap_or_default()
+            });
             format!(
                 "hello from {} (request {n}{version})\n",
                 rolehost_sdk::env::instance_id()

@@ -73,7 +73,10 @@ pub(crate) fn fabric_child(component: &str) {
         let started = Instant::now();
         fabric.deploy(deployment, &|_| {}).await.expect("deploy");
         all_running(&fabric, 100).await;
-        line("deploy_100_s", format!("{:.3}", started.elapsed().as_secs_f64()));
+        line(
+            "deploy_100_s",
+            format!("{:.3}", started.elapsed().as_secs_f64()),
+        );
         let started = Instant::now();
         fabric.scale("bench", "Idle", 1000).await.expect("scale");
         all_running(&fabric, 1000).await;

@@ -96,8 +96,9 @@ pub struct WebRole {
 pub struct WebMetrics {
     /// Requests answered, by status class (index 1 = 1xx ... 5 = 5xx).
     pub by_class: [AtomicU64; 6],
-    /// Latency histogram: counts of requests at most [`LATENCY_BUCKETS`]`[i]` seconds.
-    pub buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    /// Latency histogram: counts of requests over [`LATENCY_BUCKETS`]`[i-1]` and at most
+    /// `[i]` seconds (the last: over all bounds). Cumulated when rendered.
+    pub buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     /// Sum of latencies, microseconds.
     pub sum_us: AtomicU64,
     /// Requests in all.
@@ -114,11 +115,8 @@ impl WebMetrics {
         let class = usize::from(status.as_u16() / 100).min(5);
         self.by_class[class].fetch_add(1, Ordering::Relaxed);
         let secs = elapsed.as_secs_f64();
-        for (bound, count) in LATENCY_BUCKETS.iter().zip(&self.buckets) {
-            if secs <= *bound {
-                count.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        let bucket = LATENCY_BUCKETS.partition_point(|bound| *bound < secs);
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
         let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         self.sum_us.fetch_add(us, Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
@@ -526,16 +524,18 @@ impl WebRole {
         let this = self.clone();
         let task = tokio::spawn(async move {
             let (index, generation) = (instance.index, instance.generation);
-            let usage = this.usage_of(index, generation);
             let call = instance.proxy.wasi_http_incoming_handler().call_handle(
                 &mut instance.store,
                 req,
                 out,
             );
             let outcome = tokio::time::timeout(timeout, call).await;
-            if let Some(u) = usage {
-                u.requests.fetch_add(1, Ordering::Relaxed);
-            }
+            instance
+                .store
+                .data()
+                .usage
+                .requests
+                .fetch_add(1, Ordering::Relaxed);
             match outcome {
                 Ok(Ok(())) => {
                     this.release(instance);
@@ -577,15 +577,6 @@ impl WebRole {
                 ),
             },
         }
-    }
-
-    /// The usage counters of slot `index`, if it still runs `generation`.
-    fn usage_of(&self, index: usize, generation: u64) -> Option<Arc<UsageCell>> {
-        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        slots
-            .get(&index)
-            .filter(|s| s.generation == generation)
-            .map(|s| s.usage.clone())
     }
 
     /// Notes that the instance of slot `index` failed, and makes a new one after the backoff
