@@ -394,6 +394,25 @@ fn invalid_components_are_refused_and_change_nothing() {
         "{err}"
     );
 
+    // A component that imports what no host provides: the import is named.
+    let stray = rolehost_tests::guest("stray_import");
+    std::fs::write(
+        bad.join("rolehost.toml"),
+        format!(
+            "[service]\nname = \"other\"\n[roles.W]\nkind = \"worker\"\ncomponent = {:?}\n",
+            stray.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = host.cli(&["deploy", bad.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("imports something the host does not provide")
+            && err.contains("test:stray/thing"),
+        "{err}"
+    );
+
     // The running version was not touched, and the refused service never appeared.
     let r = tokio::runtime::Runtime::new()
         .unwrap()
@@ -531,4 +550,131 @@ fn a_restarted_host_brings_its_services_back_with_their_instance_counts() {
     let out = host.ok(&["delete", "lasting"]);
     assert!(out.contains("storage account is kept"), "{out}");
     assert_eq!(host.status().as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn metrics_and_logs_follow_a_working_service_and_delete_can_purge_its_storage() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("host");
+    let mut host = Host::start(&data);
+    let svc = dir.path().join("svc");
+    std::fs::create_dir_all(&svc).unwrap();
+    std::fs::write(
+        svc.join("rolehost.toml"),
+        format!(
+            "[service]\nname = \"busy\"\n\
+             [roles.Producer]\nkind = \"worker\"\ncomponent = {:?}\n\
+             [roles.Producer.settings]\ninterval-ms = 100\n\
+             [roles.Counter]\nkind = \"worker\"\ncomponent = {:?}\ninstances = 2\n",
+            rolehost_tests::guest("producer").display().to_string(),
+            rolehost_tests::guest("counter").display().to_string(),
+        ),
+    )
+    .unwrap();
+    host.ok(&["deploy", svc.to_str().unwrap()]);
+
+    // Metrics: the counters process messages, the thumbnail queue (no consumer) fills.
+    let token = std::fs::read_to_string(data.join("management.token")).unwrap();
+    let api: SocketAddr = host.url().strip_prefix("http://").unwrap().parse().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let metrics = || {
+        let raw = format!(
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        );
+        rt.block_on(rolehost_tests::http_request(api, raw.as_bytes()))
+            .unwrap()
+            .body
+    };
+    let value = |text: &str, prefix: &str| -> u64 {
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let m = metrics();
+        let processed = value(
+            &m,
+            "rolehost_instance_messages_processed_total{service=\"busy\",role=\"Counter\"",
+        );
+        let waiting = value(
+            &m,
+            "rolehost_queue_messages{service=\"busy\",queue=\"thumbnails\"}",
+        );
+        let fuel = value(
+            &m,
+            "rolehost_instance_fuel_total{service=\"busy\",role=\"Producer\"",
+        );
+        if processed >= 3 && waiting >= 3 && fuel > 0 {
+            assert!(
+                m.contains("# TYPE rolehost_instance_redeliveries_total counter"),
+                "{m}"
+            );
+            assert!(m.contains("rolehost_instance_memory_bytes{service=\"busy\",role=\"Counter\",instance=\"Counter_IN_1\"}"), "{m}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "metrics did not move:\n{m}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Logs: recent lines, filtered by role; following sees new lines as they come.
+    let logs = host.ok(&["logs", "busy", "--role", "Producer"]);
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("Producer_IN_0") && l.contains("asked for its thumbnail")),
+        "{logs}"
+    );
+    assert!(
+        !logs.contains("Counter_IN_"),
+        "filtered to the role: {logs}"
+    );
+    let mut follow = Command::new(env!("CARGO_BIN_EXE_rolehost"))
+        .args(["logs", "busy", "--instance", "Producer_IN_0", "--follow"])
+        .env("ROLEHOST_HOST_DATA_DIR", &data)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    // A line the first listing did not have must arrive: the producer makes one every 100 ms.
+    let before: BTreeSet<String> = logs.lines().map(str::to_string).collect();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if !before.contains(&line) && tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let new = rx.recv_timeout(Duration::from_secs(30));
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let new = new.expect("a new line while following");
+    assert!(
+        new.contains("Producer_IN_0") && new.contains("made"),
+        "{new}"
+    );
+
+    // Delete with --purge-storage removes the account's queues and containers.
+    let out = host.ok(&["delete", "busy", "--purge-storage"]);
+    assert!(out.contains("and its storage account"), "{out}");
+    host.stop();
+    let out = Command::new(env!("CARGO_BIN_EXE_rolehost"))
+        .args(["storage", "--account", "busy", "--data-dir"])
+        .arg(&data)
+        .args(["queue", "list"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "",
+        "no queues left"
+    );
 }
