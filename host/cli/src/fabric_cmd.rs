@@ -122,15 +122,7 @@ pub(crate) async fn deploy(
             Some("application/json"),
         )
         .await?;
-    let status = resp.status();
-    let mut body = resp.into_body();
-    if !status.is_success() {
-        let bytes = body.collect().await?.to_bytes();
-        bail!(
-            "the host refused the deployment ({status}): {}",
-            String::from_utf8_lossy(&bytes)
-        );
-    }
+    let mut body = accepted(resp).await?;
     // Progress lines as they come; the last says how it ended.
     let mut pending = Vec::new();
     while let Some(frame) = body.frame().await {
@@ -152,6 +144,22 @@ pub(crate) async fn deploy(
         }
     }
     bail!("the host closed the connection before the deployment ended (see its log)")
+}
+
+/// The body of a response the host accepted; otherwise an error with its message.
+async fn accepted(
+    resp: hyper::Response<hyper::body::Incoming>,
+) -> anyhow::Result<hyper::body::Incoming> {
+    let status = resp.status();
+    let body = resp.into_body();
+    if status.is_success() {
+        return Ok(body);
+    }
+    let bytes = body.collect().await?.to_bytes();
+    bail!(
+        "the host refused ({status}): {}",
+        String::from_utf8_lossy(&bytes)
+    )
 }
 
 /// `rolehost scale`.
@@ -323,15 +331,7 @@ pub(crate) async fn logs(
     let resp = Client::new(host)?
         .send(Method::GET, &q, ApiBody::Whole(None), None)
         .await?;
-    let status = resp.status();
-    let mut body = resp.into_body();
-    if !status.is_success() {
-        let bytes = body.collect().await?.to_bytes();
-        bail!(
-            "the host refused ({status}): {}",
-            String::from_utf8_lossy(&bytes)
-        );
-    }
+    let mut body = accepted(resp).await?;
     use std::io::Write;
     let mut out = std::io::stdout();
     while let Some(frame) = body.frame().await {

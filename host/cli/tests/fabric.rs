@@ -80,6 +80,21 @@ impl Host {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// `GET path` on the management API with the host's token; the body.
+    fn api_get(&self, path: &str) -> String {
+        let token = std::fs::read_to_string(self.dir.join("management.token")).unwrap();
+        let api: SocketAddr = self.url().strip_prefix("http://").unwrap().parse().unwrap();
+        let raw = format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        );
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let r = rt
+            .block_on(rolehost_tests::http_request(api, raw.as_bytes()))
+            .unwrap();
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        r.body
+    }
+
     fn status(&self) -> serde_json::Value {
         serde_json::from_str(&self.ok(&["status", "--json"])).unwrap()
     }
@@ -343,70 +358,49 @@ fn invalid_components_are_refused_and_change_nothing() {
     host.wait_running("guarded", "Web", 1);
     let addr = host.endpoint("guarded", "Web");
 
+    // Each refused deployment names what is wrong.
+    let bad = dir.path().join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    let refused = |service: &str, kind: &str, component: &Path| -> String {
+        let endpoint = if kind == "web" {
+            "[[roles.R.endpoints]]\nport = 0\n"
+        } else {
+            ""
+        };
+        std::fs::write(
+            bad.join("rolehost.toml"),
+            format!(
+                "[service]\nname = \"{service}\"\n[roles.R]\nkind = \"{kind}\"\ncomponent = {:?}\n{endpoint}",
+                component.display().to_string()
+            ),
+        )
+        .unwrap();
+        let out = host.cli(&["deploy", bad.to_str().unwrap()]);
+        assert!(!out.status.success(), "deployed {component:?} as {kind}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
     // Not a component at all.
     let junk = dir.path().join("junk.wasm");
     std::fs::write(&junk, b"this is not wasm").unwrap();
-    let bad = dir.path().join("bad");
-    std::fs::create_dir_all(&bad).unwrap();
-    std::fs::write(
-        bad.join("rolehost.toml"),
-        format!("[service]\nname = \"guarded\"\n[roles.Web]\nkind = \"web\"\ncomponent = {:?}\n[[roles.Web.endpoints]]\nport = 0\n", junk.display().to_string()),
-    )
-    .unwrap();
-    let out = host.cli(&["deploy", bad.to_str().unwrap()]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let err = refused("guarded", "web", &junk);
     assert!(
-        err.contains("role Web") && err.contains("not a valid component"),
+        err.contains("role R") && err.contains("not a valid component"),
         "{err}"
     );
-
     // A worker role's component deployed as a web role: the export is named.
-    let counter = rolehost_tests::guest("counter");
-    std::fs::write(
-        bad.join("rolehost.toml"),
-        format!("[service]\nname = \"guarded\"\n[roles.Web]\nkind = \"web\"\ncomponent = {:?}\n[[roles.Web.endpoints]]\nport = 0\n", counter.display().to_string()),
-    )
-    .unwrap();
-    let out = host.cli(&["deploy", bad.to_str().unwrap()]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let err = refused("guarded", "web", &rolehost_tests::guest("counter"));
     assert!(
         err.contains("must export wasi:http/incoming-handler"),
         "{err}"
     );
-
     // A web component deployed as a worker: the missing world is named.
-    let hello = rolehost_tests::guest("hello_web");
-    std::fs::write(
-        bad.join("rolehost.toml"),
-        format!(
-            "[service]\nname = \"other\"\n[roles.W]\nkind = \"worker\"\ncomponent = {:?}\n",
-            hello.display().to_string()
-        ),
-    )
-    .unwrap();
-    let out = host.cli(&["deploy", bad.to_str().unwrap()]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let err = refused("other", "worker", &rolehost_tests::guest("hello_web"));
     assert!(
         err.contains("is not a worker role (rolehost:platform/worker-role)"),
         "{err}"
     );
-
     // A component that imports what no host provides: the import is named.
-    let stray = rolehost_tests::guest("stray_import");
-    std::fs::write(
-        bad.join("rolehost.toml"),
-        format!(
-            "[service]\nname = \"other\"\n[roles.W]\nkind = \"worker\"\ncomponent = {:?}\n",
-            stray.display().to_string()
-        ),
-    )
-    .unwrap();
-    let out = host.cli(&["deploy", bad.to_str().unwrap()]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let err = refused("other", "worker", &rolehost_tests::guest("stray_import"));
     assert!(
         err.contains("imports something the host does not provide")
             && err.contains("test:stray/thing"),
@@ -458,14 +452,7 @@ fn management_calls_without_the_token_are_refused() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("wrong management token"));
     // With the token (read from the data directory), it works; the token file is private.
-    let token = std::fs::read_to_string(dir.path().join("host/management.token")).unwrap();
-    let raw = format!(
-        "GET /v1/services HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
-    );
-    let r = rt
-        .block_on(rolehost_tests::http_request(addr, raw.as_bytes()))
-        .unwrap();
-    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(host.api_get("/v1/services").trim(), "[]");
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(dir.path().join("host/management.token"))
         .unwrap()
@@ -522,18 +509,7 @@ fn a_restarted_host_brings_its_services_back_with_their_instance_counts() {
         .unwrap();
     assert_eq!(r.status, 200);
     // Logs and metrics see the service.
-    let metrics = {
-        let token = std::fs::read_to_string(data.join("management.token")).unwrap();
-        let a: SocketAddr = host.url().strip_prefix("http://").unwrap().parse().unwrap();
-        let raw = format!(
-            "GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
-        );
-        tokio::runtime::Runtime::new()
-            .unwrap()
-            .block_on(rolehost_tests::http_request(a, raw.as_bytes()))
-            .unwrap()
-            .body
-    };
+    let metrics = host.api_get("/metrics");
     assert!(
         metrics.contains(
             "rolehost_instance_up{service=\"lasting\",role=\"Web\",instance=\"Web_IN_2\"} 1"
@@ -574,17 +550,7 @@ fn metrics_and_logs_follow_a_working_service_and_delete_can_purge_its_storage() 
     host.ok(&["deploy", svc.to_str().unwrap()]);
 
     // Metrics: the counters process messages, the thumbnail queue (no consumer) fills.
-    let token = std::fs::read_to_string(data.join("management.token")).unwrap();
-    let api: SocketAddr = host.url().strip_prefix("http://").unwrap().parse().unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let metrics = || {
-        let raw = format!(
-            "GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
-        );
-        rt.block_on(rolehost_tests::http_request(api, raw.as_bytes()))
-            .unwrap()
-            .body
-    };
+    let metrics = || host.api_get("/metrics");
     let value = |text: &str, prefix: &str| -> u64 {
         text.lines()
             .filter(|l| l.starts_with(prefix))

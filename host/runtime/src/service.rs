@@ -262,14 +262,8 @@ impl WorkerPool {
             .keys()
             .copied()
             .collect();
-        let domains = indices.chunks(batch.max(1)).count();
-        for (d, domain) in indices.chunks(batch.max(1)).enumerate() {
-            progress(format!(
-                "role {}: upgrade domain {}/{domains} ({} instances)",
-                runtime.spec.name,
-                d + 1,
-                domain.len()
-            ));
+        let role = runtime.spec.name.clone();
+        for domain in crate::worker::upgrade_domains(&role, &indices, batch, progress) {
             let old: Vec<Arc<InstanceSlot>> = {
                 let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
                 domain

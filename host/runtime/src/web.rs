@@ -241,14 +241,8 @@ impl WebRole {
             .keys()
             .copied()
             .collect();
-        let domains = indices.chunks(batch.max(1)).count();
-        for (d, domain) in indices.chunks(batch.max(1)).enumerate() {
-            progress(format!(
-                "role {}: upgrade domain {}/{domains} ({} instances)",
-                version.role.spec.name,
-                d + 1,
-                domain.len()
-            ));
+        let role = version.role.spec.name.clone();
+        for domain in crate::worker::upgrade_domains(&role, &indices, batch, progress) {
             let mut started = Vec::new();
             {
                 let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());

@@ -186,6 +186,28 @@ pub(crate) fn describe_failure(
     reason
 }
 
+/// Splits a role's instance indices into upgrade domains of `batch`, and announces each
+/// domain through `progress` as the upgrade reaches it.
+pub(crate) fn upgrade_domains<'a, I>(
+    role: &'a str,
+    indices: &'a [I],
+    batch: usize,
+    progress: &'a (dyn Fn(String) + Send + Sync),
+) -> impl Iterator<Item = &'a [I]> + 'a {
+    let total = indices.chunks(batch.max(1)).count();
+    indices
+        .chunks(batch.max(1))
+        .enumerate()
+        .map(move |(d, domain)| {
+            progress(format!(
+                "role {role}: upgrade domain {}/{total} ({} instances)",
+                d + 1,
+                domain.len()
+            ));
+            domain
+        })
+}
+
 fn set_phase(status: &Mutex<InstanceStatus>, phase: Phase) {
     status.lock().unwrap_or_else(|p| p.into_inner()).phase = phase;
 }

@@ -10,6 +10,7 @@ use rolehost_storage::ListOptions;
 
 use super::Fabric;
 use crate::web::LATENCY_BUCKETS;
+use crate::worker::{InstanceStatus, Phase};
 
 /// A Prometheus label value, escaped.
 fn esc(s: &str) -> String {
@@ -43,58 +44,70 @@ pub fn render(fabric: &Fabric) -> String {
     let services = fabric.running();
     let mut f = Family { out: &mut out };
 
-    type Pick = fn(&crate::quota::Usage, u32) -> u64;
-    let per_instance: [(&str, &str, &str, Pick); 8] = [
+    type Pick = fn(&InstanceStatus) -> u64;
+    let per_instance: [(&str, &str, &str, Pick); 10] = [
         (
             "rolehost_instance_fuel_total",
             "counter",
             "Fuel the instance used (its CPU).",
-            |u, _| u.fuel,
+            |s| s.usage.fuel,
         ),
         (
             "rolehost_instance_fuel_per_second_quota",
             "gauge",
             "The instance's CPU share, fuel per second.",
-            |u, _| u.fuel_per_sec,
+            |s| s.usage.fuel_per_sec,
         ),
         (
             "rolehost_instance_memory_bytes",
             "gauge",
             "The instance's linear memory.",
-            |u, _| u.memory_bytes,
+            |s| s.usage.memory_bytes,
         ),
         (
             "rolehost_instance_memory_quota_bytes",
             "gauge",
             "The instance's memory cap.",
-            |u, _| u.memory_cap,
+            |s| s.usage.memory_cap,
         ),
         (
             "rolehost_instance_local_disk_bytes",
             "gauge",
             "Bytes in the instance's local resources.",
-            |u, _| u.disk_bytes,
+            |s| s.usage.disk_bytes,
         ),
         (
             "rolehost_instance_restarts_total",
             "counter",
             "Times the instance was recycled.",
-            |_, r| u64::from(r),
+            |s| u64::from(s.restarts),
         ),
         (
             "rolehost_instance_requests_total",
             "counter",
             "Requests the instance answered.",
-            |u, _| u.requests,
+            |s| s.usage.requests,
         ),
         (
             "rolehost_instance_messages_processed_total",
             "counter",
             "Queue messages the instance deleted.",
-            |u, _| u.messages_processed,
+            |s| s.usage.messages_processed,
+        ),
+        (
+            "rolehost_instance_redeliveries_total",
+            "counter",
+            "Queue messages the instance received with a dequeue count over 1.",
+            |s| s.usage.redeliveries,
+        ),
+        (
+            "rolehost_instance_up",
+            "gauge",
+            "1 when the instance is running (taking work), 0 otherwise.",
+            |s| u64::from(s.phase == Phase::Running),
         ),
     ];
-    let statuses: Vec<(String, Vec<crate::worker::InstanceStatus>)> = services
+    let statuses: Vec<(String, Vec<InstanceStatus>)> = services
         .iter()
         .map(|s| (s.name().to_string(), s.status()))
         .collect();
@@ -107,44 +120,8 @@ pub fn render(fabric: &Fabric) -> String {
                     ("role", s.role.as_str()),
                     ("instance", s.instance_id.as_str()),
                 ];
-                f.sample(name, &labels, pick(&s.usage, s.restarts));
+                f.sample(name, &labels, pick(s));
             }
-        }
-    }
-    let name = "rolehost_instance_redeliveries_total";
-    f.head(
-        name,
-        "counter",
-        "Queue messages the instance received with a dequeue count over 1.",
-    );
-    for (service, list) in &statuses {
-        for s in list {
-            let labels = [
-                ("service", service.as_str()),
-                ("role", s.role.as_str()),
-                ("instance", s.instance_id.as_str()),
-            ];
-            f.sample(name, &labels, s.usage.redeliveries);
-        }
-    }
-    let name = "rolehost_instance_up";
-    f.head(
-        name,
-        "gauge",
-        "1 when the instance is running (taking work), 0 otherwise.",
-    );
-    for (service, list) in &statuses {
-        for s in list {
-            let labels = [
-                ("service", service.as_str()),
-                ("role", s.role.as_str()),
-                ("instance", s.instance_id.as_str()),
-            ];
-            f.sample(
-                name,
-                &labels,
-                u8::from(s.phase == crate::worker::Phase::Running),
-            );
         }
     }
 

@@ -808,44 +808,47 @@ fn purge_account(storage: &dyn Backend, name: &str) -> Result<(), FabricError> {
     use rolehost_storage::ListOptions;
     let account = rolehost_storage::AccountName::new(name.to_string())
         .map_err(|e| FabricError::Storage(e.to_string()))?;
+    let all = ListOptions::default();
     let err =
         |e: &dyn std::fmt::Display| FabricError::Storage(format!("purging account {name}: {e}"));
-    loop {
-        let page = storage
-            .list_containers(&account, &ListOptions::default())
-            .map_err(|e| err(&e))?;
-        if page.items.is_empty() {
-            break;
+    // Each pass deletes what one listing shows, until a listing is empty.
+    let drain = |list: &dyn Fn() -> Result<Vec<String>, FabricError>,
+                 delete: &dyn Fn(&str) -> Result<(), FabricError>| loop {
+        let names = list()?;
+        if names.is_empty() {
+            return Ok::<(), FabricError>(());
         }
-        for c in page.items {
-            storage
-                .delete_container(&account, &c.name, &Default::default(), None)
+        for n in &names {
+            delete(n)?;
+        }
+    };
+    drain(
+        &|| {
+            let page = storage
+                .list_containers(&account, &all)
                 .map_err(|e| err(&e))?;
-        }
-    }
-    loop {
-        let page = storage
-            .list_queues(&account, &ListOptions::default())
-            .map_err(|e| err(&e))?;
-        if page.items.is_empty() {
-            break;
-        }
-        for q in page.items {
+            Ok(page.items.into_iter().map(|c| c.name).collect())
+        },
+        &|c| {
             storage
-                .delete_queue(&account, &q.name)
-                .map_err(|e| err(&e))?;
-        }
-    }
-    loop {
-        let page = storage
-            .list_tables(&account, &ListOptions::default())
-            .map_err(|e| err(&e))?;
-        if page.items.is_empty() {
-            break;
-        }
-        for t in page.items {
-            storage.delete_table(&account, &t).map_err(|e| err(&e))?;
-        }
-    }
-    Ok(())
+                .delete_container(&account, c, &Default::default(), None)
+                .map_err(|e| err(&e))
+        },
+    )?;
+    drain(
+        &|| {
+            let page = storage.list_queues(&account, &all).map_err(|e| err(&e))?;
+            Ok(page.items.into_iter().map(|q| q.name).collect())
+        },
+        &|q| storage.delete_queue(&account, q).map_err(|e| err(&e)),
+    )?;
+    drain(
+        &|| {
+            Ok(storage
+                .list_tables(&account, &all)
+                .map_err(|e| err(&e))?
+                .items)
+        },
+        &|t| storage.delete_table(&account, t).map_err(|e| err(&e)),
+    )
 }
