@@ -36,7 +36,8 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::retry::{self, CallOptions, RetryPolicy};
 
 pub use host::{
-    Continuation, EdmValue, Entity, IfMatch, Operation, Property, StoredEntity, UpdateMode,
+    Continuation, DeleteEntity, EdmValue, Entity, IfMatch, Operation, Property, StoredEntity,
+    UpdateEntity, UpdateMode, UpsertEntity,
 };
 
 /// An entity read back: its keys, ETag and timestamp, and its properties as `T`.

@@ -97,6 +97,7 @@ impl Bed {
             outbound_hosts: Vec::new(),
             topology: Arc::default(),
             logs: None,
+            sim: None,
         }
     }
 }

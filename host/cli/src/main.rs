@@ -3,6 +3,7 @@
 mod client;
 mod fabric_cmd;
 mod storage_cmd;
+mod verify_cmd;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -60,6 +61,9 @@ enum Command {
     /// Create, put, get, peek and list blobs, queue messages and table entities in a data
     /// directory (while no host is running on it).
     Storage(storage_cmd::StorageArgs),
+    /// Replay the service's worker roles under every lost message and every crash point, and
+    /// report which break the scenario's invariant (exit code 1 if any does).
+    Verify(verify_cmd::VerifyArgs),
     /// Run a host that services are deployed to (the fabric), until Ctrl-C or SIGTERM.
     /// Deployed services come back when it starts again.
     Serve {
@@ -150,8 +154,10 @@ enum Command {
     },
 }
 
-fn init_logging(verbose: u8) {
+fn init_logging(verbose: u8, quiet: bool) {
     let default = match verbose {
+        // Enumerating thousands of runs: their logs would drown the report.
+        0 if quiet => "error",
         0 => "info,cranelift=warn,wasmtime=warn",
         1 => "debug,cranelift=warn,wasmtime=info",
         _ => "trace",
@@ -166,7 +172,8 @@ fn init_logging(verbose: u8) {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    let quiet = matches!(&cli.command, Command::Verify(a) if !a.single_case());
+    init_logging(cli.verbose, quiet);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -185,6 +192,12 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Build { path, target_dir } => build(&path, target_dir.as_deref()),
             Command::Storage(args) => storage_cmd::run(args),
+            Command::Verify(args) => {
+                if !verify_cmd::verify(args).await? {
+                    std::process::exit(1);
+                }
+                Ok(())
+            }
             Command::Serve {
                 data_dir,
                 listen,

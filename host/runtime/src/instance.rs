@@ -128,6 +128,56 @@ pub struct InstanceParts {
     pub topology: Arc<Topology>,
     /// Where its output goes besides the host's log.
     pub logs: Option<Arc<LogHub>>,
+    /// Under `rolehost verify`: virtual clocks and seeded randomness.
+    pub sim: Option<SimEnv>,
+}
+
+/// What a simulated instance reads instead of the machine's clocks and entropy: the virtual
+/// time of the simulation (tokio's paused clock) and randomness from a seed.
+#[derive(Clone, Copy, Debug)]
+pub struct SimEnv {
+    /// The simulation's seed.
+    pub seed: u64,
+    /// Virtual time zero.
+    pub start: tokio::time::Instant,
+    /// The wall-clock time at virtual time zero, since the Unix epoch.
+    pub wall_base: std::time::Duration,
+}
+
+/// Bytes from a seed (splitmix64), for deterministic WASI randomness.
+fn seeded_bytes(mut seed: u64, n: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(n + 8);
+    while out.len() < n {
+        seed = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = seed;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+    out.truncate(n);
+    out
+}
+
+struct VirtualWall(SimEnv);
+
+impl wasmtime_wasi::HostWallClock for VirtualWall {
+    fn resolution(&self) -> std::time::Duration {
+        std::time::Duration::from_micros(1)
+    }
+    fn now(&self) -> std::time::Duration {
+        self.0.wall_base + (tokio::time::Instant::now() - self.0.start)
+    }
+}
+
+struct VirtualMonotonic(SimEnv);
+
+impl wasmtime_wasi::HostMonotonicClock for VirtualMonotonic {
+    fn resolution(&self) -> u64 {
+        1_000
+    }
+    fn now(&self) -> u64 {
+        u64::try_from((tokio::time::Instant::now() - self.0.start).as_nanos()).unwrap_or(u64::MAX)
+    }
 }
 
 /// The linker every instance is instantiated with: WASI p2 and the platform.
@@ -186,6 +236,22 @@ pub fn new_store(
     .env("ROLEHOST_SERVICE", &parts.info.service)
     .env("ROLEHOST_ROLE", &parts.info.role)
     .env("ROLEHOST_INSTANCE_ID", &parts.info.instance_id);
+    if let Some(sim) = parts.sim {
+        // The instance's own stream of randomness: the seed and its id.
+        let id_hash = parts
+            .info
+            .instance_id
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+            });
+        let seed = sim.seed ^ id_hash;
+        wasi.wall_clock(VirtualWall(sim))
+            .monotonic_clock(VirtualMonotonic(sim))
+            .secure_random(wasmtime_wasi::Deterministic::new(seeded_bytes(seed, 4096)))
+            .insecure_random(wasmtime_wasi::Deterministic::new(seeded_bytes(!seed, 4096)))
+            .insecure_random_seed(u128::from(seed));
+    }
     for (host, guest) in &parts.local_dirs {
         wasi.preopened_dir(host, guest, FsPerms::ReadWrite)?;
     }

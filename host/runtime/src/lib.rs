@@ -21,6 +21,7 @@ pub mod manifest;
 pub mod quota;
 pub mod service;
 pub mod stop;
+pub mod verify;
 pub mod web;
 pub mod worker;
 

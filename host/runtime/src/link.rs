@@ -23,7 +23,7 @@ pub struct CallInfo {
 }
 
 /// What happens to one call.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Fault {
     /// Delivered; the answer comes back.
     #[default]
@@ -36,12 +36,55 @@ pub enum Fault {
     CrashBefore,
     /// The instance crashes just after the call took effect.
     CrashAfter,
+    /// Delivered; then the messages it received become visible again at once, as if their
+    /// visibility timeout expired while the handler works (another instance may get them;
+    /// this one holds pop receipts that no longer match). Only for `queue.get-messages`.
+    ExpireVisibility,
+}
+
+impl Fault {
+    /// Its name in reports and case ids.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::None => "none",
+            Fault::LoseRequest => "lose-request",
+            Fault::LoseResponse => "lose-response",
+            Fault::CrashBefore => "crash-before",
+            Fault::CrashAfter => "crash-after",
+            Fault::ExpireVisibility => "expire-visibility",
+        }
+    }
+
+    /// The fault called `name`.
+    pub fn parse(name: &str) -> Option<Fault> {
+        [
+            Fault::None,
+            Fault::LoseRequest,
+            Fault::LoseResponse,
+            Fault::CrashBefore,
+            Fault::CrashAfter,
+            Fault::ExpireVisibility,
+        ]
+        .into_iter()
+        .find(|f| f.name() == name)
+    }
 }
 
 /// Decides the fate of each call. The default plan delivers everything.
 pub trait FaultPlan: Send + Sync {
     /// The fault for this call.
     fn fault(&self, call: &CallInfo) -> Fault;
+
+    /// Hears how the call ended: `Ok` with how many items it returned (messages, entities,
+    /// blobs; 1 for other successes), or the error the guest saw. For traces.
+    fn observed(&self, _call: &CallInfo, _fault: Fault, _outcome: Result<usize, String>) {}
+
+    /// Run storage operations on the calling thread instead of a blocking thread: slower
+    /// under load, but the order of calls then depends on nothing outside the executor (a
+    /// deterministic simulation needs that).
+    fn inline(&self) -> bool {
+        false
+    }
 }
 
 /// Why a call through the link did not give the engine's answer.
@@ -145,52 +188,125 @@ impl Link {
     ) -> wasmtime::Result<Result<T, CallError<E>>>
     where
         T: Send + 'static,
-        E: Send + 'static,
+        E: Send + std::fmt::Display + 'static,
+        F: FnOnce(&dyn Backend, &AccountName) -> Result<T, E> + Send + 'static,
+    {
+        let (result, _) = self.call_with_fault(operation, target, |_| 1, op).await?;
+        Ok(result)
+    }
+
+    /// [`Link::call`], also saying which fault the plan chose; `items` counts what a success
+    /// returned (for traces).
+    pub async fn call_with_fault<T, E, F>(
+        &self,
+        operation: &'static str,
+        target: &str,
+        items: fn(&T) -> usize,
+        op: F,
+    ) -> wasmtime::Result<(Result<T, CallError<E>>, Fault)>
+    where
+        T: Send + 'static,
+        E: Send + std::fmt::Display + 'static,
         F: FnOnce(&dyn Backend, &AccountName) -> Result<T, E> + Send + 'static,
     {
         self.calls.fetch_add(1, Ordering::Relaxed);
+        let info = || CallInfo {
+            instance: self.instance.clone(),
+            operation,
+            target: target.to_string(),
+        };
         let fault = match &self.faults {
             None => Fault::None,
-            Some(plan) => plan.fault(&CallInfo {
-                instance: self.instance.clone(),
-                operation,
-                target: target.to_string(),
-            }),
+            Some(plan) => plan.fault(&info()),
+        };
+        let observe = |outcome: Result<usize, String>| {
+            if let Some(plan) = &self.faults {
+                plan.observed(&info(), fault, outcome);
+            }
         };
         let timeout = || CallError::Timeout {
             operation,
             target: target.to_string(),
         };
         match fault {
-            Fault::LoseRequest => return Ok(Err(timeout())),
+            Fault::LoseRequest => {
+                observe(Err("timeout (request lost)".into()));
+                return Ok((Err(timeout()), fault));
+            }
             Fault::CrashBefore => {
+                observe(Err("crashed before".into()));
                 return Err(wasmtime::Error::new(InjectedCrash {
                     when: "before",
                     operation,
                     target: target.to_string(),
                 }));
             }
-            Fault::None | Fault::LoseResponse | Fault::CrashAfter => {}
+            Fault::None | Fault::LoseResponse | Fault::CrashAfter | Fault::ExpireVisibility => {}
         }
         let backend = self.backend.clone();
         let account = self.account.clone();
-        let joined = tokio::task::spawn_blocking(move || op(&*backend, &account)).await;
-        let result = match joined {
-            Ok(r) => r.map_err(CallError::Service),
-            Err(e) => Err(CallError::Internal {
-                operation,
-                detail: e.to_string(),
-            }),
+        let inline = self.faults.as_ref().is_some_and(|p| p.inline());
+        let result = if inline {
+            op(&*backend, &account).map_err(CallError::Service)
+        } else {
+            match tokio::task::spawn_blocking(move || op(&*backend, &account)).await {
+                Ok(r) => r.map_err(CallError::Service),
+                Err(e) => Err(CallError::Internal {
+                    operation,
+                    detail: e.to_string(),
+                }),
+            }
         };
         tracing::trace!(instance = %self.instance, operation, target, ok = result.is_ok(), "storage call");
         match fault {
-            Fault::LoseResponse => Ok(Err(timeout())),
-            Fault::CrashAfter => Err(wasmtime::Error::new(InjectedCrash {
-                when: "after",
-                operation,
-                target: target.to_string(),
-            })),
-            _ => Ok(result),
+            Fault::LoseResponse => {
+                observe(Err(format!(
+                    "timeout (response lost; the call {})",
+                    if result.is_ok() {
+                        "succeeded"
+                    } else {
+                        "failed"
+                    }
+                )));
+                Ok((Err(timeout()), fault))
+            }
+            Fault::CrashAfter => {
+                observe(Err(format!(
+                    "crashed after (the call {})",
+                    if result.is_ok() {
+                        "succeeded"
+                    } else {
+                        "failed"
+                    }
+                )));
+                Err(wasmtime::Error::new(InjectedCrash {
+                    when: "after",
+                    operation,
+                    target: target.to_string(),
+                }))
+            }
+            _ => {
+                observe(match &result {
+                    Ok(v) => Ok(items(v)),
+                    Err(e) => Err(e.to_string()),
+                });
+                Ok((result, fault))
+            }
+        }
+    }
+
+    /// Makes messages visible again at once (the world's doing, not the instance's: no fault
+    /// plan, no trace). What [`Fault::ExpireVisibility`] does after a get.
+    pub fn expire_visibility(&self, queue: &str, messages: &[(String, String)]) {
+        for (id, receipt) in messages {
+            let _ = self.backend.update_message(
+                &self.account,
+                queue,
+                id,
+                receipt,
+                std::time::Duration::ZERO,
+                None,
+            );
         }
     }
 }

@@ -138,6 +138,11 @@ pub struct ServiceOptions {
     pub engine: Option<wasmtime::Engine>,
     /// Where guest output goes besides the host's log.
     pub logs: Option<Arc<LogHub>>,
+    /// Under `rolehost verify`: virtual clocks and seeded randomness for every instance.
+    pub sim: Option<crate::instance::SimEnv>,
+    /// Roles already compiled and checked, by name (on the same engine): used instead of
+    /// compiling their components again.
+    pub precompiled: Option<Arc<BTreeMap<String, RolePre>>>,
     /// The deployment's id; default: a fresh one. A host gives the id of what was deployed,
     /// so the same deployment keeps its id across restarts.
     pub deployment_id: Option<String>,
@@ -352,6 +357,8 @@ struct Shared {
     topology: Arc<Topology>,
     logs: Option<Arc<LogHub>>,
     metered: bool,
+    sim: Option<crate::instance::SimEnv>,
+    precompiled: Option<Arc<BTreeMap<String, RolePre>>>,
 }
 
 /// A role, compiled and checked, not yet running.
@@ -402,33 +409,10 @@ impl Shared {
     ) -> Result<Vec<Prepared>, RuntimeError> {
         let mut out = Vec::new();
         for (name, spec) in &manifest.roles {
-            let path = components.get(name).ok_or_else(|| {
-                RuntimeError::Unsupported(format!("role {name} has no component"))
-            })?;
-            let component_err = |detail: String| RuntimeError::Component {
-                role: name.clone(),
-                path: path.clone(),
-                detail,
+            let pre = match self.precompiled.as_ref().and_then(|p| p.get(name)) {
+                Some(pre) => pre.clone(),
+                None => self.compile(name, spec.kind, components, progress).await?,
             };
-            let bytes = std::fs::read(path).map_err(|source| RuntimeError::Io {
-                path: path.clone(),
-                source,
-            })?;
-            progress(format!(
-                "role {name}: compiling {} ({} KiB)",
-                path.file_name()
-                    .map_or_else(String::new, |f| f.to_string_lossy().into_owned()),
-                bytes.len() >> 10
-            ));
-            let started = std::time::Instant::now();
-            let pre = prepare_role(&self.engine, &self.linker, bytes, spec.kind)
-                .await
-                .map_err(component_err)?;
-            tracing::info!(role = %name, elapsed = ?started.elapsed(), "compiled and linked");
-            progress(format!(
-                "role {name}: compiled and linked in {:.1} s",
-                started.elapsed().as_secs_f64()
-            ));
             out.push(Prepared {
                 runtime: Arc::new(RoleRuntime {
                     spec: spec.clone(),
@@ -444,10 +428,51 @@ impl Shared {
                     metered: self.metered,
                     topology: self.topology.clone(),
                     logs: self.logs.clone(),
+                    sim: self.sim,
                 }),
             });
         }
         Ok(out)
+    }
+}
+
+impl Shared {
+    /// Compiles role `name`'s component and checks it against its kind's world.
+    async fn compile(
+        &self,
+        name: &str,
+        kind: crate::manifest::RoleKind,
+        components: &BTreeMap<String, PathBuf>,
+        progress: Progress<'_>,
+    ) -> Result<RolePre, RuntimeError> {
+        let path = components
+            .get(name)
+            .ok_or_else(|| RuntimeError::Unsupported(format!("role {name} has no component")))?;
+        let component_err = |detail: String| RuntimeError::Component {
+            role: name.to_string(),
+            path: path.clone(),
+            detail,
+        };
+        let bytes = std::fs::read(path).map_err(|source| RuntimeError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        progress(format!(
+            "role {name}: compiling {} ({} KiB)",
+            path.file_name()
+                .map_or_else(String::new, |f| f.to_string_lossy().into_owned()),
+            bytes.len() >> 10
+        ));
+        let started = std::time::Instant::now();
+        let pre = prepare_role(&self.engine, &self.linker, bytes, kind)
+            .await
+            .map_err(component_err)?;
+        tracing::info!(role = %name, elapsed = ?started.elapsed(), "compiled and linked");
+        progress(format!(
+            "role {name}: compiled and linked in {:.1} s",
+            started.elapsed().as_secs_f64()
+        ));
+        Ok(pre)
     }
 }
 
@@ -524,6 +549,8 @@ impl Service {
             topology: Arc::new(Topology::default()),
             logs: options.logs.clone(),
             metered: true,
+            sim: options.sim,
+            precompiled: options.precompiled.clone(),
         };
         let deployment_id = options.deployment_id.clone().unwrap_or_else(deployment_id);
         let prepared = shared

@@ -103,6 +103,8 @@ pub struct RoleRuntime {
     pub topology: Arc<Topology>,
     /// Where guest output goes besides the host's log.
     pub logs: Option<Arc<LogHub>>,
+    /// Under `rolehost verify`: virtual clocks and seeded randomness for its instances.
+    pub sim: Option<crate::instance::SimEnv>,
 }
 
 impl std::fmt::Debug for RoleRuntime {
@@ -301,6 +303,7 @@ impl RoleRuntime {
             outbound_hosts: self.spec.outbound_hosts.clone(),
             topology: self.topology.clone(),
             logs: self.logs.clone(),
+            sim: self.sim,
         };
         new_store(&self.engine, parts, &self.spec.limits)
             .map_err(|e| format!("creating the store: {e:#}"))

@@ -13,7 +13,7 @@ use wasmtime::component::{HasSelf, Linker};
 use super::{invalid, list_options, to_wit_error};
 use crate::bindings::queue::{self as wit, Host};
 use crate::bindings::types::{ErrorCode, ListOptions, StorageError};
-use crate::link::Link;
+use crate::link::{Fault, Link};
 use crate::quota::UsageCell;
 use crate::stop::StopSignal;
 
@@ -110,12 +110,21 @@ fn secs(s: u32) -> Duration {
 impl QueueCtx {
     async fn get(&self, queue: &str, count: u32, vt: u32) -> Reply<Vec<wit::Message>> {
         let q = queue.to_string();
-        let r = self
+        let (r, fault) = self
             .link
-            .call("queue.get-messages", queue, move |b, a| {
+            .call_with_fault("queue.get-messages", queue, Vec::len, move |b, a| {
                 b.get_messages(a, &q, count, secs(vt))
             })
             .await?;
+        if fault == Fault::ExpireVisibility
+            && let Ok(ms) = &r
+        {
+            let held: Vec<(String, String)> = ms
+                .iter()
+                .map(|m| (m.id.clone(), m.pop_receipt.clone()))
+                .collect();
+            self.link.expire_visibility(queue, &held);
+        }
         if let Ok(ms) = &r {
             let again = ms.iter().filter(|m| m.dequeue_count > 1).count() as u64;
             self.usage.redeliveries.fetch_add(again, Ordering::Relaxed);
