@@ -527,11 +527,54 @@ async fn the_link_loses_requests_and_responses_and_crashes_instances_on_demand()
                 assert_eq!(crash.operation, "queue.put-message");
                 assert_eq!(happened, fault == Fault::CrashAfter, "{fault:?}");
             }
-            Fault::None => unreachable!(),
+            Fault::None | Fault::ExpireVisibility => unreachable!(),
         }
         let seen = plan.seen.lock().unwrap();
         assert_eq!(seen.len(), 1);
         assert_eq!(&*seen[0].instance, "Test_IN_0");
         assert_eq!(seen[0].target, "qqq");
     }
+}
+
+#[tokio::test]
+async fn an_expired_visibility_makes_the_message_visible_again_and_its_receipt_stale() {
+    let f = fixture();
+    f.store
+        .create_queue(&f.account, "vqueue", Vec::new())
+        .unwrap();
+    let plan = Arc::new(Plan {
+        operation: "queue.get-messages",
+        fault: Fault::ExpireVisibility,
+        seen: Mutex::new(Vec::new()),
+    });
+    let (_stop, signal) = stop_signal();
+    let mut q = QueueCtx::new(
+        f.link().with_faults(plan.clone()),
+        Arc::new(QueueWakers::default()),
+        signal,
+    );
+    q.put_message("vqueue".into(), b"m".to_vec(), standard())
+        .await
+        .unwrap()
+        .unwrap();
+    let got = q
+        .get_messages("vqueue".into(), 1, 30)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.len(), 1, "the get itself is delivered");
+    // Visible again at once: another reader gets it, with the dequeue count of a redelivery.
+    let again = f
+        .store
+        .get_messages(&f.account, "vqueue", 1, std::time::Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].id, got[0].id);
+    assert_eq!(again[0].dequeue_count, 2);
+    // The first reader's receipt no longer matches.
+    assert!(
+        f.store
+            .delete_message(&f.account, "vqueue", &got[0].id, &got[0].pop_receipt)
+            .is_err()
+    );
 }
