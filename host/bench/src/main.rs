@@ -5,6 +5,7 @@
 //! cargo run --release -p rolehost-bench -- runtime
 //! cargo run --release -p rolehost-bench -- web
 //! cargo run --release -p rolehost-bench -- fabric
+//! cargo run --release -p rolehost-bench -- verify
 //! ```
 //!
 //! Each suite prints its figures as `key: value` lines, all measured in one run on the same disk,
@@ -13,6 +14,7 @@
 
 mod fabric;
 mod runtime;
+mod verify;
 mod web;
 
 use std::io::Read;
@@ -35,6 +37,7 @@ fn main() {
         Some("runtime") => runtime::runtime(),
         Some("web") => web::web(),
         Some("fabric") => fabric::fabric(),
+        Some("verify") => verify::verify(),
         // Internal: the fabric measurement in a process of its own.
         Some("fabric-child") => fabric::fabric_child(&args[1]),
         // Internal: one idle-instances measurement in a process of its own.
@@ -42,7 +45,9 @@ fn main() {
         // Internal: runs in a child process so its peak RSS is its own.
         Some("storage-blob-1gib") => blob_1gib(&args[1]),
         _ => {
-            eprintln!("usage: rolehost-bench <suite>\nsuites: storage, runtime, web, fabric");
+            eprintln!(
+                "usage: rolehost-bench <suite>\nsuites: storage, runtime, web, fabric, verify"
+            );
             std::process::exit(2);
         }
     }

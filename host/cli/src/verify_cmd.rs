@@ -155,8 +155,8 @@ fn run(verifier: &Verifier, args: &VerifyArgs) -> anyhow::Result<bool> {
         print_failure(f);
     }
     println!(
-        "{:<40} {:<16} {:<26} {:<14} {}",
-        "CASE", "INSTANCE", "CALL", "TARGET", "OUTCOME"
+        "{:<40} {:<16} {:<26} {:<14} OUTCOME",
+        "CASE", "INSTANCE", "CALL", "TARGET"
     );
     for r in report
         .cases

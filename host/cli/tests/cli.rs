@@ -315,3 +315,80 @@ fn the_log_shows_each_instances_use_of_its_quotas() {
         "web instances are in the usage log too:\n{stderr}"
     );
 }
+
+#[test]
+fn verify_reports_the_counters_double_counts_and_reruns_a_case_by_its_id() {
+    let guests = rolehost_tests::target_dir().join("guests");
+    let example = |name: &str| {
+        rolehost_tests::repo_root()
+            .join("guests/verify")
+            .join(name)
+            .display()
+            .to_string()
+    };
+    let target = guests.display().to_string();
+    // The CAS counter: exit code 1, the failing cases first, each with its trace.
+    let out = rolehost(&["verify", &example("counter"), "--target-dir", &target]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(": 40 break the invariant"), "{stdout}");
+    let first = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("FAIL "))
+        .expect("a failing case")
+        .to_string();
+    assert!(
+        stdout
+            .contains("expected blob counters/total is \"10\", but blob counters/total is \"11\"")
+    );
+    // Re-run alone by its id: it fails again, showing the faulted call.
+    let out = rolehost(&[
+        "verify",
+        &example("counter"),
+        "--target-dir",
+        &target,
+        "--case",
+        &first,
+    ]);
+    let again = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(again.starts_with(&format!("FAIL {first}")), "{again}");
+    assert!(
+        again.lines().any(|l| l.trim_start().starts_with("=> #")),
+        "{again}"
+    );
+    // The idempotent counter passes every case; --json for machines.
+    let out = rolehost(&[
+        "verify",
+        &example("idempotent-counter"),
+        "--target-dir",
+        &target,
+        "--json",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let cases = report["cases"].as_array().unwrap();
+    assert!(cases.len() > 200);
+    assert!(cases.iter().all(|c| c["verdict"] == "pass"));
+    // A case id that is not one is refused, naming it.
+    let out = rolehost(&[
+        "verify",
+        &example("counter"),
+        "--target-dir",
+        &target,
+        "--case",
+        "c1-explode",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"c1-explode\": not a case id"));
+}

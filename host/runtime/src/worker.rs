@@ -449,6 +449,7 @@ impl RoleRuntime {
                         s.phase = Phase::Recycling;
                     }
                     tokio::select! {
+                        biased;
                         () = tokio::time::sleep(backoff) => {}
                         () = stop.requested() => {
                             self.wipe_local(&instance_id);

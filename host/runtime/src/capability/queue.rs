@@ -304,10 +304,12 @@ impl Host for QueueCtx {
                     None => std::future::pending().await,
                 }
             };
+            // Biased: a fixed polling order keeps simulations (`rolehost verify`) reproducible.
             tokio::select! {
+                biased;
+                () = self.stop.requested() => return Ok(Ok(Vec::new())),
                 () = woken => {}
                 () = tokio::time::sleep(nap) => {}
-                () = self.stop.requested() => return Ok(Ok(Vec::new())),
             }
         }
     }
