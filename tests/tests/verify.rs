@@ -18,7 +18,12 @@ async fn verifier(name: &str, guest: &str) -> Verifier {
         .keys()
         .map(|role| (role.clone(), rolehost_tests::guest(guest)))
         .collect();
-    Verifier::new(&manifest, &components, scenario)
+    // The counter's scenario also has a checker of its own.
+    let checker = scenario
+        .checker
+        .as_ref()
+        .map(|_| rolehost_tests::guest("counter_checker"));
+    Verifier::new(&manifest, &components, scenario, checker.as_deref())
         .await
         .expect("verifier")
 }

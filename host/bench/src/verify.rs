@@ -23,7 +23,12 @@ pub(crate) fn verify() {
         .build()
         .expect("tokio");
     let verifier = rt
-        .block_on(Verifier::new(&manifest, &components, scenario))
+        .block_on(Verifier::new(
+            &manifest,
+            &components,
+            scenario,
+            Some(&crate::runtime::guest("counter_checker")),
+        ))
         .expect("verifier");
     let report = verify::enumerate(&verifier, 1, usize::MAX, &|_, _| {}).expect("enumeration");
     let cases = report.cases.len();

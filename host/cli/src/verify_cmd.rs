@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use rolehost_runtime::manifest::Manifest;
+use rolehost_runtime::manifest::{ComponentSource, Manifest};
 use rolehost_runtime::service;
 use rolehost_runtime::verify::{self, Case, Run, SCENARIO_FILE, Scenario, Verifier};
 
@@ -58,7 +58,27 @@ pub(crate) async fn verify(args: VerifyArgs) -> anyhow::Result<bool> {
     let components = tokio::task::block_in_place(|| {
         service::resolve_components(&manifest, args.target_dir.as_deref())
     })?;
-    let verifier = Verifier::new(&manifest, &components, scenario).await?;
+    let checker = match scenario.checker.as_ref().map(|c| &c.source) {
+        None => None,
+        Some(ComponentSource::File(p)) => Some(p.clone()),
+        Some(ComponentSource::Crate(dir)) => {
+            let built = tokio::task::block_in_place(|| {
+                rolehost_runtime::build::build_crate(dir, args.target_dir.as_deref())
+            })?;
+            let stem = dir
+                .file_name()
+                .map(|s| s.to_string_lossy().replace('-', "_"));
+            let found = built
+                .iter()
+                .find(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()) == stem)
+                .or(built.first())
+                .cloned();
+            Some(found.with_context(|| {
+                format!("the checker crate {} built no component", dir.display())
+            })?)
+        }
+    };
+    let verifier = Verifier::new(&manifest, &components, scenario, checker.as_deref()).await?;
     for role in verifier.left_out() {
         eprintln!("rolehost: verify: web role {role} does not run under verify (left out)");
     }

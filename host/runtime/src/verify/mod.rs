@@ -34,7 +34,7 @@ use crate::link::{CallInfo, Fault, FaultPlan};
 use crate::manifest::{Manifest, RoleKind};
 use crate::service::{Service, ServiceOptions};
 use crate::worker::RolePre;
-pub use scenario::{Check, End, SCENARIO_FILE, Scenario, ScenarioError};
+pub use scenario::{Check, Checker, End, SCENARIO_FILE, Scenario, ScenarioError};
 
 /// Virtual time zero of every run: 2008-10-27 (the Azure announcement), so timestamps in
 /// traces are recognisable and the same in every run.
@@ -236,6 +236,7 @@ pub struct Verifier {
     roles: Arc<BTreeMap<String, RolePre>>,
     work_dir: tempfile::TempDir,
     left_out: Vec<String>,
+    checker: Option<crate::bindings::WorkerRolePre<crate::instance::InstanceState>>,
 }
 
 /// The depth-1 cases of a baseline run: every call with every call fault, and each
@@ -261,12 +262,14 @@ pub fn cases_for(baseline: &Run, after: &Case) -> Vec<Case> {
 }
 
 impl Verifier {
-    /// Compiles the service's worker roles (web roles do not run under verify) and checks
-    /// the scenario against the manifest.
+    /// Compiles the service's worker roles (web roles do not run under verify) and, when the
+    /// scenario has one, its checker (`checker_component`: the built file), and checks the
+    /// scenario against the manifest.
     pub async fn new(
         manifest: &Manifest,
         components: &BTreeMap<String, PathBuf>,
         scenario: Scenario,
+        checker_component: Option<&Path>,
     ) -> Result<Verifier, RuntimeError> {
         let mut manifest = manifest.clone();
         for role in scenario.roles.keys() {
@@ -325,6 +328,29 @@ impl Verifier {
                 })?;
             roles.insert(name.clone(), pre);
         }
+        let checker = match (&scenario.checker, checker_component) {
+            (None, _) => None,
+            (Some(_), None) => {
+                return Err(RuntimeError::Unsupported(
+                    "the scenario has a checker, but no component was given for it".into(),
+                ));
+            }
+            (Some(_), Some(path)) => {
+                let bytes = std::fs::read(path).map_err(|source| RuntimeError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                Some(
+                    crate::service::prepare_worker(&engine, &linker, bytes)
+                        .await
+                        .map_err(|detail| RuntimeError::Component {
+                            role: "checker".into(),
+                            path: path.to_path_buf(),
+                            detail,
+                        })?,
+                )
+            }
+        };
         // tmpfs when there is one: a run's commits then cost no disk flushes.
         let shm = Path::new("/dev/shm");
         let work_dir = if shm.is_dir() {
@@ -343,6 +369,7 @@ impl Verifier {
             roles: Arc::new(roles),
             work_dir,
             left_out,
+            checker,
         })
     }
 
@@ -456,7 +483,12 @@ impl Verifier {
         let virtual_ms = u64::try_from(plan.elapsed().as_millis()).unwrap_or(u64::MAX);
         service.stop().await;
         plan.sync_clock();
-        let failures = check(&*store, &account, &self.scenario.checks);
+        let mut failures = check(&*store, &account, &self.scenario.checks);
+        if let Some(pre) = &self.checker {
+            if let Err(message) = self.run_checker(pre, &store, &account, &dir, start).await {
+                failures.push(format!("the checker says: {message}"));
+            }
+        }
         let verdict = match (stuck, failures.is_empty()) {
             (Some(s), _) => Verdict::Stuck([vec![s], failures].concat()),
             (None, true) => Verdict::Pass,
@@ -471,6 +503,71 @@ impl Verifier {
             trace,
             virtual_ms,
         })
+    }
+}
+
+impl Verifier {
+    /// Runs the scenario's checker once on the run's storage (no faults): `Ok` passes.
+    async fn run_checker(
+        &self,
+        pre: &crate::bindings::WorkerRolePre<crate::instance::InstanceState>,
+        store: &Arc<dyn Backend>,
+        account: &AccountName,
+        dir: &Path,
+        start: tokio::time::Instant,
+    ) -> Result<(), String> {
+        use crate::capability::environment::InstanceInfo;
+        let settings = self
+            .scenario
+            .checker
+            .as_ref()
+            .map(|c| c.settings.clone())
+            .unwrap_or_default();
+        let info = InstanceInfo {
+            service: self.manifest.service.clone(),
+            role: "Checker".into(),
+            instance_id: "Checker_IN_0".into(),
+            deployment_id: "verify".into(),
+            settings,
+            local_resources: Vec::new(),
+        };
+        let (_stop, signal) = crate::stop::stop_signal();
+        let parts = crate::instance::InstanceParts {
+            info: Arc::new(info),
+            local_dirs: Vec::new(),
+            disk_quotas: Vec::new(),
+            link: crate::link::Link::new(store.clone(), account.clone(), Arc::from("Checker_IN_0")),
+            wakers: Arc::default(),
+            stop: signal,
+            metered: true,
+            usage: Arc::default(),
+            outbound_hosts: Vec::new(),
+            topology: Arc::default(),
+            logs: None,
+            sim: Some(SimEnv {
+                seed: self.scenario.seed,
+                start,
+                wall_base: Duration::from_micros(EPOCH_MICROS),
+            }),
+        };
+        let _ = dir;
+        let mut limits = crate::quota::Limits::of(crate::manifest::VmSize::Small);
+        limits.fuel_per_sec = u64::MAX / 4;
+        let mut store = crate::instance::new_store(&self.engine, parts, &limits)
+            .map_err(|e| format!("could not start the checker: {e:#}"))?;
+        let role = pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| format!("the checker failed to start: {e:#}"))?;
+        let worker = role.rolehost_platform_worker();
+        worker
+            .call_on_start(&mut store)
+            .await
+            .map_err(|e| format!("the checker trapped in on-start: {e:#}"))??;
+        worker
+            .call_run(&mut store)
+            .await
+            .map_err(|e| format!("the checker trapped: {e:#}"))?
     }
 }
 

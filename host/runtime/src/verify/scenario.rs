@@ -37,6 +37,11 @@
 //! entity = "counts/c/total"         # table/partition/row
 //! property = "count"
 //! equals = "10"                     # or: exists = true / false (the entity)
+//!
+//! [checker]                         # optional: your own check, a worker-role component
+//! crate = "checker"                 # (or component = "checker.wasm"), relative to this file.
+//! [checker.settings]                # It runs once at the end of every run, on that run's
+//! expected = "10"                   # storage: `run` returning Ok passes, Err(message) fails.
 //! ```
 
 use std::collections::BTreeMap;
@@ -221,9 +226,29 @@ struct CheckSection {
     count: Option<u64>,
 }
 
+/// The user's checker: a worker-role component run once at the end of every run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Checker {
+    /// Its component, or the crate that builds it.
+    pub source: crate::manifest::ComponentSource,
+    /// Settings it reads with `env::setting`.
+    pub settings: Vec<(String, String)>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckerSection {
+    component: Option<PathBuf>,
+    #[serde(rename = "crate")]
+    krate: Option<PathBuf>,
+    #[serde(default)]
+    settings: BTreeMap<String, toml::Value>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
+    checker: Option<CheckerSection>,
     seed: Option<u64>,
     #[serde(default)]
     roles: BTreeMap<String, u32>,
@@ -251,6 +276,8 @@ pub struct Scenario {
     pub limit: Duration,
     /// What must hold.
     pub checks: Vec<Check>,
+    /// The user's own check, if any.
+    pub checker: Option<Checker>,
 }
 
 fn text_of(v: &toml::Value) -> String {
@@ -370,10 +397,29 @@ impl Scenario {
             };
             checks.push(check);
         }
-        if checks.is_empty() {
+        let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let checker = match file.checker {
+            None => None,
+            Some(c) => {
+                let source = match (c.component, c.krate) {
+                    (Some(f), None) => crate::manifest::ComponentSource::File(base.join(f)),
+                    (None, Some(d)) => crate::manifest::ComponentSource::Crate(base.join(d)),
+                    _ => return Err(invalid("checker".into(), "give `component` or `crate`")),
+                };
+                Some(Checker {
+                    source,
+                    settings: c
+                        .settings
+                        .iter()
+                        .map(|(k, v)| (k.clone(), text_of(v)))
+                        .collect(),
+                })
+            }
+        };
+        if checks.is_empty() && checker.is_none() {
             return Err(invalid(
                 "check".into(),
-                "a scenario needs at least one check",
+                "a scenario needs at least one check or a checker",
             ));
         }
         Ok(Scenario {
@@ -384,6 +430,7 @@ impl Scenario {
             end,
             limit,
             checks,
+            checker,
         })
     }
 }
@@ -474,5 +521,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("at least one check"), "{e}");
+        let s = Scenario::parse(
+            "[checker]\ncrate = \"../checker\"\n[checker.settings]\nexpected = 10\n",
+            Path::new("/x/verify.toml"),
+        )
+        .unwrap();
+        let c = s.checker.unwrap();
+        assert_eq!(
+            c.source,
+            crate::manifest::ComponentSource::Crate("/x/../checker".into())
+        );
+        assert_eq!(c.settings, [("expected".to_string(), "10".to_string())]);
     }
 }
