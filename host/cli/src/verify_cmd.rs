@@ -29,9 +29,9 @@ pub(crate) struct VerifyArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
-    /// Print every case's line, not only the failing ones.
+    /// In the table of cases, only the failing ones.
     #[arg(long)]
-    all: bool,
+    failing: bool,
     /// Cargo target directory for guest builds.
     #[arg(long)]
     target_dir: Option<PathBuf>,
@@ -181,7 +181,7 @@ fn run(verifier: &Verifier, args: &VerifyArgs) -> anyhow::Result<bool> {
     for r in report
         .cases
         .iter()
-        .filter(|r| args.all || !r.verdict.passed())
+        .filter(|r| !args.failing || !r.verdict.passed())
     {
         let call = r.faulted().last();
         let outcome = match &r.verdict {
@@ -197,9 +197,9 @@ fn run(verifier: &Verifier, args: &VerifyArgs) -> anyhow::Result<bool> {
             call.map_or("", |c| c.target.as_str()),
         );
     }
-    if !args.all && failures.len() < n {
+    if args.failing && failures.len() < n {
         println!(
-            "({} passing cases not shown; --all shows every case)",
+            "({} passing cases not shown: --failing)",
             n - failures.len()
         );
     }
