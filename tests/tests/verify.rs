@@ -28,16 +28,22 @@ async fn verifier(name: &str, guest: &str) -> Verifier {
         .expect("verifier")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cas_counter_breaks_in_exactly_the_expected_cases() {
-    let v = verifier("counter", "counter").await;
-    let report = tokio::task::block_in_place(|| verify::enumerate(&v, 1, 10_000, &|_, _| {}))
+/// Every depth-1 case; the fault-free run must pass.
+fn depth_1(v: &Verifier) -> verify::Report {
+    let report = tokio::task::block_in_place(|| verify::enumerate(v, 1, 10_000, &|_, _| {}))
         .expect("enumeration");
     assert!(
         report.baseline.verdict.passed(),
         "{:?}",
         report.baseline.verdict
     );
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cas_counter_breaks_in_exactly_the_expected_cases() {
+    let v = verifier("counter", "counter").await;
+    let report = depth_1(&v);
     // What at-least-once predicts, per message: the count is written twice when the write's
     // answer is lost or the instance crashes after it (the handler fails, the message comes
     // back), when it crashes before the delete, or when the visibility timeout expires while
@@ -88,13 +94,7 @@ async fn the_cas_counter_breaks_in_exactly_the_expected_cases() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_idempotent_counter_passes_every_case() {
     let v = verifier("idempotent-counter", "idempotent_counter").await;
-    let report = tokio::task::block_in_place(|| verify::enumerate(&v, 1, 10_000, &|_, _| {}))
-        .expect("enumeration");
-    assert!(
-        report.baseline.verdict.passed(),
-        "{:?}",
-        report.baseline.verdict
-    );
+    let report = depth_1(&v);
     let failed: Vec<&str> = report.failures().map(|r| r.id.as_str()).collect();
     assert!(failed.is_empty(), "{failed:?}");
     assert!(report.cases.len() > 200, "{}", report.cases.len());
@@ -141,13 +141,7 @@ async fn the_same_seed_gives_the_same_run_and_a_failing_case_fails_again_by_its_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn romeo_and_juliet_die_when_the_message_is_lost_unless_juliet_waits_for_an_ack() {
     let naive = verifier("romeo-juliet-naive", "romeo_juliet").await;
-    let report = tokio::task::block_in_place(|| verify::enumerate(&naive, 1, 10_000, &|_, _| {}))
-        .expect("enumeration");
-    assert!(
-        report.baseline.verdict.passed(),
-        "{:?}",
-        report.baseline.verdict
-    );
+    let report = depth_1(&naive);
     let lost_message = report
         .failures()
         .find(|r| {
@@ -166,8 +160,7 @@ async fn romeo_and_juliet_die_when_the_message_is_lost_unless_juliet_waits_for_a
     );
 
     let careful = verifier("romeo-juliet-acknowledged", "romeo_juliet").await;
-    let report = tokio::task::block_in_place(|| verify::enumerate(&careful, 1, 10_000, &|_, _| {}))
-        .expect("enumeration");
+    let report = depth_1(&careful);
     let failed: Vec<&str> = report.failures().map(|r| r.id.as_str()).collect();
     assert!(failed.is_empty(), "{failed:?}");
 }
