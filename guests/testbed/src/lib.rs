@@ -20,6 +20,8 @@
 //! - `cpu-loop`: a tight integer loop of `iterations` (default 300,000,000) steps.
 //! - `cpu-alloc`: builds, sorts, hashes and formats `items` (default 2,000,000) values.
 //!
+//! - `memcount`: counts the messages of queue `memcount` in memory (a static) and writes the
+//!   count to blob `memcount/latest` after each: continuity across a freeze and thaw shows.
 //! - `topology`: writes blob `topology/<instance id>` (`version N: Role=n,...`) whenever the
 //!   service's topology changes, and `topology/<instance id>-stopped` when asked to stop.
 //!
@@ -93,6 +95,22 @@ impl WorkerRole for Testbed {
                 panic!("testbed trapping as asked");
             }
             "return" => Ok(()),
+            "memcount" => {
+                // Counts in memory only (a static): writes the count so far to blob
+                // `memcount/latest` after each message of queue `memcount`. Its count survives
+                // only if its memory does (a freeze and thaw).
+                static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let out = Container::new("memcount");
+                out.create_if_not_exists().map_err(|e| e.to_string())?;
+                QueueProcessor::new("memcount")
+                    .poll_wait(Duration::from_millis(100))
+                    .run(|_job| {
+                        let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                        out.blob("latest").put(n.to_string().as_bytes()).map(|_| ())
+                    })
+                    .map_err(|e| e.to_string())?;
+                Ok(())
+            }
             "topology" => {
                 // Writes what it sees each time the topology changes, and on stop, so the
                 // test can tell it was told (and stopped gracefully).

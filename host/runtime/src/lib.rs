@@ -15,6 +15,7 @@ pub mod capability;
 pub mod engine;
 pub mod error;
 pub mod fabric;
+pub mod freeze;
 pub mod instance;
 pub mod link;
 pub mod manifest;

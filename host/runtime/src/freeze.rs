@@ -1,0 +1,342 @@
+//! Freeze and thaw: an instance's linear memory and globals captured into a snapshot (a
+//! component whose data segments hold the memory, made by wasmtime-wizer), stored compressed
+//! in a self-checking file, and instantiated again later, here or on another host.
+//!
+//! An instance can be frozen only when it runs the *instrumented* component
+//! ([`instrument`]): wizer adds an export (`wasmtime:wizer/access`) through which the host
+//! reads memories and globals. Component-model handles do not survive (they live in
+//! wasmtime's tables, not in linear memory), so a freeze happens only at a quiet point: a
+//! worker after its `run` returned, holding no handle.
+//!
+//! The snapshot file: `RHSNAP01`, the header's length (u32, little endian), the header
+//! (JSON: who the instance was, its deployment, sizes, the payload's SHA-256), and the payload
+//! (the snapshot component, zstd). A thaw checks all of it before anything starts.
+
+use std::future::Future;
+
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+use wasmtime::Store;
+use wasmtime::component::{Instance, WasmList};
+use wasmtime_wizer::{ComponentInstanceState, Wizer};
+
+/// The first bytes of every snapshot file.
+pub const MAGIC: &[u8; 8] = b"RHSNAP01";
+/// Largest header a snapshot may have.
+const MAX_HEADER: usize = 1 << 20;
+/// zstd level: fast, and most heaps (text, zeroes) shrink a lot.
+const ZSTD_LEVEL: i32 = 3;
+
+/// Why a snapshot could not be made or read.
+#[derive(Debug, thiserror::Error)]
+pub enum FreezeError {
+    /// The component cannot be instrumented (wizer's limits: no nested modules instantiated
+    /// twice, no start functions, ...).
+    #[error("this component cannot be frozen: {0}")]
+    Unsupported(String),
+    /// Reading the instance's state failed.
+    #[error("reading the instance's state failed: {0}")]
+    Capture(String),
+    /// Not a snapshot file at all.
+    #[error("not a rolehost snapshot (it does not start with {:?})", std::str::from_utf8(MAGIC).unwrap_or(""))]
+    NotASnapshot,
+    /// Cut short.
+    #[error("the snapshot is truncated: {0}")]
+    Truncated(String),
+    /// Its bytes are not what its header says.
+    #[error("the snapshot is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// What a snapshot says about the instance it came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotHeader {
+    /// The service.
+    pub service: String,
+    /// The role.
+    pub role: String,
+    /// The instance's id when it was frozen.
+    pub instance_id: String,
+    /// The deployment it belongs to: a thaw into another deployment is refused.
+    pub deployment_id: String,
+    /// The VM size's name.
+    pub vm_size: String,
+    /// The role's settings then.
+    pub settings: Vec<(String, String)>,
+    /// Wall-clock time of the freeze, microseconds since the Unix epoch.
+    pub frozen_at_micros: u64,
+    /// The guest's monotonic clock at the freeze, nanoseconds: the thawed instance's clock
+    /// goes on from there.
+    pub monotonic_ns: u64,
+    /// Size of the snapshot component.
+    pub raw_len: u64,
+    /// Size of the compressed payload.
+    pub payload_len: u64,
+    /// SHA-256 of the payload, hex.
+    pub payload_sha256: String,
+}
+
+/// Instruments a component so instances of it can be frozen.
+pub fn instrument(component: &[u8]) -> Result<Vec<u8>, FreezeError> {
+    Wizer::new()
+        .instrument_component(component)
+        .map(|(_, instrumented)| instrumented)
+        .map_err(|e| FreezeError::Unsupported(format!("{e:#}")))
+}
+
+/// Reads an instance's state through wizer's accessor export, recording the first error
+/// instead of panicking (the trait's methods cannot fail).
+struct Access<'a, T: 'static> {
+    store: &'a mut Store<T>,
+    instance: Instance,
+    error: Option<String>,
+}
+
+impl<T: Send> Access<'_, T> {
+    async fn call<R, R2: Default>(
+        &mut self,
+        export: &str,
+        func: &str,
+        use_ret: impl FnOnce(&mut Store<T>, R) -> R2,
+    ) -> R2
+    where
+        R: wasmtime::component::Lift + 'static,
+    {
+        if self.error.is_some() {
+            return R2::default();
+        }
+        let result = async {
+            let (_, inst) = self
+                .instance
+                .get_export(&mut *self.store, None, export)
+                .ok_or_else(|| format!("no export {export}"))?;
+            let (_, f) = self
+                .instance
+                .get_export(&mut *self.store, Some(&inst), func)
+                .ok_or_else(|| format!("no export {export}#{func}"))?;
+            let typed = self
+                .instance
+                .get_typed_func::<(), (R,)>(&mut *self.store, f)
+                .map_err(|e| format!("{export}#{func}: {e:#}"))?;
+            let (ret,) = typed
+                .call_async(&mut *self.store, ())
+                .await
+                .map_err(|e| format!("{export}#{func}: {e:#}"))?;
+            Ok::<_, String>(use_ret(&mut *self.store, ret))
+        }
+        .await;
+        match result {
+            Ok(v) => v,
+            Err(e) => {
+                self.error = Some(e);
+                R2::default()
+            }
+        }
+    }
+}
+
+impl<T: Send> ComponentInstanceState for Access<'_, T> {
+    fn call_func_ret_list_u8(
+        &mut self,
+        instance: &str,
+        func: &str,
+        contents: impl FnOnce(&[u8]) + Send,
+    ) -> impl Future<Output = ()> + Send {
+        async move {
+            let mut contents = Some(contents);
+            self.call(instance, func, |store, list: WasmList<u8>| {
+                if let Some(c) = contents.take() {
+                    c(list.as_le_slice(&*store));
+                }
+            })
+            .await;
+            // An error left the callback unused: give wizer an empty image (discarded below).
+            if let Some(c) = contents.take() {
+                c(&[]);
+            }
+        }
+    }
+
+    fn call_func_ret_s32(
+        &mut self,
+        instance: &str,
+        func: &str,
+    ) -> impl Future<Output = i32> + Send {
+        self.call(instance, func, |_, r: i32| r)
+    }
+
+    fn call_func_ret_s64(
+        &mut self,
+        instance: &str,
+        func: &str,
+    ) -> impl Future<Output = i64> + Send {
+        self.call(instance, func, |_, r: i64| r)
+    }
+
+    fn call_func_ret_f32(
+        &mut self,
+        instance: &str,
+        func: &str,
+    ) -> impl Future<Output = u32> + Send {
+        self.call(instance, func, |_, r: f32| r.to_bits())
+    }
+
+    fn call_func_ret_f64(
+        &mut self,
+        instance: &str,
+        func: &str,
+    ) -> impl Future<Output = u64> + Send {
+        self.call(instance, func, |_, r: f64| r.to_bits())
+    }
+}
+
+/// Captures `instance` (of the component instrumented from `original`) into a snapshot
+/// component: its memories and globals as they are now. The instance goes on running.
+pub async fn capture<T: Send>(
+    original: &[u8],
+    store: &mut Store<T>,
+    instance: Instance,
+) -> Result<Vec<u8>, FreezeError> {
+    let wizer = Wizer::new();
+    let (cx, _) = wizer
+        .instrument_component(original)
+        .map_err(|e| FreezeError::Unsupported(format!("{e:#}")))?;
+    let mut access = Access {
+        store,
+        instance,
+        error: None,
+    };
+    let snapshot = wizer
+        .snapshot_component(&cx, &mut access)
+        .await
+        .map_err(|e| FreezeError::Capture(format!("{e:#}")))?;
+    match access.error {
+        Some(e) => Err(FreezeError::Capture(e)),
+        None => Ok(snapshot),
+    }
+}
+
+/// Packs a snapshot component with its header into a snapshot file (compressed).
+pub fn encode(mut header: SnapshotHeader, component: &[u8]) -> Result<Vec<u8>, FreezeError> {
+    let payload = zstd::bulk::compress(component, ZSTD_LEVEL)
+        .map_err(|e| FreezeError::Capture(format!("compressing: {e}")))?;
+    header.raw_len = component.len() as u64;
+    header.payload_len = payload.len() as u64;
+    header.payload_sha256 = hex(&sha2::Sha256::digest(&payload));
+    let head = serde_json::to_vec(&header).map_err(|e| FreezeError::Capture(e.to_string()))?;
+    let mut out = Vec::with_capacity(MAGIC.len() + 4 + head.len() + payload.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&(head.len() as u32).to_le_bytes());
+    out.extend_from_slice(&head);
+    out.extend_from_slice(&payload);
+    Ok(out)
+}
+
+/// Reads a snapshot file's header only, checking the frame (for listings).
+pub fn header(file: &[u8]) -> Result<(SnapshotHeader, &[u8]), FreezeError> {
+    if file.len() < MAGIC.len() || &file[..MAGIC.len()] != MAGIC {
+        return Err(FreezeError::NotASnapshot);
+    }
+    let rest = &file[MAGIC.len()..];
+    let len_bytes: [u8; 4] = rest
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| FreezeError::Truncated("no header length".into()))?;
+    let len = u32::from_le_bytes(len_bytes) as usize;
+    if len > MAX_HEADER {
+        return Err(FreezeError::Corrupt(format!("a header of {len} bytes")));
+    }
+    let head = rest.get(4..4 + len).ok_or_else(|| {
+        FreezeError::Truncated(format!(
+            "the header is cut short ({} of {len} bytes)",
+            rest.len().saturating_sub(4)
+        ))
+    })?;
+    let header: SnapshotHeader = serde_json::from_slice(head)
+        .map_err(|e| FreezeError::Corrupt(format!("the header does not parse: {e}")))?;
+    let payload = &rest[4 + len..];
+    if (payload.len() as u64) < header.payload_len {
+        return Err(FreezeError::Truncated(format!(
+            "{} of {} payload bytes",
+            payload.len(),
+            header.payload_len
+        )));
+    }
+    if payload.len() as u64 != header.payload_len {
+        return Err(FreezeError::Corrupt(format!(
+            "{} payload bytes where the header says {}",
+            payload.len(),
+            header.payload_len
+        )));
+    }
+    Ok((header, payload))
+}
+
+/// Checks and unpacks a snapshot file: its header and the snapshot component.
+pub fn decode(file: &[u8]) -> Result<(SnapshotHeader, Vec<u8>), FreezeError> {
+    let (header, payload) = header(file)?;
+    let actual = hex(&sha2::Sha256::digest(payload));
+    if actual != header.payload_sha256 {
+        return Err(FreezeError::Corrupt(format!(
+            "the payload's SHA-256 is {actual}, the header says {}",
+            header.payload_sha256
+        )));
+    }
+    let limit = usize::try_from(header.raw_len).unwrap_or(usize::MAX);
+    let component = zstd::bulk::decompress(payload, limit)
+        .map_err(|e| FreezeError::Corrupt(format!("decompressing: {e}")))?;
+    if component.len() as u64 != header.raw_len {
+        return Err(FreezeError::Corrupt(format!(
+            "{} bytes decompressed where the header says {}",
+            component.len(),
+            header.raw_len
+        )));
+    }
+    Ok((header, component))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header_for_test() -> SnapshotHeader {
+        SnapshotHeader {
+            service: "s".into(),
+            role: "R".into(),
+            instance_id: "R_IN_0".into(),
+            deployment_id: "d1".into(),
+            vm_size: "Small".into(),
+            settings: vec![],
+            frozen_at_micros: 1,
+            monotonic_ns: 2,
+            raw_len: 0,
+            payload_len: 0,
+            payload_sha256: String::new(),
+        }
+    }
+
+    #[test]
+    fn files_round_trip_and_damage_is_named() {
+        let body = vec![7u8; 100_000];
+        let file = encode(header_for_test(), &body).unwrap();
+        assert!(file.len() < 1_000, "compressed: {}", file.len());
+        let (h, back) = decode(&file).unwrap();
+        assert_eq!(back, body);
+        assert_eq!(h.deployment_id, "d1");
+        let e = decode(&file[..file.len() - 3]).unwrap_err().to_string();
+        assert!(e.contains("truncated"), "{e}");
+        let e = decode(&file[..10]).unwrap_err().to_string();
+        assert!(e.contains("truncated"), "{e}");
+        let mut bad = file.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 0xff;
+        let e = decode(&bad).unwrap_err().to_string();
+        assert!(e.contains("corrupt") && e.contains("SHA-256"), "{e}");
+        let e = decode(b"GIF89a....").unwrap_err().to_string();
+        assert!(e.contains("not a rolehost snapshot"), "{e}");
+    }
+}
