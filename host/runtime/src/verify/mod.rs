@@ -484,10 +484,10 @@ impl Verifier {
         service.stop().await;
         plan.sync_clock();
         let mut failures = check(&*store, &account, &self.scenario.checks);
-        if let Some(pre) = &self.checker {
-            if let Err(message) = self.run_checker(pre, &store, &account, &dir, start).await {
-                failures.push(format!("the checker says: {message}"));
-            }
+        if let Some(pre) = &self.checker
+            && let Err(message) = self.run_checker(pre, &store, &account, start).await
+        {
+            failures.push(format!("the checker says: {message}"));
         }
         let verdict = match (stuck, failures.is_empty()) {
             (Some(s), _) => Verdict::Stuck([vec![s], failures].concat()),
@@ -513,7 +513,6 @@ impl Verifier {
         pre: &crate::bindings::WorkerRolePre<crate::instance::InstanceState>,
         store: &Arc<dyn Backend>,
         account: &AccountName,
-        dir: &Path,
         start: tokio::time::Instant,
     ) -> Result<(), String> {
         use crate::capability::environment::InstanceInfo;
@@ -550,7 +549,6 @@ impl Verifier {
                 wall_base: Duration::from_micros(EPOCH_MICROS),
             }),
         };
-        let _ = dir;
         let mut limits = crate::quota::Limits::of(crate::manifest::VmSize::Small);
         limits.fuel_per_sec = u64::MAX / 4;
         let mut store = crate::instance::new_store(&self.engine, parts, &limits)
