@@ -71,6 +71,12 @@ pub fn wait_for_stop(timeout: Duration) -> bool {
     host::wait_for_stop(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// The snapshot this instance was thawed from, if it was: its memory is what it was when
+/// frozen (counters, caches), its local resources are new and empty.
+pub fn resumed_from() -> Option<String> {
+    host::resumed_from()
+}
+
 /// The service's roles and instance counts, with a version that grows with every change.
 pub use host::ServiceTopology as Topology;
 

@@ -75,6 +75,21 @@ pub use worker::WorkerRole;
 /// Used by the macros; not part of the API.
 #[doc(hidden)]
 pub mod __private {
+    /// Readies wasi-libc for a freeze: its cached preopened directories are handles, which
+    /// do not survive a thaw; after the reset `std::fs` fetches the new host's directories.
+    pub fn prepare_freeze() {
+        #[cfg(all(target_os = "wasi", target_env = "p2"))]
+        {
+            unsafe extern "C" {
+                fn __wasilibc_reset_preopens();
+            }
+            // SAFETY: wasi-libc's own reset, called between exports (no directory in use).
+            #[allow(unsafe_code)]
+            unsafe {
+                __wasilibc_reset_preopens()
+            };
+        }
+    }
     pub use crate::bindings;
     pub use crate::bindings::export_worker_role;
     pub use crate::bindings::exports::rolehost::platform::worker::Guest as WorkerGuest;

@@ -47,6 +47,12 @@ pub trait WorkerRole: 'static {
 
     /// Called after `run` returned because of a stop: flush, release leases.
     fn on_stop(&mut self) {}
+
+    /// Called instead of [`WorkerRole::on_stop`] when the host freezes the instance: drop
+    /// anything that holds a WASI handle (open files, streams). The role's memory survives the
+    /// freeze; after the thaw the host calls [`WorkerRole::run`] again. See the README's
+    /// freeze section for what survives.
+    fn on_freeze(&mut self) {}
 }
 
 /// Exports a [`WorkerRole`] type as this component's worker lifecycle. Use once per role crate.
@@ -83,6 +89,15 @@ macro_rules! worker {
                             $crate::WorkerRole::on_stop(role)
                         }
                     })
+                }
+
+                fn on_freeze() {
+                    __ROLEHOST_ROLE.with(|r| {
+                        if let ::std::option::Option::Some(role) = r.borrow_mut().as_mut() {
+                            $crate::WorkerRole::on_freeze(role)
+                        }
+                    });
+                    $crate::__private::prepare_freeze();
                 }
             }
 

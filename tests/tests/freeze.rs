@@ -32,6 +32,7 @@ fn store_for(
         deployment_id: "d1".into(),
         settings: vec![("mode".into(), "memcount".into())],
         local_resources: Vec::new(),
+        resumed_from: None,
     };
     let (stop, signal) = stop_signal();
     let parts = InstanceParts {
@@ -47,6 +48,7 @@ fn store_for(
         topology: Arc::default(),
         logs: None,
         sim: None,
+        monotonic_base_ns: 0,
     };
     let store = new_store(engine, parts, &Limits::of(VmSize::Small)).expect("store");
     (store, stop)
@@ -178,4 +180,127 @@ async fn a_worker_frozen_after_n_messages_goes_on_at_n_plus_1_on_a_new_engine() 
         Some(4),
         "the count went on from the snapshot"
     );
+}
+
+/// Starts the `frozen` service (one memcount worker, one printing worker) on `store`, with
+/// local resources under `data` and deployment id `deployment`.
+async fn service_on(
+    t: &rolehost_tests::TestService,
+    data: &std::path::Path,
+    deployment: &str,
+    counters: u32,
+) -> rolehost_runtime::service::Service {
+    let mut manifest = t.manifest.clone();
+    if let Some(r) = manifest.roles.get_mut("Counter") {
+        r.instances = counters;
+    }
+    let components = rolehost_runtime::service::resolve_components(&manifest, None).unwrap();
+    let options = rolehost_runtime::service::ServiceOptions {
+        data_dir: data.to_path_buf(),
+        deployment_id: Some(deployment.into()),
+        ..Default::default()
+    };
+    rolehost_runtime::service::Service::start(&manifest, &components, t.store.clone(), options)
+        .await
+        .expect("service")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_freezes_an_instance_and_another_host_thaws_it_where_it_was() {
+    use rolehost_runtime::worker::Phase;
+    let t = rolehost_tests::prepare(
+        r#"
+        [service]
+        name = "frozen"
+        [roles.Counter]
+        kind = "worker"
+        component = "{guest:testbed}"
+        [roles.Counter.settings]
+        mode = "memcount"
+        [roles.Printer]
+        kind = "worker"
+        component = "{guest:testbed}"
+        [roles.Printer.settings]
+        mode = "print"
+        "#,
+    );
+    let backend: Arc<dyn Backend> = t.store.clone();
+    let account = t.account.clone();
+    backend
+        .create_queue(&account, "memcount", Vec::new())
+        .unwrap();
+    let put = || {
+        backend
+            .put_message(&account, "memcount", b"m", PutMessageOptions::default())
+            .unwrap()
+    };
+    let host_a = service_on(&t, &t.dir.path().join("host-a"), "d1", 1).await;
+    for _ in 0..3 {
+        put();
+    }
+    rolehost_tests::wait_for(Duration::from_secs(60), "3 counted", || {
+        (latest(&backend, &account) == Some(3)).then_some(())
+    })
+    .await;
+
+    // A role that printed cannot be frozen, and says why; it goes on running.
+    rolehost_tests::wait_for(Duration::from_secs(30), "the printer running", || {
+        host_a
+            .status()
+            .iter()
+            .any(|s| s.instance_id == "Printer_IN_0" && s.phase == Phase::Running)
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let refused = host_a.freeze("Printer_IN_0").await.unwrap_err().to_string();
+    assert!(
+        refused.contains("stdout") && refused.contains("env::log"),
+        "{refused}"
+    );
+    assert!(
+        host_a
+            .status()
+            .iter()
+            .any(|s| s.instance_id == "Printer_IN_0" && s.phase == Phase::Running)
+    );
+
+    // The counter freezes: frozen in the status, its messages wait.
+    let file = host_a.freeze("Counter_IN_0").await.expect("frozen");
+    let frozen = host_a
+        .status()
+        .into_iter()
+        .find(|s| s.instance_id == "Counter_IN_0")
+        .unwrap();
+    assert_eq!(frozen.phase, Phase::Frozen);
+    put();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        latest(&backend, &account),
+        Some(3),
+        "nobody counts while it is frozen"
+    );
+    host_a.shutdown().await;
+
+    // Another host (its own engine and data directory, the same storage, no counter of its
+    // own) refuses a snapshot of another deployment, then thaws this one: the message that
+    // waited is counted 4th.
+    let host_other = service_on(&t, &t.dir.path().join("host-c"), "d2", 0).await;
+    let e = host_other.thaw(&file, "s1").await.unwrap_err().to_string();
+    assert!(e.contains("deployment d1") && e.contains("d2"), "{e}");
+    host_other.shutdown().await;
+    let host_b = service_on(&t, &t.dir.path().join("host-b"), "d1", 0).await;
+    let truncated = host_b
+        .thaw(&file[..file.len() - 10], "s1")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(truncated.contains("truncated"), "{truncated}");
+    let id = host_b.thaw(&file, "s1").await.expect("thawed");
+    assert_eq!(id, "Counter_IN_0");
+    rolehost_tests::wait_for(Duration::from_secs(60), "the 4th message counted", || {
+        (latest(&backend, &account) == Some(4)).then_some(())
+    })
+    .await;
+    host_b.shutdown().await;
 }

@@ -78,6 +78,7 @@ impl Bed {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             local_resources: Vec::new(),
+            resumed_from: None,
         };
         let link = Link::new(
             self.backend.clone(),
@@ -98,6 +99,7 @@ impl Bed {
             topology: Arc::default(),
             logs: None,
             sim: None,
+            monotonic_base_ns: 0,
         }
     }
 }

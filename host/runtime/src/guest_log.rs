@@ -159,6 +159,8 @@ pub(crate) struct LogTarget {
     pub(crate) service: Arc<str>,
     pub(crate) instance: Arc<str>,
     pub(crate) hub: Option<Arc<LogHub>>,
+    /// Told when the guest opens the stream (it then holds a handle no freeze can keep).
+    pub(crate) usage: Arc<crate::quota::UsageCell>,
 }
 
 /// A guest output stream that ends in the log.
@@ -187,6 +189,10 @@ impl IsTerminal for GuestOutput {
 
 impl StdoutStream for GuestOutput {
     fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
+        self.target
+            .usage
+            .stdio_opened
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         Box::new(LineWriter {
             out: self.clone(),
             line: Vec::new(),

@@ -39,6 +39,8 @@ pub struct InstanceState {
     pub call_budget: Option<u64>,
     /// Where usage is published.
     pub usage: Arc<UsageCell>,
+    /// The guest's monotonic clock (read at a freeze).
+    monotonic: ResumableMonotonic,
     /// Fuel consumed by earlier incarnations of this instance slot.
     fuel_base: u64,
     /// Platform calls made (storage and environment); the call budget restarts after each.
@@ -61,6 +63,13 @@ impl InstanceState {
             .store(self.limiter.current as u64, Relaxed);
         let throttled = u64::try_from(self.cpu.throttled.as_micros()).unwrap_or(u64::MAX);
         self.usage.throttled_us.store(throttled, Relaxed);
+    }
+}
+
+impl InstanceState {
+    /// The guest's monotonic clock now, nanoseconds.
+    pub fn monotonic_now(&self) -> u64 {
+        self.monotonic.now()
     }
 }
 
@@ -130,6 +139,32 @@ pub struct InstanceParts {
     pub logs: Option<Arc<LogHub>>,
     /// Under `rolehost verify`: virtual clocks and seeded randomness.
     pub sim: Option<SimEnv>,
+    /// Where the guest's monotonic clock starts, nanoseconds: 0 for a new instance, the
+    /// frozen instance's reading for a thawed one (so time never goes back for the guest).
+    pub monotonic_base_ns: u64,
+}
+
+/// The guest's monotonic clock: from a base, at the host's pace.
+#[derive(Clone, Copy, Debug)]
+struct ResumableMonotonic {
+    base_ns: u64,
+    started: std::time::Instant,
+}
+
+impl ResumableMonotonic {
+    fn now(&self) -> u64 {
+        let elapsed = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.base_ns.saturating_add(elapsed)
+    }
+}
+
+impl wasmtime_wasi::HostMonotonicClock for ResumableMonotonic {
+    fn resolution(&self) -> u64 {
+        1
+    }
+    fn now(&self) -> u64 {
+        ResumableMonotonic::now(self)
+    }
 }
 
 /// What a simulated instance reads instead of the machine's clocks and entropy: the virtual
@@ -220,6 +255,7 @@ pub fn new_store(
         service: Arc::from(parts.info.service.as_str()),
         instance: Arc::from(parts.info.instance_id.as_str()),
         hub: parts.logs.clone(),
+        usage: parts.usage.clone(),
     };
     let mut wasi = WasiCtxBuilder::new();
     let budget = LineBudget::new();
@@ -236,6 +272,13 @@ pub fn new_store(
     .env("ROLEHOST_SERVICE", &parts.info.service)
     .env("ROLEHOST_ROLE", &parts.info.role)
     .env("ROLEHOST_INSTANCE_ID", &parts.info.instance_id);
+    let monotonic = ResumableMonotonic {
+        base_ns: parts.monotonic_base_ns,
+        started: std::time::Instant::now(),
+    };
+    if parts.sim.is_none() {
+        wasi.monotonic_clock(monotonic);
+    }
     if let Some(sim) = parts.sim {
         // The instance's own stream of randomness: the seed and its id.
         let id_hash = parts
@@ -274,6 +317,7 @@ pub fn new_store(
         budget_mark: 0,
         disk: LocalDiskCtx::new(parts.disk_quotas, parts.usage.clone()),
         usage: parts.usage.clone(),
+        monotonic,
         capabilities: Capabilities {
             blob: BlobCtx::new(link.clone()),
             queue: QueueCtx::new(link.clone(), parts.wakers, parts.stop.clone())

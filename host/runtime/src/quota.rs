@@ -307,6 +307,8 @@ pub struct UsageCell {
     /// Queue messages the instance received that had been delivered before (dequeue count
     /// over 1): the redeliveries at-least-once makes.
     pub redeliveries: std::sync::atomic::AtomicU64,
+    /// Whether the guest ever opened stdout or stderr (their handles cannot survive a freeze).
+    pub stdio_opened: std::sync::atomic::AtomicBool,
 }
 
 /// A reading of [`UsageCell`] with the quotas it is measured against.

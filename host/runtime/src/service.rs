@@ -159,6 +159,7 @@ pub type Progress<'a> = &'a (dyn Fn(String) + Send + Sync);
 
 struct InstanceSlot {
     stop: StopHandle,
+    freeze: Arc<crate::worker::FreezeCell>,
     task: Mutex<Option<JoinHandle<()>>>,
     status: Arc<Mutex<InstanceStatus>>,
     usage: Arc<UsageCell>,
@@ -213,7 +214,18 @@ impl WorkerPool {
     }
 
     fn spawn(runtime: &Arc<RoleRuntime>, index: u32, restarts: u32) -> Arc<InstanceSlot> {
+        Self::spawn_from(runtime, index, restarts, None)
+    }
+
+    /// [`WorkerPool::spawn`], its first incarnation thawed from `resume` when given.
+    fn spawn_from(
+        runtime: &Arc<RoleRuntime>,
+        index: u32,
+        restarts: u32,
+        resume: Option<crate::worker::Resume>,
+    ) -> Arc<InstanceSlot> {
         let (stop, signal) = stop_signal();
+        let freeze = Arc::new(crate::worker::FreezeCell::default());
         let status = Arc::new(Mutex::new(InstanceStatus {
             role: runtime.spec.name.clone(),
             instance_id: format!("{}_IN_{index}", runtime.spec.name),
@@ -229,9 +241,12 @@ impl WorkerPool {
             signal,
             status.clone(),
             usage.clone(),
+            freeze.clone(),
+            resume,
         ));
         Arc::new(InstanceSlot {
             stop,
+            freeze,
             task: Mutex::new(Some(task)),
             status,
             usage,
@@ -409,8 +424,8 @@ impl Shared {
     ) -> Result<Vec<Prepared>, RuntimeError> {
         let mut out = Vec::new();
         for (name, spec) in &manifest.roles {
-            let pre = match self.precompiled.as_ref().and_then(|p| p.get(name)) {
-                Some(pre) => pre.clone(),
+            let (pre, freeze_source) = match self.precompiled.as_ref().and_then(|p| p.get(name)) {
+                Some(pre) => (pre.clone(), None),
                 None => self.compile(name, spec.kind, components, progress).await?,
             };
             out.push(Prepared {
@@ -429,6 +444,7 @@ impl Shared {
                     topology: self.topology.clone(),
                     logs: self.logs.clone(),
                     sim: self.sim,
+                    freeze_source,
                 }),
             });
         }
@@ -444,7 +460,7 @@ impl Shared {
         kind: crate::manifest::RoleKind,
         components: &BTreeMap<String, PathBuf>,
         progress: Progress<'_>,
-    ) -> Result<RolePre, RuntimeError> {
+    ) -> Result<(RolePre, Option<Arc<Vec<u8>>>), RuntimeError> {
         let path = components
             .get(name)
             .ok_or_else(|| RuntimeError::Unsupported(format!("role {name} has no component")))?;
@@ -464,7 +480,19 @@ impl Shared {
             bytes.len() >> 10
         ));
         let started = std::time::Instant::now();
-        let pre = prepare_role(&self.engine, &self.linker, bytes, kind)
+        // Worker instances run an instrumented copy, so any of them can be frozen. A
+        // component wizer cannot instrument still runs; it just cannot be frozen.
+        let (runs, freeze_source) = match kind {
+            crate::manifest::RoleKind::Worker => match crate::freeze::instrument(&bytes) {
+                Ok(instrumented) => (instrumented, Some(Arc::new(bytes))),
+                Err(e) => {
+                    tracing::warn!(role = %name, error = %e, "its instances cannot be frozen");
+                    (bytes, None)
+                }
+            },
+            crate::manifest::RoleKind::Web => (bytes, None),
+        };
+        let pre = prepare_role(&self.engine, &self.linker, runs, kind)
             .await
             .map_err(component_err)?;
         tracing::info!(role = %name, elapsed = ?started.elapsed(), "compiled and linked");
@@ -472,7 +500,7 @@ impl Shared {
             "role {name}: compiled and linked in {:.1} s",
             started.elapsed().as_secs_f64()
         ));
-        Ok(pre)
+        Ok((pre, freeze_source))
     }
 }
 
@@ -837,6 +865,152 @@ impl Service {
         progress(format!("deployment {deployment_id} is running"));
         tracing::info!(service = %self.shared.name, deployment = %deployment_id, "upgraded");
         Ok(())
+    }
+
+    /// Freezes worker instance `instance_id` at its quiet point: it is asked to stop, its
+    /// `run` returns, `on-freeze` runs, and its memory and globals are captured; its local
+    /// resources are wiped. Returns the snapshot file ([`crate::freeze`]). Refused, with the
+    /// instance left running, when something it holds cannot survive a thaw.
+    pub async fn freeze(&self, instance_id: &str) -> Result<Vec<u8>, RuntimeError> {
+        let _op = self.ops.lock().await;
+        let slot = self.find_worker(instance_id)?;
+        if slot
+            .usage
+            .stdio_opened
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(RuntimeError::Unsupported(format!(
+                "{instance_id} cannot be frozen: it wrote to stdout or stderr (println!), and \
+                 wasi-libc keeps that stream's handle in the instance's memory, where no handle \
+                 survives a thaw. Log with rolehost_sdk::env::log, which is freeze-safe"
+            )));
+        }
+        let runtime = slot.role.clone();
+        let answer = slot.freeze.ask();
+        slot.stop.request();
+        let answer = answer.await.map_err(|_| {
+            RuntimeError::Unsupported(format!(
+                "{instance_id} stopped without reaching a quiet point (it failed, or did not \
+                 return from run within its grace period); it was not frozen"
+            ))
+        })?;
+        slot.stop().await;
+        let (component, monotonic_ns) = answer.map_err(|e| {
+            RuntimeError::Unsupported(format!("{instance_id} could not be frozen: {e}"))
+        })?;
+        let header = crate::freeze::SnapshotHeader {
+            service: self.shared.name.clone(),
+            role: runtime.spec.name.clone(),
+            instance_id: instance_id.to_string(),
+            deployment_id: self.deployment_id(),
+            vm_size: format!("{:?}", runtime.spec.vm_size),
+            settings: runtime.spec.settings.clone(),
+            frozen_at_micros: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+            monotonic_ns,
+            raw_len: 0,
+            payload_len: 0,
+            payload_sha256: String::new(),
+        };
+        crate::freeze::encode(header, &component)
+            .map_err(|e| RuntimeError::Unsupported(e.to_string()))
+    }
+
+    /// Thaws a snapshot file into this service: checked whole first (a corrupt, truncated or
+    /// foreign snapshot is refused and nothing starts), then the instance resumes in its old
+    /// slot if that is free or frozen, else in a new one, with fresh local resources; `run` is
+    /// called again. Returns the instance's id.
+    pub async fn thaw(&self, file: &[u8], snapshot_id: &str) -> Result<String, RuntimeError> {
+        let (header, component) =
+            crate::freeze::decode(file).map_err(|e| RuntimeError::Unsupported(e.to_string()))?;
+        let current = self.deployment_id();
+        if header.service != self.shared.name {
+            return Err(RuntimeError::Unsupported(format!(
+                "the snapshot is of service {}, not {}",
+                header.service, self.shared.name
+            )));
+        }
+        if header.deployment_id != current {
+            return Err(RuntimeError::Unsupported(format!(
+                "the snapshot is of deployment {}, and {} now runs deployment {current}: a \
+                 snapshot resumes only in the deployment it came from",
+                header.deployment_id, self.shared.name
+            )));
+        }
+        let _op = self.ops.lock().await;
+        let pool = {
+            let roles = self.roles.lock().unwrap_or_else(|p| p.into_inner());
+            match roles.get(&header.role) {
+                Some(RoleEntry::Worker(pool)) => pool.clone(),
+                _ => {
+                    return Err(RuntimeError::Unsupported(format!(
+                        "service {} has no worker role {}",
+                        self.shared.name, header.role
+                    )));
+                }
+            }
+        };
+        let engine = self.shared.engine.clone();
+        let compiled = tokio::task::spawn_blocking(move || {
+            wasmtime::component::Component::new(&engine, &component)
+        })
+        .await
+        .map_err(|e| RuntimeError::Engine(e.to_string()))?
+        .map_err(|e| RuntimeError::Unsupported(format!("the snapshot does not compile: {e:#}")))?;
+        let resume = crate::worker::Resume {
+            component: compiled,
+            monotonic_ns: header.monotonic_ns,
+            snapshot_id: snapshot_id.to_string(),
+        };
+        let runtime = pool.runtime();
+        let wanted: Option<u32> = header
+            .instance_id
+            .rsplit_once("_IN_")
+            .and_then(|(_, n)| n.parse().ok());
+        let mut slots = pool.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let free = |i: &u32| slots.get(i).is_none_or(|s| s.read().phase == Phase::Frozen);
+        let index = match wanted.filter(free) {
+            Some(i) => i,
+            None => (0..).find(|i| !slots.contains_key(i)).unwrap_or(0),
+        };
+        let restarts = slots.get(&index).map_or(0, |s| s.read().restarts);
+        slots.insert(
+            index,
+            WorkerPool::spawn_from(&runtime, index, restarts, Some(resume)),
+        );
+        let count = slots
+            .values()
+            .filter(|s| s.read().phase != Phase::Frozen)
+            .count();
+        drop(slots);
+        self.shared
+            .topology
+            .set(&header.role, u32::try_from(count).unwrap_or(u32::MAX));
+        Ok(format!("{}_IN_{index}", header.role))
+    }
+
+    fn find_worker(&self, instance_id: &str) -> Result<Arc<InstanceSlot>, RuntimeError> {
+        let roles = self.roles.lock().unwrap_or_else(|p| p.into_inner());
+        for entry in roles.values() {
+            if let RoleEntry::Worker(pool) = entry {
+                let slots = pool.slots.lock().unwrap_or_else(|p| p.into_inner());
+                for slot in slots.values() {
+                    if slot.read().instance_id == instance_id {
+                        if slot.read().phase == Phase::Frozen {
+                            return Err(RuntimeError::Unsupported(format!(
+                                "{instance_id} is frozen already"
+                            )));
+                        }
+                        return Ok(slot.clone());
+                    }
+                }
+            }
+        }
+        Err(RuntimeError::Unsupported(format!(
+            "service {} has no running worker instance {instance_id}",
+            self.shared.name
+        )))
     }
 
     /// Asks every instance to stop and waits until all have stopped (each within its grace

@@ -384,7 +384,9 @@ impl WebRole {
             (slot.version.clone(), slot.usage.clone())
         };
         let id = self.id(index);
-        let mut store = version.role.new_store(&id, first, &self.stop, &usage)?;
+        let mut store = version
+            .role
+            .new_store(&id, first, &self.stop, &usage, None)?;
         let proxy = version
             .pre
             .instantiate_async(&mut store)

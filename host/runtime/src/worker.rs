@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rolehost_storage::{AccountName, Backend};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use wasmtime::Engine;
 
@@ -45,6 +46,8 @@ pub enum Phase {
     Recycling,
     /// Done.
     Stopped,
+    /// Captured into a snapshot and stopped; a thaw brings it back.
+    Frozen,
 }
 
 /// What the host knows of an instance.
@@ -73,6 +76,44 @@ pub enum RolePre {
     Worker(WorkerRolePre<InstanceState>),
     /// A web role (`wasi:http/incoming-handler`).
     Web(ProxyPre<InstanceState>),
+}
+
+/// A freeze asked of one instance: its supervisor answers at the quiet point with the
+/// snapshot component and the guest's monotonic time, or why it could not.
+#[derive(Debug, Default)]
+pub struct FreezeCell {
+    reply: Mutex<Option<oneshot::Sender<Result<(Vec<u8>, u64), String>>>>,
+}
+
+impl FreezeCell {
+    /// Asks for a freeze; the answer comes on the receiver.
+    pub fn ask(&self) -> oneshot::Receiver<Result<(Vec<u8>, u64), String>> {
+        let (tx, rx) = oneshot::channel();
+        *self.reply.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        rx
+    }
+
+    fn take(&self) -> Option<oneshot::Sender<Result<(Vec<u8>, u64), String>>> {
+        self.reply.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    fn asked(&self) -> bool {
+        self.reply
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+}
+
+/// What a thawed instance starts from: the snapshot, compiled.
+#[derive(Clone)]
+pub struct Resume {
+    /// The snapshot component, compiled on this role's engine.
+    pub component: wasmtime::component::Component,
+    /// The guest's monotonic clock when it was frozen, nanoseconds.
+    pub monotonic_ns: u64,
+    /// The snapshot's id (what `environment.resumed-from` tells the guest).
+    pub snapshot_id: String,
 }
 
 /// Everything the instances of one role share.
@@ -105,6 +146,9 @@ pub struct RoleRuntime {
     pub logs: Option<Arc<LogHub>>,
     /// Under `rolehost verify`: virtual clocks and seeded randomness for its instances.
     pub sim: Option<crate::instance::SimEnv>,
+    /// The role's component as deployed, when its instances run the instrumented copy (and so
+    /// can be frozen).
+    pub freeze_source: Option<Arc<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for RoleRuntime {
@@ -121,6 +165,7 @@ type LocalDirs = (Vec<(PathBuf, String)>, Vec<Arc<DiskQuota>>);
 
 enum Outcome {
     Stopped { interrupted: bool },
+    Frozen,
     Recycle(String),
 }
 
@@ -268,6 +313,7 @@ impl RoleRuntime {
                     quota_bytes: r.size_bytes,
                 })
                 .collect(),
+            resumed_from: None,
         }
     }
 
@@ -279,6 +325,7 @@ impl RoleRuntime {
         first: bool,
         stop: &StopSignal,
         usage: &Arc<UsageCell>,
+        resume: Option<&Resume>,
     ) -> Result<wasmtime::Store<InstanceState>, String> {
         let (local_dirs, disk_quotas) = self
             .prepare_local(instance_id, first)
@@ -291,8 +338,11 @@ impl RoleRuntime {
         if let Some(plan) = &self.faults {
             link = link.with_faults(plan.clone());
         }
+        let mut info = self.info(instance_id);
+        info.resumed_from = resume.map(|r| r.snapshot_id.clone());
         let parts = InstanceParts {
-            info: Arc::new(self.info(instance_id)),
+            info: Arc::new(info),
+            monotonic_base_ns: resume.map_or(0, |r| r.monotonic_ns),
             local_dirs,
             disk_quotas,
             link,
@@ -314,6 +364,7 @@ impl RoleRuntime {
         self.wipe_local(instance_id);
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn incarnation(
         &self,
         instance_id: &str,
@@ -321,18 +372,30 @@ impl RoleRuntime {
         stop: &StopSignal,
         status: &Mutex<InstanceStatus>,
         usage: &Arc<UsageCell>,
+        freeze: &FreezeCell,
+        resume: Option<Resume>,
     ) -> Outcome {
         let grace = self.spec.grace_period;
-        let mut store = match self.new_store(instance_id, first, stop, usage) {
+        let mut store = match self.new_store(instance_id, first, stop, usage, resume.as_ref()) {
             Ok(s) => s,
             Err(reason) => return Outcome::Recycle(reason),
         };
         let RolePre::Worker(pre) = &self.pre else {
             return Outcome::Recycle("not a worker role".into());
         };
+        // A thawed incarnation starts from its snapshot; any other from the role's component.
+        let instance_pre = match &resume {
+            None => pre.instance_pre().clone(),
+            Some(r) => match crate::instance::linker(&self.engine)
+                .and_then(|l| l.instantiate_pre(&r.component))
+            {
+                Ok(p) => p,
+                Err(e) => return Outcome::Recycle(format!("linking the snapshot: {e:#}")),
+            },
+        };
         let mut deadline = None;
-        let bindings = match guarded(
-            pre.instantiate_async(&mut store),
+        let instance = match guarded(
+            instance_pre.instantiate_async(&mut store),
             stop,
             grace,
             &mut deadline,
@@ -343,11 +406,23 @@ impl RoleRuntime {
             Ok(Err(e)) => {
                 return Outcome::Recycle(describe_failure("instantiation", &e, Some(store.data())));
             }
-            Ok(Ok(b)) => b,
+            Ok(Ok(i)) => i,
+        };
+        let bindings = match crate::bindings::WorkerRole::new(&mut store, &instance) {
+            Ok(b) => b,
+            Err(e) => {
+                return Outcome::Recycle(format!("the component is not a worker role: {e:#}"));
+            }
         };
         let worker = bindings.rolehost_platform_worker();
 
-        match guarded(worker.call_on_start(&mut store), stop, grace, &mut deadline).await {
+        let started = if resume.is_some() {
+            // Its memory is the frozen instance's: it started long ago.
+            Ok(Ok(Ok(())))
+        } else {
+            guarded(worker.call_on_start(&mut store), stop, grace, &mut deadline).await
+        };
+        match started {
             Err(Interrupted) => return Outcome::Stopped { interrupted: true },
             Ok(Err(e)) => {
                 tracing::debug!(instance = instance_id, error = ?e, "on-start failed");
@@ -391,6 +466,16 @@ impl RoleRuntime {
 
         set_phase(status, Phase::Stopping);
         let at = *deadline.get_or_insert_with(|| Instant::now() + grace);
+        if freeze.asked() {
+            let answer = self.freeze(&mut store, &worker, instance, at).await;
+            let frozen = answer.is_ok();
+            if let Some(reply) = freeze.take() {
+                let _ = reply.send(answer);
+            }
+            if frozen {
+                return Outcome::Frozen;
+            }
+        }
         match tokio::time::timeout_at(at, worker.call_on_stop(&mut store)).await {
             Err(_) => Outcome::Stopped { interrupted: true },
             Ok(Err(e)) => {
@@ -402,13 +487,44 @@ impl RoleRuntime {
         }
     }
 
+    /// The quiet point of a freeze (`run` returned): `on-freeze`, then the capture.
+    async fn freeze(
+        &self,
+        store: &mut wasmtime::Store<InstanceState>,
+        worker: &crate::bindings::exports::rolehost::platform::worker::Guest,
+        instance: wasmtime::component::Instance,
+        deadline: Instant,
+    ) -> Result<(Vec<u8>, u64), String> {
+        let source = self.freeze_source.clone().ok_or_else(|| {
+            format!(
+                "role {} runs a component that cannot be frozen",
+                self.spec.name
+            )
+        })?;
+        match tokio::time::timeout_at(deadline, worker.call_on_freeze(&mut *store)).await {
+            Err(_) => return Err("on-freeze did not return within the grace period".into()),
+            Ok(Err(e)) => return Err(describe_failure("on-freeze", &e, Some(store.data()))),
+            Ok(Ok(())) => {}
+        }
+        let monotonic_ns = store.data().monotonic_now();
+        crate::freeze::capture(&source, store, instance)
+            .await
+            .map(|snapshot| (snapshot, monotonic_ns))
+            .map_err(|e| e.to_string())
+    }
+
     /// Runs instance `index` of this role until `stop` is requested, recycling it on failure.
+    /// `freeze` may ask for a freeze instead; `resume` starts the first incarnation from a
+    /// snapshot.
+    #[allow(clippy::too_many_arguments)]
     pub async fn supervise(
         self: Arc<Self>,
         index: u32,
         stop: StopSignal,
         status: Arc<Mutex<InstanceStatus>>,
         usage: Arc<UsageCell>,
+        freeze: Arc<FreezeCell>,
+        mut resume: Option<Resume>,
     ) {
         let instance_id = format!("{}_IN_{index}", self.spec.name);
         let mut backoff = self.spec.recycle_backoff;
@@ -417,10 +533,24 @@ impl RoleRuntime {
             set_phase(&status, Phase::Starting);
             let started = Instant::now();
             let outcome = self
-                .incarnation(&instance_id, first, &stop, &status, &usage)
+                .incarnation(
+                    &instance_id,
+                    first,
+                    &stop,
+                    &status,
+                    &usage,
+                    &freeze,
+                    resume.take(),
+                )
                 .await;
             first = false;
             match outcome {
+                Outcome::Frozen => {
+                    tracing::info!(instance = %instance_id, "frozen");
+                    self.wipe_local(&instance_id);
+                    set_phase(&status, Phase::Frozen);
+                    return;
+                }
                 Outcome::Stopped { interrupted } => {
                     if interrupted {
                         tracing::warn!(

@@ -30,6 +30,8 @@ pub struct InstanceInfo {
     pub settings: Vec<(String, String)>,
     /// The local resources.
     pub local_resources: Vec<LocalResourceInfo>,
+    /// The snapshot this incarnation was thawed from, if it was.
+    pub resumed_from: Option<String>,
 }
 
 /// A local resource as the guest sees it.
@@ -199,6 +201,10 @@ impl Host for EnvironmentCtx {
         Ok(self.stop.is_requested())
     }
 
+    async fn resumed_from(&mut self) -> wasmtime::Result<Option<String>> {
+        Ok(self.info.resumed_from.clone())
+    }
+
     async fn topology(&mut self) -> wasmtime::Result<wit::ServiceTopology> {
         let (version, roles) = self.topology.read();
         Ok(wit::ServiceTopology {
@@ -269,6 +275,7 @@ mod tests {
                 guest_path: "/local/scratch".into(),
                 quota_bytes: 10,
             }],
+            resumed_from: None,
         };
         let mut ctx = EnvironmentCtx::new(Arc::new(info), signal);
         assert_eq!(ctx.instance_id().await.unwrap(), "Worker_IN_3");

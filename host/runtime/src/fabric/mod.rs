@@ -227,6 +227,7 @@ pub fn phase_name(p: Phase) -> &'static str {
         Phase::Stopping => "stopping",
         Phase::Recycling => "recycling",
         Phase::Stopped => "stopped",
+        Phase::Frozen => "frozen",
     }
 }
 

@@ -529,6 +529,7 @@ impl Verifier {
             deployment_id: "verify".into(),
             settings,
             local_resources: Vec::new(),
+            resumed_from: None,
         };
         let (_stop, signal) = crate::stop::stop_signal();
         let parts = crate::instance::InstanceParts {
@@ -548,6 +549,7 @@ impl Verifier {
                 start,
                 wall_base: Duration::from_micros(EPOCH_MICROS),
             }),
+            monotonic_base_ns: 0,
         };
         let mut limits = crate::quota::Limits::of(crate::manifest::VmSize::Small);
         limits.fuel_per_sec = u64::MAX / 4;
