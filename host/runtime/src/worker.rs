@@ -82,18 +82,21 @@ pub enum RolePre {
 /// snapshot component and the guest's monotonic time, or why it could not.
 #[derive(Debug, Default)]
 pub struct FreezeCell {
-    reply: Mutex<Option<oneshot::Sender<Result<(Vec<u8>, u64), String>>>>,
+    reply: Mutex<Option<oneshot::Sender<FreezeAnswer>>>,
 }
+
+/// A freeze's answer: the snapshot component and the guest's monotonic time (ns), or why not.
+pub type FreezeAnswer = Result<(Vec<u8>, u64), String>;
 
 impl FreezeCell {
     /// Asks for a freeze; the answer comes on the receiver.
-    pub fn ask(&self) -> oneshot::Receiver<Result<(Vec<u8>, u64), String>> {
+    pub fn ask(&self) -> oneshot::Receiver<FreezeAnswer> {
         let (tx, rx) = oneshot::channel();
         *self.reply.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
         rx
     }
 
-    fn take(&self) -> Option<oneshot::Sender<Result<(Vec<u8>, u64), String>>> {
+    fn take(&self) -> Option<oneshot::Sender<FreezeAnswer>> {
         self.reply.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
@@ -467,7 +470,7 @@ impl RoleRuntime {
         set_phase(status, Phase::Stopping);
         let at = *deadline.get_or_insert_with(|| Instant::now() + grace);
         if freeze.asked() {
-            let answer = self.freeze(&mut store, &worker, instance, at).await;
+            let answer = self.freeze(&mut store, worker, instance, at).await;
             let frozen = answer.is_ok();
             if let Some(reply) = freeze.take() {
                 let _ = reply.send(answer);
