@@ -20,6 +20,7 @@
 //! - `cpu-loop`: a tight integer loop of `iterations` (default 300,000,000) steps.
 //! - `cpu-alloc`: builds, sorts, hashes and formats `items` (default 2,000,000) values.
 //!
+//! - `heap`: fills `heap-mib` MiB (64) of memory with cache-like text and waits (freeze bench).
 //! - `memcount`: counts the messages of queue `memcount` in memory (a static) and writes the
 //!   count to blob `memcount/latest` after each: continuity across a freeze and thaw shows.
 //! - `topology`: writes blob `topology/<instance id>` (`version N: Role=n,...`) whenever the
@@ -95,6 +96,31 @@ impl WorkerRole for Testbed {
                 panic!("testbed trapping as asked");
             }
             "return" => Ok(()),
+            "heap" => {
+                // Fills `heap-mib` MiB (default 64) with text a cache might hold, keeps it, and
+                // waits for a stop: a freeze captures it all.
+                static HEAP: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+                let mib = setting_u64("heap-mib", 64) as usize;
+                {
+                    let mut heap = HEAP.lock().map_err(|e| e.to_string())?;
+                    if heap.is_empty() {
+                        // Reserved whole: growing by doubling would leave freed copies in
+                        // memory, which a snapshot would carry too.
+                        heap.reserve_exact(mib << 20);
+                        let mut i = 0u64;
+                        while heap.len() < mib << 20 {
+                            let line = format!(
+                                "key-{i:08}=value {} of the cache\n",
+                                i.wrapping_mul(2654435761) % 100_000
+                            );
+                            heap.extend_from_slice(line.as_bytes());
+                            i += 1;
+                        }
+                    }
+                }
+                while !env::wait_for_stop(Duration::from_secs(3600)) {}
+                Ok(())
+            }
             "memcount" => {
                 // Counts in memory only (a static): writes the count so far to blob
                 // `memcount/latest` after each message of queue `memcount`. Its count survives

@@ -6,6 +6,7 @@
 //! cargo run --release -p rolehost-bench -- web
 //! cargo run --release -p rolehost-bench -- fabric
 //! cargo run --release -p rolehost-bench -- verify
+//! cargo run --release -p rolehost-bench -- freeze
 //! ```
 //!
 //! Each suite prints its figures as `key: value` lines, all measured in one run on the same disk,
@@ -13,6 +14,7 @@
 //! verify) join here.
 
 mod fabric;
+mod freeze;
 mod runtime;
 mod verify;
 mod web;
@@ -38,6 +40,7 @@ fn main() {
         Some("web") => web::web(),
         Some("fabric") => fabric::fabric(),
         Some("verify") => verify::verify(),
+        Some("freeze") => freeze::freeze(),
         // Internal: the fabric measurement in a process of its own.
         Some("fabric-child") => fabric::fabric_child(&args[1]),
         // Internal: one idle-instances measurement in a process of its own.
@@ -46,7 +49,7 @@ fn main() {
         Some("storage-blob-1gib") => blob_1gib(&args[1]),
         _ => {
             eprintln!(
-                "usage: rolehost-bench <suite>\nsuites: storage, runtime, web, fabric, verify"
+                "usage: rolehost-bench <suite>\nsuites: storage, runtime, web, fabric, verify, freeze"
             );
             std::process::exit(2);
         }

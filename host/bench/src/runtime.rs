@@ -56,6 +56,10 @@ pub(crate) struct Bed {
 }
 
 impl Bed {
+    pub(crate) fn backend(&self) -> Arc<dyn Backend> {
+        self.backend.clone()
+    }
+
     pub(crate) fn new() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let store =

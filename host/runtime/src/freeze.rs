@@ -200,6 +200,9 @@ pub async fn capture<T: Send>(
     let (cx, _) = wizer
         .instrument_component(original)
         .map_err(|e| FreezeError::Unsupported(format!("{e:#}")))?;
+    // A memory comes out whole, in one accessor call: past the per-call copy limit guests get.
+    let hostcall_fuel = store.hostcall_fuel();
+    store.set_hostcall_fuel(usize::MAX);
     let mut access = Access {
         store,
         instance,
@@ -208,7 +211,9 @@ pub async fn capture<T: Send>(
     let snapshot = wizer
         .snapshot_component(&cx, &mut access)
         .await
-        .map_err(|e| FreezeError::Capture(format!("{e:#}")))?;
+        .map_err(|e| FreezeError::Capture(format!("{e:#}")));
+    access.store.set_hostcall_fuel(hostcall_fuel);
+    let snapshot = snapshot?;
     match access.error {
         Some(e) => Err(FreezeError::Capture(e)),
         None => Ok(snapshot),
@@ -292,6 +297,50 @@ pub fn decode(file: &[u8]) -> Result<(SnapshotHeader, Vec<u8>), FreezeError> {
         )));
     }
     Ok((header, component))
+}
+
+/// Compiles a snapshot component for `engine`. With `cache` (a directory of this host), the
+/// compiled code is kept as `<sha>.cwasm` the first time, and later thaws of the same snapshot
+/// map it instead of compiling (the warm path: memory pages in lazily, copy-on-write).
+pub fn compile(
+    engine: &wasmtime::Engine,
+    component: &[u8],
+    payload_sha256: &str,
+    cache: Option<&std::path::Path>,
+) -> wasmtime::Result<wasmtime::component::Component> {
+    use wasmtime::component::Component;
+    let Some(dir) = cache else {
+        return Component::new(engine, component);
+    };
+    let path = dir.join(format!("{payload_sha256}.cwasm"));
+    if path.is_file() {
+        // SAFETY: the file was written below by `Component::serialize` of this host's engine
+        // configuration (the one place it is built), in a directory of its own; wasmtime also
+        // checks the version and configuration recorded in it.
+        #[allow(unsafe_code)]
+        let cached = unsafe { Component::deserialize_file(engine, &path) };
+        match cached {
+            Ok(c) => return Ok(c),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "unusable compiled snapshot; compiling again")
+            }
+        }
+    }
+    let compiled = Component::new(engine, component)?;
+    let _ = std::fs::create_dir_all(dir);
+    match compiled.serialize() {
+        Ok(bytes) => {
+            let tmp = path.with_extension("cwasm.tmp");
+            if std::fs::write(&tmp, bytes)
+                .and_then(|()| std::fs::rename(&tmp, &path))
+                .is_err()
+            {
+                let _ = std::fs::remove_file(&tmp);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not keep the compiled snapshot"),
+    }
+    Ok(compiled)
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -1,0 +1,173 @@
+//! The `freeze` suite: freeze time, snapshot size (raw and zstd), and thaw time on another
+//! host (a new engine: compiling) and on the same host (the compiled snapshot mapped), for
+//! worker instances with 1 MiB and 64 MiB of touched heap (testbed mode `heap`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rolehost_runtime::bindings::WorkerRole;
+use rolehost_runtime::capability::environment::InstanceInfo;
+use rolehost_runtime::engine::{EngineOptions, build_engine};
+use rolehost_runtime::freeze::{self, SnapshotHeader};
+use rolehost_runtime::instance::{InstanceParts, InstanceState, linker, new_store};
+use rolehost_runtime::link::Link;
+use rolehost_runtime::manifest::VmSize;
+use rolehost_runtime::quota::Limits;
+use rolehost_runtime::stop::{StopHandle, stop_signal};
+use rolehost_storage::{AccountName, Backend};
+use wasmtime::Store;
+use wasmtime::component::Component;
+
+use crate::line;
+
+fn store(
+    engine: &wasmtime::Engine,
+    backend: &Arc<dyn Backend>,
+    mib: u64,
+) -> (Store<InstanceState>, StopHandle) {
+    let info = InstanceInfo {
+        service: "bench".into(),
+        role: "Heap".into(),
+        instance_id: "Heap_IN_0".into(),
+        deployment_id: "bench".into(),
+        settings: vec![
+            ("mode".into(), "heap".into()),
+            ("heap-mib".into(), mib.to_string()),
+        ],
+        local_resources: Vec::new(),
+        resumed_from: None,
+    };
+    let (stop, signal) = stop_signal();
+    let parts = InstanceParts {
+        info: Arc::new(info),
+        local_dirs: Vec::new(),
+        disk_quotas: Vec::new(),
+        link: Link::new(
+            backend.clone(),
+            AccountName::new("bench").unwrap(),
+            Arc::from("Heap_IN_0"),
+        ),
+        wakers: Arc::default(),
+        stop: signal,
+        metered: true,
+        usage: Arc::default(),
+        outbound_hosts: Vec::new(),
+        topology: Arc::default(),
+        logs: None,
+        sim: None,
+        monotonic_base_ns: 0,
+    };
+    (
+        new_store(engine, parts, &Limits::of(VmSize::Small)).expect("store"),
+        stop,
+    )
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1e3)
+}
+
+async fn suite(mib: u64, original: &[u8], bed: &crate::runtime::Bed) {
+    let backend = bed.backend();
+    // Host A: the instance fills its heap, is stopped (the quiet point), and frozen.
+    let engine_a = build_engine(&EngineOptions::default()).expect("engine");
+    let instrumented = freeze::instrument(original).expect("instrument");
+    let component = Component::new(&engine_a, &instrumented).expect("compile");
+    let pre = linker(&engine_a)
+        .unwrap()
+        .instantiate_pre(&component)
+        .unwrap();
+    let (mut st, stop) = store(&engine_a, &backend, mib);
+    let instance = pre.instantiate_async(&mut st).await.unwrap();
+    let worker = WorkerRole::new(&mut st, &instance).unwrap();
+    let w = worker.rolehost_platform_worker();
+    w.call_on_start(&mut st).await.unwrap().unwrap();
+    let stopper = async {
+        // Let it fill its heap, then stop it.
+        tokio::time::sleep(Duration::from_millis(300 + mib * 20)).await;
+        stop.request();
+    };
+    let (ran, ()) = tokio::join!(w.call_run(&mut st), stopper);
+    ran.unwrap().unwrap();
+    let started = Instant::now();
+    w.call_on_freeze(&mut st).await.unwrap();
+    let snapshot = freeze::capture(original, &mut st, instance)
+        .await
+        .expect("capture");
+    let header = SnapshotHeader {
+        service: "bench".into(),
+        role: "Heap".into(),
+        instance_id: "Heap_IN_0".into(),
+        deployment_id: "bench".into(),
+        vm_size: "Small".into(),
+        settings: vec![],
+        frozen_at_micros: 0,
+        monotonic_ns: st.data().monotonic_now(),
+        raw_len: 0,
+        payload_len: 0,
+        payload_sha256: String::new(),
+    };
+    let file = freeze::encode(header, &snapshot).expect("encode");
+    let freeze_time = started.elapsed();
+    drop(st);
+    let key = format!("{mib}mib");
+    line(&format!("freeze_{key}_ms"), ms(freeze_time));
+    line(
+        &format!("snapshot_{key}_raw_mib"),
+        format!("{:.2}", snapshot.len() as f64 / f64::from(1 << 20)),
+    );
+    line(
+        &format!("snapshot_{key}_zstd_mib"),
+        format!("{:.3}", file.len() as f64 / f64::from(1 << 20)),
+    );
+
+    // Host B, cold: a new engine decodes and compiles the snapshot and instantiates it.
+    let cache = tempfile::tempdir().expect("cache dir");
+    let engine_b = build_engine(&EngineOptions::default()).expect("engine");
+    let started = Instant::now();
+    let (h, raw) = freeze::decode(&file).expect("decode");
+    let component =
+        freeze::compile(&engine_b, &raw, &h.payload_sha256, Some(cache.path())).expect("compile");
+    let pre = linker(&engine_b)
+        .unwrap()
+        .instantiate_pre(&component)
+        .unwrap();
+    let (mut st, _stop) = store(&engine_b, &backend, mib);
+    let instance = pre.instantiate_async(&mut st).await.unwrap();
+    let cold = started.elapsed();
+    WorkerRole::new(&mut st, &instance).expect("a worker");
+    drop(st);
+    line(&format!("thaw_cold_{key}_ms"), ms(cold));
+
+    // The same host again, warm: the compiled snapshot is mapped, not compiled (once the
+    // background write of the compiled code is done).
+    let cwasm = cache.path().join(format!("{}.cwasm", h.payload_sha256));
+    while !cwasm.is_file() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = Instant::now();
+    let component =
+        freeze::compile(&engine_b, &raw, &h.payload_sha256, Some(cache.path())).expect("mapped");
+    let pre = linker(&engine_b)
+        .unwrap()
+        .instantiate_pre(&component)
+        .unwrap();
+    let (mut st, _stop) = store(&engine_b, &backend, mib);
+    let instance = pre.instantiate_async(&mut st).await.unwrap();
+    let warm = started.elapsed();
+    WorkerRole::new(&mut st, &instance).expect("a worker");
+    line(&format!("thaw_warm_{key}_ms"), ms(warm));
+}
+
+pub(crate) fn freeze() {
+    let original = std::fs::read(crate::runtime::guest("testbed")).expect("testbed");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio");
+    let bed = crate::runtime::Bed::new();
+    rt.block_on(async {
+        suite(1, &original, &bed).await;
+        suite(64, &original, &bed).await;
+    });
+}
