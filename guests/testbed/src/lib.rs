@@ -21,8 +21,9 @@
 //! - `cpu-alloc`: builds, sorts, hashes and formats `items` (default 2,000,000) values.
 //!
 //! - `heap`: fills `heap-mib` MiB (64) of memory with cache-like text and waits (freeze bench).
-//! - `memcount`: counts the messages of queue `memcount` in memory (a static) and writes the
-//!   count to blob `memcount/latest` after each: continuity across a freeze and thaw shows.
+//! - `memcount`: counts the messages of queue `queue` (`memcount`) in memory (a static), logs
+//!   `counted <n>` and writes the count to blob `memcount/latest` after each: continuity across
+//!   a freeze and thaw shows.
 //! - `topology`: writes blob `topology/<instance id>` (`version N: Role=n,...`) whenever the
 //!   service's topology changes, and `topology/<instance id>-stopped` when asked to stop.
 //!
@@ -128,10 +129,12 @@ impl WorkerRole for Testbed {
                 static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
                 let out = Container::new("memcount");
                 out.create_if_not_exists().map_err(|e| e.to_string())?;
-                QueueProcessor::new("memcount")
+                let queue = env::setting("queue").unwrap_or_else(|| "memcount".into());
+                QueueProcessor::new(&queue)
                     .poll_wait(Duration::from_millis(100))
                     .run(|_job| {
                         let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                        env::info(&format!("counted {n}"));
                         out.blob("latest").put(n.to_string().as_bytes()).map(|_| ())
                     })
                     .map_err(|e| e.to_string())?;

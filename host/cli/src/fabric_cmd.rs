@@ -180,6 +180,70 @@ pub(crate) async fn scale(
     Ok(())
 }
 
+/// `rolehost freeze`: the snapshot is kept in the service's storage; `-o` writes it too.
+pub(crate) async fn freeze(
+    host: &HostArgs,
+    service: &str,
+    instance: &str,
+    out: Option<&Path>,
+) -> anyhow::Result<()> {
+    let resp = Client::new(host)?
+        .send(
+            Method::POST,
+            &format!("/v1/services/{service}/instances/{instance}/freeze"),
+            ApiBody::Whole(None),
+            None,
+        )
+        .await?;
+    let id = resp
+        .headers()
+        .get("x-rolehost-snapshot")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let file = accepted(resp).await?.collect().await?.to_bytes();
+    if let Some(path) = out {
+        std::fs::write(path, &file).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!(
+            "rolehost: snapshot written to {} ({} KiB)",
+            path.display(),
+            file.len() >> 10
+        );
+    }
+    println!("{id}");
+    Ok(())
+}
+
+/// `rolehost thaw`: a snapshot id (kept in the service's storage) or a snapshot file.
+pub(crate) async fn thaw(host: &HostArgs, snapshot: &str) -> anyhow::Result<()> {
+    let client = Client::new(host)?;
+    let path = Path::new(snapshot);
+    let resp = if path.is_file() {
+        let file = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        client
+            .send(
+                Method::POST,
+                "/v1/thaw",
+                ApiBody::Whole(Some(file.into())),
+                Some("application/vnd.rolehost.snapshot"),
+            )
+            .await?
+    } else {
+        client
+            .send(
+                Method::POST,
+                &format!("/v1/thaw?snapshot={snapshot}"),
+                ApiBody::Whole(None),
+                None,
+            )
+            .await?
+    };
+    let body = accepted(resp).await?.collect().await?.to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    println!("thawed {}", v["instance"].as_str().unwrap_or("?"));
+    Ok(())
+}
+
 /// `rolehost stop`, `start`, `delete`.
 pub(crate) async fn lifecycle(
     host: &HostArgs,

@@ -127,6 +127,28 @@ enum Command {
         #[command(flatten)]
         host: client::HostArgs,
     },
+    /// Freeze a worker instance of a running service: at its quiet point its memory is
+    /// captured into a snapshot, kept in the service's storage (any host sharing it can thaw
+    /// it); its local resources are discarded. Prints the snapshot's id.
+    Freeze {
+        /// The service.
+        service: String,
+        /// The instance, e.g. Counter_IN_0.
+        instance: String,
+        /// Also write the snapshot (compressed) to this file.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        host: client::HostArgs,
+    },
+    /// Resume a frozen instance from its snapshot (an id from `rolehost freeze`, or a file), on
+    /// this host or the one `--host` names: fresh local resources, its memory as it was.
+    Thaw {
+        /// A snapshot id, or a snapshot file.
+        snapshot: String,
+        #[command(flatten)]
+        host: client::HostArgs,
+    },
     /// Stop every instance of a service (it stays deployed; `rolehost start` runs it again).
     Stop {
         /// The service.
@@ -238,6 +260,13 @@ fn main() -> anyhow::Result<()> {
                 )
                 .await
             }
+            Command::Freeze {
+                service,
+                instance,
+                output,
+                host,
+            } => fabric_cmd::freeze(&host, &service, &instance, output.as_deref()).await,
+            Command::Thaw { snapshot, host } => fabric_cmd::thaw(&host, &snapshot).await,
             Command::Stop { service, host } => {
                 fabric_cmd::lifecycle(&host, &service, "stop", false).await
             }

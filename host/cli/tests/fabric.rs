@@ -646,3 +646,109 @@ fn metrics_and_logs_follow_a_working_service_and_delete_can_purge_its_storage() 
         "no queues left"
     );
 }
+
+/// The last `counted <n>` line `instance` logged.
+fn last_count(host: &Host, service: &str, instance: &str) -> Option<u64> {
+    host.ok(&["logs", service, "--instance", instance])
+        .lines()
+        .filter_map(|l| l.rsplit("counted ").next()?.trim().parse().ok())
+        .last()
+}
+
+#[test]
+fn a_frozen_worker_is_thawed_by_id_and_from_a_file_on_a_restarted_host_and_counts_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("host");
+    let mut host = Host::start(&data);
+    let svc = dir.path().join("svc");
+    std::fs::create_dir_all(&svc).unwrap();
+    std::fs::write(
+        svc.join("rolehost.toml"),
+        format!(
+            "[service]\nname = \"icy\"\n\
+             [roles.Producer]\nkind = \"worker\"\ncomponent = {:?}\n\
+             [roles.Producer.settings]\ninterval-ms = 100\n\
+             [roles.Counter]\nkind = \"worker\"\ncomponent = {:?}\ngrace-period-secs = 5\n\
+             [roles.Counter.settings]\nmode = \"memcount\"\nqueue = \"increments\"\n",
+            rolehost_tests::guest("producer").display().to_string(),
+            rolehost_tests::guest("testbed").display().to_string(),
+        ),
+    )
+    .unwrap();
+    host.ok(&["deploy", svc.to_str().unwrap()]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while last_count(&host, "icy", "Counter_IN_0").unwrap_or(0) < 3 {
+        assert!(Instant::now() < deadline, "no counting: {}", host.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Freeze: the snapshot's id, a file too; the instance shows as frozen.
+    let file = dir.path().join("counter.snap");
+    let id = host.ok(&[
+        "freeze",
+        "icy",
+        "Counter_IN_0",
+        "-o",
+        file.to_str().unwrap(),
+    ]);
+    let id = id.trim().to_string();
+    assert!(id.starts_with("icy.Counter_IN_0."), "{id}");
+    assert!(file.metadata().unwrap().len() > 0);
+    let before = last_count(&host, "icy", "Counter_IN_0").unwrap();
+    let st = host.ok(&["status", "icy"]);
+    assert!(
+        st.lines()
+            .any(|l| l.contains("Counter_IN_0") && l.contains("frozen")),
+        "{st}"
+    );
+
+    // Thaw by id on the same host: it counts on from where it was, not from 1.
+    let out = host.ok(&["thaw", &id]);
+    assert!(out.contains("thawed Counter_IN_0"), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = last_count(&host, "icy", "Counter_IN_0").unwrap();
+        if now > before {
+            // Its first count after the thaw went on from its memory.
+            let logs = host.ok(&["logs", "icy", "--instance", "Counter_IN_0"]);
+            let counts: Vec<u64> = logs
+                .lines()
+                .filter_map(|l| l.rsplit("counted ").next()?.trim().parse().ok())
+                .collect();
+            let at = counts.iter().rposition(|c| *c == before).unwrap();
+            assert_eq!(counts[at + 1], before + 1, "{counts:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no count after the thaw");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A corrupt file is refused, naming it; then the good file thaws on a restarted host
+    // (a new process; the same storage) next to the fresh instance it started with.
+    let mut bad = std::fs::read(&file).unwrap();
+    let last = bad.len() - 1;
+    bad[last] ^= 0xff;
+    let bad_path = dir.path().join("bad.snap");
+    std::fs::write(&bad_path, &bad).unwrap();
+    let out = host.cli(&["thaw", bad_path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("corrupt"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    host.stop();
+    let host = Host::start(&data);
+    host.wait_running("icy", "Counter", 1);
+    let out = host.ok(&["thaw", file.to_str().unwrap()]);
+    assert!(out.contains("thawed Counter_IN_1"), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while last_count(&host, "icy", "Counter_IN_1").is_none_or(|n| n <= before) {
+        assert!(
+            Instant::now() < deadline,
+            "the thawed copy did not count on: {}",
+            host.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

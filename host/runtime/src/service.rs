@@ -952,8 +952,11 @@ impl Service {
             }
         };
         let engine = self.shared.engine.clone();
+        // Compiled snapshots are kept here: thawing the same snapshot again maps it.
+        let cache = self.shared.data_dir.join("snapshots");
+        let sha = header.payload_sha256.clone();
         let compiled = tokio::task::spawn_blocking(move || {
-            wasmtime::component::Component::new(&engine, &component)
+            crate::freeze::compile(&engine, &component, &sha, Some(&cache))
         })
         .await
         .map_err(|e| RuntimeError::Engine(e.to_string()))?

@@ -10,6 +10,8 @@
 //! | `POST /v1/deploy` | deploys a [`Deployment`]; answers progress as JSON lines, the last `{"done": name}` or `{"error": message}` |
 //! | `POST /v1/services/<name>/scale` | `{"role": r, "instances": n}` |
 //! | `POST /v1/services/<name>/stop`, `.../start` | stops or starts the service |
+//! | `POST /v1/services/<name>/instances/<id>/freeze` | freezes a worker instance; answers the snapshot file (id in `x-rolehost-snapshot`) |
+//! | `POST /v1/thaw[?snapshot=<id>]` | thaws the snapshot in the body, or the one with that id |
 //! | `DELETE /v1/services/<name>[?purge-storage=true]` | removes it (and its storage account when asked) |
 //! | `GET /v1/logs[?service=&role=&instance=&follow=true]` | guest output, a line each |
 //! | `GET /metrics` | Prometheus text format |
@@ -263,6 +265,34 @@ async fn handle(fabric: Arc<Fabric>, token: &str, req: Request<Incoming>) -> Rep
             };
             match fabric.scale(&name, &s.role, s.instances).await {
                 Ok(()) => json(StatusCode::OK, &serde_json::json!({ "ok": true })),
+                Err(e) => error(e.status(), e),
+            }
+        }
+        (Method::POST, ["v1", "services", name, "instances", instance, "freeze"]) => {
+            match fabric.freeze(name, instance).await {
+                Ok((id, file)) => {
+                    let mut r = reply(StatusCode::OK, "application/vnd.rolehost.snapshot", file);
+                    if let Ok(v) = hyper::header::HeaderValue::from_str(&id) {
+                        r.headers_mut().insert("x-rolehost-snapshot", v);
+                    }
+                    r
+                }
+                Err(e) => error(e.status(), e),
+            }
+        }
+        (Method::POST, ["v1", "thaw"]) => {
+            let id = query(&req, "snapshot");
+            let body =
+                match http_body_util::Limited::new(req.into_body(), MAX_UPLOAD_BYTES as usize)
+                    .collect()
+                    .await
+                {
+                    Ok(b) => b.to_bytes(),
+                    Err(e) => return error(400, format!("reading the snapshot: {e}")),
+                };
+            let file = (!body.is_empty()).then(|| body.to_vec());
+            match fabric.thaw(id.as_deref(), file).await {
+                Ok(instance) => json(StatusCode::OK, &serde_json::json!({ "instance": instance })),
                 Err(e) => error(e.status(), e),
             }
         }

@@ -35,6 +35,8 @@ use crate::worker::{InstanceStatus, Phase};
 pub const TOKEN_FILE: &str = "management.token";
 /// The file in the data directory that holds the management API's address.
 pub const ADDRESS_FILE: &str = "management.url";
+/// The container of a service's account where its snapshots are kept.
+pub const SNAPSHOT_CONTAINER: &str = "rolehost-snapshots";
 /// Default most instances a host runs (all services together): the pool's size.
 pub const DEFAULT_MAX_INSTANCES: u32 = 4096;
 
@@ -731,6 +733,89 @@ impl Fabric {
         Ok(())
     }
 
+    /// Freezes `instance` of service `name` and keeps the snapshot in the service's storage
+    /// account (container [`SNAPSHOT_CONTAINER`]), where any host sharing that storage can
+    /// thaw it. Returns the snapshot's id and the file.
+    pub async fn freeze(
+        &self,
+        name: &str,
+        instance: &str,
+    ) -> Result<(String, Vec<u8>), FabricError> {
+        let service = self.running_service(name)?;
+        let file = service.freeze(instance).await?;
+        let (header, _) =
+            crate::freeze::header(&file).map_err(|e| FabricError::Storage(e.to_string()))?;
+        let id = format!("{name}.{instance}.{}", &header.payload_sha256[..12]);
+        let (storage, account) = service.storage();
+        let _ = storage.create_container(&account, SNAPSHOT_CONTAINER, Default::default());
+        storage
+            .put_blob(
+                &account,
+                SNAPSHOT_CONTAINER,
+                &id,
+                &mut file.as_slice(),
+                Default::default(),
+            )
+            .map_err(|e| FabricError::Storage(format!("keeping snapshot {id}: {e}")))?;
+        tracing::info!(service = name, instance, snapshot = %id, bytes = file.len(), "frozen");
+        Ok((id, file))
+    }
+
+    /// Thaws a snapshot, given whole (`file`) or by id (read from its service's account).
+    /// Returns the instance's id.
+    pub async fn thaw(
+        &self,
+        id: Option<&str>,
+        file: Option<Vec<u8>>,
+    ) -> Result<String, FabricError> {
+        let (file, id) = match (file, id) {
+            (Some(f), id) => {
+                let (h, _) = crate::freeze::header(&f).map_err(refused)?;
+                let id = id.map_or_else(
+                    || {
+                        format!(
+                            "{}.{}.{}",
+                            h.service,
+                            h.instance_id,
+                            &h.payload_sha256[..12]
+                        )
+                    },
+                    str::to_string,
+                );
+                (f, id)
+            }
+            (None, Some(id)) => {
+                let service = id.split('.').next().unwrap_or_default();
+                let running = self.running_service(service)?;
+                let (storage, account) = running.storage();
+                let mut read = storage
+                    .get_blob(&account, SNAPSHOT_CONTAINER, id, &Default::default())
+                    .map_err(|e| FabricError::Storage(format!("snapshot {id}: {e}")))?;
+                let mut f = Vec::new();
+                std::io::Read::read_to_end(&mut read.reader, &mut f)
+                    .map_err(|e| FabricError::Storage(format!("snapshot {id}: {e}")))?;
+                (f, id.to_string())
+            }
+            (None, None) => {
+                return Err(FabricError::Storage(
+                    "a thaw needs a snapshot id or file".into(),
+                ));
+            }
+        };
+        let (header, _) = crate::freeze::header(&file).map_err(refused)?;
+        let service = self.running_service(&header.service)?;
+        Ok(service.thaw(&file, &id).await?)
+    }
+
+    fn running_service(&self, name: &str) -> Result<Arc<Service>, FabricError> {
+        let view = self.view.lock().unwrap_or_else(|p| p.into_inner());
+        match view.get(name) {
+            None => Err(FabricError::NoService(name.to_string())),
+            Some((_, None)) => Err(FabricError::Stopped(name.to_string())),
+            Some((_, Some(s))) => Ok(s.clone()),
+        }
+    }
+
     /// Every service's status.
     pub fn status(&self) -> Vec<ServiceStatus> {
         let view = self.view.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -802,6 +887,11 @@ impl Fabric {
         }
         self.publish(&services);
     }
+}
+
+/// A snapshot refused as it is (bad input: a 400).
+fn refused(e: crate::freeze::FreezeError) -> FabricError {
+    FabricError::Runtime(crate::error::RuntimeError::Unsupported(e.to_string()))
 }
 
 /// Deletes every container, queue and table of account `name`.
