@@ -651,8 +651,8 @@ fn metrics_and_logs_follow_a_working_service_and_delete_can_purge_its_storage() 
 fn last_count(host: &Host, service: &str, instance: &str) -> Option<u64> {
     host.ok(&["logs", service, "--instance", instance])
         .lines()
-        .filter_map(|l| l.rsplit("counted ").next()?.trim().parse().ok())
-        .last()
+        .rev()
+        .find_map(|l| l.rsplit("counted ").next()?.trim().parse().ok())
 }
 
 #[test]
