@@ -38,25 +38,12 @@ fn store(
         resumed_from: None,
     };
     let (stop, signal) = stop_signal();
-    let parts = InstanceParts {
-        info: Arc::new(info),
-        local_dirs: Vec::new(),
-        disk_quotas: Vec::new(),
-        link: Link::new(
-            backend.clone(),
-            AccountName::new("bench").unwrap(),
-            Arc::from("Heap_IN_0"),
-        ),
-        wakers: Arc::default(),
-        stop: signal,
-        metered: true,
-        usage: Arc::default(),
-        outbound_hosts: Vec::new(),
-        topology: Arc::default(),
-        logs: None,
-        sim: None,
-        monotonic_base_ns: 0,
-    };
+    let link = Link::new(
+        backend.clone(),
+        AccountName::new("bench").unwrap(),
+        Arc::from("Heap_IN_0"),
+    );
+    let parts = InstanceParts::bare(info, link, signal);
     (
         new_store(engine, parts, &Limits::of(VmSize::Small)).expect("store"),
         stop,

@@ -12,7 +12,7 @@ use rolehost_runtime::engine::{EngineOptions, build_engine};
 use rolehost_runtime::instance::{InstanceParts, InstanceState, linker, new_store};
 use rolehost_runtime::link::Link;
 use rolehost_runtime::manifest::{Manifest, VmSize};
-use rolehost_runtime::quota::{Limits, UsageCell};
+use rolehost_runtime::quota::Limits;
 use rolehost_runtime::service::{self, Service, ServiceOptions, prepare_worker};
 use rolehost_runtime::stop::stop_signal;
 use rolehost_runtime::worker::Phase;
@@ -90,21 +90,10 @@ impl Bed {
             Arc::from("Bench_IN_0"),
         );
         let (_stop, signal) = stop_signal();
-        InstanceParts {
-            info: Arc::new(info),
-            local_dirs: Vec::new(),
-            disk_quotas: Vec::new(),
-            link,
-            wakers: self.wakers.clone(),
-            stop: signal,
-            metered,
-            usage: Arc::new(UsageCell::default()),
-            outbound_hosts: Vec::new(),
-            topology: Arc::default(),
-            logs: None,
-            sim: None,
-            monotonic_base_ns: 0,
-        }
+        let mut parts = InstanceParts::bare(info, link, signal);
+        parts.wakers = self.wakers.clone();
+        parts.metered = metered;
+        parts
     }
 }
 

@@ -144,6 +144,28 @@ pub struct InstanceParts {
     pub monotonic_base_ns: u64,
 }
 
+impl InstanceParts {
+    /// The parts of an instance standing alone (benchmarks, tests, verify's checker): no local
+    /// resources, no outbound hosts, metered, its own usage cell and topology, no log hub.
+    pub fn bare(info: InstanceInfo, link: Link, stop: StopSignal) -> InstanceParts {
+        InstanceParts {
+            info: Arc::new(info),
+            local_dirs: Vec::new(),
+            disk_quotas: Vec::new(),
+            link,
+            wakers: Arc::default(),
+            stop,
+            metered: true,
+            usage: Arc::default(),
+            outbound_hosts: Vec::new(),
+            topology: Arc::default(),
+            logs: None,
+            sim: None,
+            monotonic_base_ns: 0,
+        }
+    }
+}
+
 /// The guest's monotonic clock: from a base, at the host's pace.
 #[derive(Clone, Copy, Debug)]
 struct ResumableMonotonic {

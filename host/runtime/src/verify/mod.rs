@@ -532,25 +532,14 @@ impl Verifier {
             resumed_from: None,
         };
         let (_stop, signal) = crate::stop::stop_signal();
-        let parts = crate::instance::InstanceParts {
-            info: Arc::new(info),
-            local_dirs: Vec::new(),
-            disk_quotas: Vec::new(),
-            link: crate::link::Link::new(store.clone(), account.clone(), Arc::from("Checker_IN_0")),
-            wakers: Arc::default(),
-            stop: signal,
-            metered: true,
-            usage: Arc::default(),
-            outbound_hosts: Vec::new(),
-            topology: Arc::default(),
-            logs: None,
-            sim: Some(SimEnv {
-                seed: self.scenario.seed,
-                start,
-                wall_base: Duration::from_micros(EPOCH_MICROS),
-            }),
-            monotonic_base_ns: 0,
-        };
+        let link =
+            crate::link::Link::new(store.clone(), account.clone(), Arc::from("Checker_IN_0"));
+        let mut parts = crate::instance::InstanceParts::bare(info, link, signal);
+        parts.sim = Some(SimEnv {
+            seed: self.scenario.seed,
+            start,
+            wall_base: Duration::from_micros(EPOCH_MICROS),
+        });
         let mut limits = crate::quota::Limits::of(crate::manifest::VmSize::Small);
         limits.fuel_per_sec = u64::MAX / 4;
         let mut store = crate::instance::new_store(&self.engine, parts, &limits)
