@@ -1072,9 +1072,15 @@ async fn stop_role(entry: RoleEntry) -> Vec<InstanceStatus> {
             for t in &serve_tasks {
                 t.abort();
             }
-            role.scale(0);
+            // Their last status, read before the slots go (idle instances are dropped and
+            // wiped at once; one serving a request, when it ends).
+            let mut last = role.status();
             role.wipe();
-            role.status()
+            role.scale(0);
+            for s in &mut last {
+                s.phase = Phase::Stopped;
+            }
+            last
         }
     }
 }
