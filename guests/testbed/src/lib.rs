@@ -105,16 +105,20 @@ impl WorkerRole for Testbed {
                 {
                     let mut heap = HEAP.lock().map_err(|e| e.to_string())?;
                     if heap.is_empty() {
-                        // Reserved whole: growing by doubling would leave freed copies in
-                        // memory, which a snapshot would carry too.
-                        heap.reserve_exact(mib << 20);
+                        // Allocated whole and written in place: growing would leave freed
+                        // copies in memory, which a snapshot would carry too.
+                        let size = mib << 20;
+                        *heap = vec![0u8; size];
+                        let mut at = 0;
                         let mut i = 0u64;
-                        while heap.len() < mib << 20 {
+                        while at < size {
                             let line = format!(
                                 "key-{i:08}=value {} of the cache\n",
                                 i.wrapping_mul(2654435761) % 100_000
                             );
-                            heap.extend_from_slice(line.as_bytes());
+                            let n = line.len().min(size - at);
+                            heap[at..at + n].copy_from_slice(&line.as_bytes()[..n]);
+                            at += n;
                             i += 1;
                         }
                     }
