@@ -220,10 +220,19 @@ pub async fn capture<T: Send>(
     }
 }
 
+/// zstd with a worker per core: a freeze stops the instance until its snapshot is packed.
+fn compress(data: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut c = zstd::bulk::Compressor::new(ZSTD_LEVEL)?;
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if workers > 1 {
+        c.set_parameter(zstd::zstd_safe::CParameter::NbWorkers(workers as u32))?;
+    }
+    c.compress(data)
+}
+
 /// Packs a snapshot component with its header into a snapshot file (compressed).
 pub fn encode(mut header: SnapshotHeader, component: &[u8]) -> Result<Vec<u8>, FreezeError> {
-    let payload = zstd::bulk::compress(component, ZSTD_LEVEL)
-        .map_err(|e| FreezeError::Capture(format!("compressing: {e}")))?;
+    let payload = compress(component).map_err(|e| FreezeError::Capture(format!("compressing: {e}")))?;
     header.raw_len = component.len() as u64;
     header.payload_len = payload.len() as u64;
     header.payload_sha256 = hex(&sha2::Sha256::digest(&payload));
