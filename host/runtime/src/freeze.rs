@@ -232,7 +232,8 @@ fn compress(data: &[u8]) -> std::io::Result<Vec<u8>> {
 
 /// Packs a snapshot component with its header into a snapshot file (compressed).
 pub fn encode(mut header: SnapshotHeader, component: &[u8]) -> Result<Vec<u8>, FreezeError> {
-    let payload = compress(component).map_err(|e| FreezeError::Capture(format!("compressing: {e}")))?;
+    let payload =
+        compress(component).map_err(|e| FreezeError::Capture(format!("compressing: {e}")))?;
     header.raw_len = component.len() as u64;
     header.payload_len = payload.len() as u64;
     header.payload_sha256 = hex(&sha2::Sha256::digest(&payload));
