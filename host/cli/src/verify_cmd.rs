@@ -61,22 +61,9 @@ pub(crate) async fn verify(args: VerifyArgs) -> anyhow::Result<bool> {
     let checker = match scenario.checker.as_ref().map(|c| &c.source) {
         None => None,
         Some(ComponentSource::File(p)) => Some(p.clone()),
-        Some(ComponentSource::Crate(dir)) => {
-            let built = tokio::task::block_in_place(|| {
-                rolehost_runtime::build::build_crate(dir, args.target_dir.as_deref())
-            })?;
-            let stem = dir
-                .file_name()
-                .map(|s| s.to_string_lossy().replace('-', "_"));
-            let found = built
-                .iter()
-                .find(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()) == stem)
-                .or(built.first())
-                .cloned();
-            Some(found.with_context(|| {
-                format!("the checker crate {} built no component", dir.display())
-            })?)
-        }
+        Some(ComponentSource::Crate(dir)) => Some(tokio::task::block_in_place(|| {
+            service::component_of_crate(dir, args.target_dir.as_deref())
+        })?),
     };
     let verifier = Verifier::new(&manifest, &components, scenario, checker.as_deref()).await?;
     for role in verifier.left_out() {

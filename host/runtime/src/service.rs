@@ -53,6 +53,23 @@ pub fn open_storage(
         .map_err(|source| RuntimeError::Storage { path, source })
 }
 
+/// Builds the guest crate `dir` and returns its component (a crate that is a workspace may
+/// build several: the one named like the crate).
+pub fn component_of_crate(dir: &Path, target_dir: Option<&Path>) -> Result<PathBuf, RuntimeError> {
+    let built = crate::build::build_crate(dir, target_dir)?;
+    let stem = dir
+        .file_name()
+        .map(|s| s.to_string_lossy().replace('-', "_"));
+    let found = built
+        .iter()
+        .find(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()) == stem)
+        .or(built.first())
+        .cloned();
+    Ok(found.ok_or_else(|| crate::error::BuildError::NoComponent {
+        crate_dir: dir.to_path_buf(),
+    })?)
+}
+
 /// Builds the roles given as crates; returns each role's component file.
 pub fn resolve_components(
     manifest: &Manifest,
@@ -62,21 +79,7 @@ pub fn resolve_components(
     for (name, role) in &manifest.roles {
         let path = match &role.source {
             ComponentSource::File(p) => p.clone(),
-            ComponentSource::Crate(dir) => {
-                let built = crate::build::build_crate(dir, target_dir)?;
-                // A crate that is a workspace may build several; take the one named like it.
-                let stem = dir
-                    .file_name()
-                    .map(|s| s.to_string_lossy().replace('-', "_"));
-                built
-                    .iter()
-                    .find(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()) == stem)
-                    .or(built.first())
-                    .cloned()
-                    .ok_or_else(|| crate::error::BuildError::NoComponent {
-                        crate_dir: dir.clone(),
-                    })?
-            }
+            ComponentSource::Crate(dir) => component_of_crate(dir, target_dir)?,
         };
         out.insert(name.clone(), path);
     }
@@ -108,6 +111,43 @@ pub async fn prepare_role(
             format!("is not a web role (it must export wasi:http/incoming-handler): {e:#}")
         }),
     }
+}
+
+/// Reads role `role`'s component from `path` and prepares it ([`prepare_role`]); errors name
+/// the role and the file. With `freezable` (worker roles), its instances run an instrumented
+/// copy, so any of them can be frozen, and the component as given is returned too; a
+/// component wizer cannot instrument still runs, it just cannot be frozen.
+pub async fn load_role(
+    engine: &wasmtime::Engine,
+    linker: &wasmtime::component::Linker<InstanceState>,
+    role: &str,
+    path: &Path,
+    kind: RoleKind,
+    freezable: bool,
+) -> Result<(RolePre, Option<Arc<Vec<u8>>>), RuntimeError> {
+    let bytes = std::fs::read(path).map_err(|source| RuntimeError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let (runs, source) = if freezable {
+        match crate::freeze::instrument(&bytes) {
+            Ok(instrumented) => (instrumented, Some(Arc::new(bytes))),
+            Err(e) => {
+                tracing::warn!(role, error = %e, "its instances cannot be frozen");
+                (bytes, None)
+            }
+        }
+    } else {
+        (bytes, None)
+    };
+    let pre = prepare_role(engine, linker, runs, kind)
+        .await
+        .map_err(|detail| RuntimeError::Component {
+            role: role.to_string(),
+            path: path.to_path_buf(),
+            detail,
+        })?;
+    Ok((pre, source))
 }
 
 /// [`prepare_role`] for a worker role.
@@ -464,37 +504,17 @@ impl Shared {
         let path = components
             .get(name)
             .ok_or_else(|| RuntimeError::Unsupported(format!("role {name} has no component")))?;
-        let component_err = |detail: String| RuntimeError::Component {
-            role: name.to_string(),
-            path: path.clone(),
-            detail,
-        };
-        let bytes = std::fs::read(path).map_err(|source| RuntimeError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let size = std::fs::metadata(path).map_or(0, |m| m.len());
         progress(format!(
             "role {name}: compiling {} ({} KiB)",
             path.file_name()
                 .map_or_else(String::new, |f| f.to_string_lossy().into_owned()),
-            bytes.len() >> 10
+            size >> 10
         ));
         let started = std::time::Instant::now();
-        // Worker instances run an instrumented copy, so any of them can be frozen. A
-        // component wizer cannot instrument still runs; it just cannot be frozen.
-        let (runs, freeze_source) = match kind {
-            crate::manifest::RoleKind::Worker => match crate::freeze::instrument(&bytes) {
-                Ok(instrumented) => (instrumented, Some(Arc::new(bytes))),
-                Err(e) => {
-                    tracing::warn!(role = %name, error = %e, "its instances cannot be frozen");
-                    (bytes, None)
-                }
-            },
-            crate::manifest::RoleKind::Web => (bytes, None),
-        };
-        let pre = prepare_role(&self.engine, &self.linker, runs, kind)
-            .await
-            .map_err(component_err)?;
+        let freezable = kind == crate::manifest::RoleKind::Worker;
+        let (pre, freeze_source) =
+            load_role(&self.engine, &self.linker, name, path, kind, freezable).await?;
         tracing::info!(role = %name, elapsed = ?started.elapsed(), "compiled and linked");
         progress(format!(
             "role {name}: compiled and linked in {:.1} s",
@@ -922,8 +942,8 @@ impl Service {
     /// slot if that is free or frozen, else in a new one, with fresh local resources; `run` is
     /// called again. Returns the instance's id.
     pub async fn thaw(&self, file: &[u8], snapshot_id: &str) -> Result<String, RuntimeError> {
-        let (header, component) =
-            crate::freeze::decode(file).map_err(|e| RuntimeError::Unsupported(e.to_string()))?;
+        let (header, payload) =
+            crate::freeze::check(file).map_err(|e| RuntimeError::Unsupported(e.to_string()))?;
         let current = self.deployment_id();
         if header.service != self.shared.name {
             return Err(RuntimeError::Unsupported(format!(
@@ -954,9 +974,10 @@ impl Service {
         let engine = self.shared.engine.clone();
         // Compiled snapshots are kept here: thawing the same snapshot again maps it.
         let cache = self.shared.data_dir.join("snapshots");
-        let sha = header.payload_sha256.clone();
+        let checked = header.clone();
+        let payload = payload.to_vec();
         let compiled = tokio::task::spawn_blocking(move || {
-            crate::freeze::compile(&engine, &component, &sha, Some(&cache))
+            crate::freeze::compile(&engine, &checked, &payload, Some(&cache))
         })
         .await
         .map_err(|e| RuntimeError::Engine(e.to_string()))?

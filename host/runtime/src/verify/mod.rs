@@ -63,7 +63,8 @@ pub struct TraceEntry {
     pub target: String,
     /// The fault injected.
     pub fault: &'static str,
-    /// What came of it: `ok`, `ok (n)` for lists, or the error the guest saw.
+    /// What came of it: `ok`, `ok (n)` for the messages a get returned, or the error the
+    /// guest saw.
     pub outcome: String,
 }
 
@@ -205,18 +206,12 @@ impl FaultPlan for SimPlan {
         fault
     }
 
-    fn observed(&self, _call: &CallInfo, _fault: Fault, outcome: Result<usize, String>) {
+    fn observed(&self, _call: &CallInfo, _fault: Fault, outcome: Result<Option<usize>, String>) {
         let mut trace = self.trace.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(last) = trace.last_mut() {
             last.outcome = match outcome {
-                Ok(1)
-                    if !last.operation.contains("list")
-                        && !last.operation.contains("get-messages")
-                        && !last.operation.contains("query") =>
-                {
-                    "ok".into()
-                }
-                Ok(n) => format!("ok ({n})"),
+                Ok(None) => "ok".into(),
+                Ok(Some(n)) => format!("ok ({n})"),
                 Err(e) => e,
             };
         }
@@ -315,17 +310,8 @@ impl Verifier {
             let path = components.get(name).ok_or_else(|| {
                 RuntimeError::Unsupported(format!("role {name} has no component"))
             })?;
-            let bytes = std::fs::read(path).map_err(|source| RuntimeError::Io {
-                path: path.clone(),
-                source,
-            })?;
-            let pre = crate::service::prepare_role(&engine, &linker, bytes, spec.kind)
-                .await
-                .map_err(|detail| RuntimeError::Component {
-                    role: name.clone(),
-                    path: path.clone(),
-                    detail,
-                })?;
+            let (pre, _) =
+                crate::service::load_role(&engine, &linker, name, path, spec.kind, false).await?;
             roles.insert(name.clone(), pre);
         }
         let checker = match (&scenario.checker, checker_component) {
@@ -335,21 +321,19 @@ impl Verifier {
                     "the scenario has a checker, but no component was given for it".into(),
                 ));
             }
-            (Some(_), Some(path)) => {
-                let bytes = std::fs::read(path).map_err(|source| RuntimeError::Io {
-                    path: path.to_path_buf(),
-                    source,
-                })?;
-                Some(
-                    crate::service::prepare_worker(&engine, &linker, bytes)
-                        .await
-                        .map_err(|detail| RuntimeError::Component {
-                            role: "checker".into(),
-                            path: path.to_path_buf(),
-                            detail,
-                        })?,
-                )
-            }
+            (Some(_), Some(path)) => match crate::service::load_role(
+                &engine,
+                &linker,
+                "checker",
+                path,
+                RoleKind::Worker,
+                false,
+            )
+            .await?
+            {
+                (RolePre::Worker(pre), _) => Some(pre),
+                (RolePre::Web(_), _) => None,
+            },
         };
         // tmpfs when there is one: a run's commits then cost no disk flushes.
         let shm = Path::new("/dev/shm");
