@@ -75,9 +75,9 @@ pub trait FaultPlan: Send + Sync {
     /// The fault for this call.
     fn fault(&self, call: &CallInfo) -> Fault;
 
-    /// Hears how the call ended: `Ok` with how many items it returned (messages, entities,
-    /// blobs; 1 for other successes), or the error the guest saw. For traces.
-    fn observed(&self, _call: &CallInfo, _fault: Fault, _outcome: Result<usize, String>) {}
+    /// Hears how the call ended: `Ok` with how many items it returned when the caller counts
+    /// them (messages got), or the error the guest saw. For traces.
+    fn observed(&self, _call: &CallInfo, _fault: Fault, _outcome: Result<Option<usize>, String>) {}
 
     /// Run storage operations on the calling thread instead of a blocking thread: slower
     /// under load, but the order of calls then depends on nothing outside the executor (a
@@ -191,17 +191,19 @@ impl Link {
         E: Send + std::fmt::Display + 'static,
         F: FnOnce(&dyn Backend, &AccountName) -> Result<T, E> + Send + 'static,
     {
-        let (result, _) = self.call_with_fault(operation, target, |_| 1, op).await?;
+        let (result, _) = self
+            .call_with_fault(operation, target, |_| None, op)
+            .await?;
         Ok(result)
     }
 
     /// [`Link::call`], also saying which fault the plan chose; `items` counts what a success
-    /// returned (for traces).
+    /// returned, for traces (`None`: nothing worth counting).
     pub async fn call_with_fault<T, E, F>(
         &self,
         operation: &'static str,
         target: &str,
-        items: fn(&T) -> usize,
+        items: fn(&T) -> Option<usize>,
         op: F,
     ) -> wasmtime::Result<(Result<T, CallError<E>>, Fault)>
     where
@@ -219,7 +221,7 @@ impl Link {
             None => Fault::None,
             Some(plan) => plan.fault(&info()),
         };
-        let observe = |outcome: Result<usize, String>| {
+        let observe = |outcome: Result<Option<usize>, String>| {
             if let Some(plan) = &self.faults {
                 plan.observed(&info(), fault, outcome);
             }
@@ -258,27 +260,18 @@ impl Link {
             }
         };
         tracing::trace!(instance = %self.instance, operation, target, ok = result.is_ok(), "storage call");
+        let happened = if result.is_ok() {
+            "succeeded"
+        } else {
+            "failed"
+        };
         match fault {
             Fault::LoseResponse => {
-                observe(Err(format!(
-                    "timeout (response lost; the call {})",
-                    if result.is_ok() {
-                        "succeeded"
-                    } else {
-                        "failed"
-                    }
-                )));
+                observe(Err(format!("timeout (response lost; the call {happened})")));
                 Ok((Err(timeout()), fault))
             }
             Fault::CrashAfter => {
-                observe(Err(format!(
-                    "crashed after (the call {})",
-                    if result.is_ok() {
-                        "succeeded"
-                    } else {
-                        "failed"
-                    }
-                )));
+                observe(Err(format!("crashed after (the call {happened})")));
                 Err(wasmtime::Error::new(InjectedCrash {
                     when: "after",
                     operation,

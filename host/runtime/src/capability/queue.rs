@@ -112,9 +112,12 @@ impl QueueCtx {
         let q = queue.to_string();
         let (r, fault) = self
             .link
-            .call_with_fault("queue.get-messages", queue, Vec::len, move |b, a| {
-                b.get_messages(a, &q, count, secs(vt))
-            })
+            .call_with_fault(
+                "queue.get-messages",
+                queue,
+                |ms: &Vec<store::QueueMessage>| Some(ms.len()),
+                move |b, a| b.get_messages(a, &q, count, secs(vt)),
+            )
             .await?;
         if fault == Fault::ExpireVisibility
             && let Ok(ms) = &r
