@@ -57,6 +57,18 @@ pub fn guest(name: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("no guest component named {name}"))
 }
 
+/// `text` with each `{guest:NAME}` replaced by that guest's component path.
+pub fn with_guests(text: &str) -> String {
+    let mut text = text.to_string();
+    while let Some(start) = text.find("{guest:") {
+        let end = start + text[start..].find('}').expect("unclosed {guest:");
+        let name = &text[start + 7..end];
+        let path = guest(name).display().to_string();
+        text.replace_range(start..=end, &path);
+    }
+    text
+}
+
 /// A service running on a temporary data directory.
 pub struct TestService {
     /// The data directory (removed on drop).
@@ -74,13 +86,7 @@ pub struct TestService {
 /// Parses `manifest` (TOML; `{guest:NAME}` stands for that guest's component path) and opens
 /// its storage in a fresh directory, without starting it.
 pub fn prepare(manifest: &str) -> TestService {
-    let mut text = manifest.to_string();
-    while let Some(start) = text.find("{guest:") {
-        let end = start + text[start..].find('}').expect("unclosed {guest:");
-        let name = &text[start + 7..end];
-        let path = guest(name).display().to_string();
-        text.replace_range(start..=end, &path);
-    }
+    let text = with_guests(manifest);
     let dir = tempfile::tempdir().expect("temp dir");
     let manifest = Manifest::parse(&text, &dir.path().join("rolehost.toml")).expect("manifest");
     let store = service::open_storage(dir.path(), &manifest, None).expect("storage");

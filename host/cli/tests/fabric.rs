@@ -174,16 +174,22 @@ impl Drop for Host {
 
 /// A service directory: a web role running hello-web with a `version` setting.
 fn web_service(dir: &Path, name: &str, instances: u32, version: &str) -> String {
-    let hello = rolehost_tests::guest("hello_web");
+    service_dir(
+        dir,
+        &format!(
+            "[service]\nname = \"{name}\"\n[roles.Web]\nkind = \"web\"\ncomponent = \"{{guest:hello_web}}\"\n\
+             instances = {instances}\ngrace-period-secs = 2\n[[roles.Web.endpoints]]\nport = 0\n\
+             [roles.Web.settings]\nversion = \"{version}\"\n"
+        ),
+    )
+}
+
+/// A service directory holding `manifest` (`{guest:NAME}` stands for a guest's component).
+fn service_dir(dir: &Path, manifest: &str) -> String {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(
         dir.join("rolehost.toml"),
-        format!(
-            "[service]\nname = \"{name}\"\n[roles.Web]\nkind = \"web\"\ncomponent = {:?}\n\
-             instances = {instances}\ngrace-period-secs = 2\n[[roles.Web.endpoints]]\nport = 0\n\
-             [roles.Web.settings]\nversion = \"{version}\"\n",
-            hello.display().to_string()
-        ),
+        rolehost_tests::with_guests(manifest),
     )
     .unwrap();
     dir.display().to_string()
@@ -535,21 +541,14 @@ fn metrics_and_logs_follow_a_working_service_and_delete_can_purge_its_storage() 
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("host");
     let mut host = Host::start(&data);
-    let svc = dir.path().join("svc");
-    std::fs::create_dir_all(&svc).unwrap();
-    std::fs::write(
-        svc.join("rolehost.toml"),
-        format!(
-            "[service]\nname = \"busy\"\n\
-             [roles.Producer]\nkind = \"worker\"\ncomponent = {:?}\n\
-             [roles.Producer.settings]\ninterval-ms = 100\n\
-             [roles.Counter]\nkind = \"worker\"\ncomponent = {:?}\ninstances = 2\n",
-            rolehost_tests::guest("producer").display().to_string(),
-            rolehost_tests::guest("counter").display().to_string(),
-        ),
-    )
-    .unwrap();
-    host.ok(&["deploy", svc.to_str().unwrap()]);
+    let svc = service_dir(
+        &dir.path().join("svc"),
+        "[service]\nname = \"busy\"\n\
+         [roles.Producer]\nkind = \"worker\"\ncomponent = \"{guest:producer}\"\n\
+         [roles.Producer.settings]\ninterval-ms = 100\n\
+         [roles.Counter]\nkind = \"worker\"\ncomponent = \"{guest:counter}\"\ninstances = 2\n",
+    );
+    host.ok(&["deploy", &svc]);
 
     // Metrics: the counters process messages, the thumbnail queue (no consumer) fills.
     let metrics = || host.api_get("/metrics");
@@ -660,22 +659,15 @@ fn a_frozen_worker_is_thawed_by_id_and_from_a_file_on_a_restarted_host_and_count
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("host");
     let mut host = Host::start(&data);
-    let svc = dir.path().join("svc");
-    std::fs::create_dir_all(&svc).unwrap();
-    std::fs::write(
-        svc.join("rolehost.toml"),
-        format!(
-            "[service]\nname = \"icy\"\n\
-             [roles.Producer]\nkind = \"worker\"\ncomponent = {:?}\n\
-             [roles.Producer.settings]\ninterval-ms = 100\n\
-             [roles.Counter]\nkind = \"worker\"\ncomponent = {:?}\ngrace-period-secs = 5\n\
-             [roles.Counter.settings]\nmode = \"memcount\"\nqueue = \"increments\"\n",
-            rolehost_tests::guest("producer").display().to_string(),
-            rolehost_tests::guest("testbed").display().to_string(),
-        ),
-    )
-    .unwrap();
-    host.ok(&["deploy", svc.to_str().unwrap()]);
+    let svc = service_dir(
+        &dir.path().join("svc"),
+        "[service]\nname = \"icy\"\n\
+         [roles.Producer]\nkind = \"worker\"\ncomponent = \"{guest:producer}\"\n\
+         [roles.Producer.settings]\ninterval-ms = 100\n\
+         [roles.Counter]\nkind = \"worker\"\ncomponent = \"{guest:testbed}\"\ngrace-period-secs = 5\n\
+         [roles.Counter.settings]\nmode = \"memcount\"\nqueue = \"increments\"\n",
+    );
+    host.ok(&["deploy", &svc]);
     let deadline = Instant::now() + Duration::from_secs(60);
     while last_count(&host, "icy", "Counter_IN_0").unwrap_or(0) < 3 {
         assert!(Instant::now() < deadline, "no counting: {}", host.log());
