@@ -108,42 +108,40 @@ async fn suite(mib: u64, original: &[u8], bed: &crate::runtime::Bed) {
         format!("{:.3}", file.len() as f64 / f64::from(1 << 20)),
     );
 
-    // Host B, cold: a new engine decodes and compiles the snapshot and instantiates it.
+    // Host B, cold: a new engine checks, unpacks and compiles the snapshot, and
+    // instantiates it. Then the same host again, warm: the check, then the compiled snapshot
+    // is mapped (once its background write is done), not unpacked or compiled.
     let cache = tempfile::tempdir().expect("cache dir");
     let engine_b = build_engine(&EngineOptions::default()).expect("engine");
-    let started = Instant::now();
-    let (h, raw) = freeze::decode(&file).expect("decode");
-    let component =
-        freeze::compile(&engine_b, &raw, &h.payload_sha256, Some(cache.path())).expect("compile");
-    let pre = linker(&engine_b)
-        .unwrap()
-        .instantiate_pre(&component)
-        .unwrap();
-    let (mut st, _stop) = store(&engine_b, &backend, mib);
-    let instance = pre.instantiate_async(&mut st).await.unwrap();
-    let cold = started.elapsed();
-    WorkerRole::new(&mut st, &instance).expect("a worker");
-    drop(st);
+    let cold = thaw(&engine_b, &file, cache.path(), &backend, mib).await;
     line(&format!("thaw_cold_{key}_ms"), ms(cold));
-
-    // The same host again, warm: the compiled snapshot is mapped, not compiled (once the
-    // background write of the compiled code is done).
+    let (h, _) = freeze::check(&file).expect("check");
     let cwasm = cache.path().join(format!("{}.cwasm", h.payload_sha256));
     while !cwasm.is_file() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let started = Instant::now();
-    let component =
-        freeze::compile(&engine_b, &raw, &h.payload_sha256, Some(cache.path())).expect("mapped");
-    let pre = linker(&engine_b)
-        .unwrap()
-        .instantiate_pre(&component)
-        .unwrap();
-    let (mut st, _stop) = store(&engine_b, &backend, mib);
-    let instance = pre.instantiate_async(&mut st).await.unwrap();
-    let warm = started.elapsed();
-    WorkerRole::new(&mut st, &instance).expect("a worker");
+    let warm = thaw(&engine_b, &file, cache.path(), &backend, mib).await;
     line(&format!("thaw_warm_{key}_ms"), ms(warm));
+}
+
+/// A thaw as `Service::thaw` does it: the file checked, the snapshot compiled (or mapped from
+/// `cache`), an instance made; how long it took.
+async fn thaw(
+    engine: &wasmtime::Engine,
+    file: &[u8],
+    cache: &std::path::Path,
+    backend: &Arc<dyn Backend>,
+    mib: u64,
+) -> Duration {
+    let started = Instant::now();
+    let (h, payload) = freeze::check(file).expect("check");
+    let component = freeze::compile(engine, &h, payload, Some(cache)).expect("compile");
+    let pre = linker(engine).unwrap().instantiate_pre(&component).unwrap();
+    let (mut st, _stop) = store(engine, backend, mib);
+    let instance = pre.instantiate_async(&mut st).await.unwrap();
+    let took = started.elapsed();
+    WorkerRole::new(&mut st, &instance).expect("a worker");
+    took
 }
 
 pub(crate) fn freeze() {

@@ -286,8 +286,9 @@ pub fn header(file: &[u8]) -> Result<(SnapshotHeader, &[u8]), FreezeError> {
     Ok((header, payload))
 }
 
-/// Checks and unpacks a snapshot file: its header and the snapshot component.
-pub fn decode(file: &[u8]) -> Result<(SnapshotHeader, Vec<u8>), FreezeError> {
+/// Checks a snapshot file whole (its frame, and its payload against the header's SHA-256)
+/// without unpacking it: the header and the compressed payload.
+pub fn check(file: &[u8]) -> Result<(SnapshotHeader, &[u8]), FreezeError> {
     let (header, payload) = header(file)?;
     let actual = hex(&sha2::Sha256::digest(payload));
     if actual != header.payload_sha256 {
@@ -296,6 +297,11 @@ pub fn decode(file: &[u8]) -> Result<(SnapshotHeader, Vec<u8>), FreezeError> {
             header.payload_sha256
         )));
     }
+    Ok((header, payload))
+}
+
+/// Unpacks a checked payload into the snapshot component.
+fn unpack(header: &SnapshotHeader, payload: &[u8]) -> Result<Vec<u8>, FreezeError> {
     let limit = usize::try_from(header.raw_len).unwrap_or(usize::MAX);
     let component = zstd::bulk::decompress(payload, limit)
         .map_err(|e| FreezeError::Corrupt(format!("decompressing: {e}")))?;
@@ -306,29 +312,34 @@ pub fn decode(file: &[u8]) -> Result<(SnapshotHeader, Vec<u8>), FreezeError> {
             header.raw_len
         )));
     }
+    Ok(component)
+}
+
+/// Checks and unpacks a snapshot file: its header and the snapshot component.
+pub fn decode(file: &[u8]) -> Result<(SnapshotHeader, Vec<u8>), FreezeError> {
+    let (header, payload) = check(file)?;
+    let component = unpack(&header, payload)?;
     Ok((header, component))
 }
 
-/// Compiles a snapshot component for `engine`. With `cache` (a directory of this host), the
-/// compiled code is kept as `<sha>.cwasm` the first time, and later thaws of the same snapshot
-/// map it instead of compiling (the warm path: memory pages in lazily, copy-on-write).
+/// Compiles a checked snapshot ([`check`]) for `engine`. With `cache` (a directory of this
+/// host), the compiled code is kept as `<sha>.cwasm`, written on a thread of its own after the
+/// first thaw; later thaws of the same snapshot map it instead of unpacking and compiling (the
+/// warm path: memory pages in lazily, copy-on-write).
 pub fn compile(
     engine: &wasmtime::Engine,
-    component: &[u8],
-    payload_sha256: &str,
+    header: &SnapshotHeader,
+    payload: &[u8],
     cache: Option<&std::path::Path>,
 ) -> wasmtime::Result<wasmtime::component::Component> {
     use wasmtime::component::Component;
-    let Some(dir) = cache else {
-        return Component::new(engine, component);
-    };
-    let path = dir.join(format!("{payload_sha256}.cwasm"));
-    if path.is_file() {
+    let path = cache.map(|dir| dir.join(format!("{}.cwasm", header.payload_sha256)));
+    if let Some(path) = path.as_ref().filter(|p| p.is_file()) {
         // SAFETY: the file was written below by `Component::serialize` of this host's engine
         // configuration (the one place it is built), in a directory of its own; wasmtime also
         // checks the version and configuration recorded in it.
         #[allow(unsafe_code)]
-        let cached = unsafe { Component::deserialize_file(engine, &path) };
+        let cached = unsafe { Component::deserialize_file(engine, path) };
         match cached {
             Ok(c) => return Ok(c),
             Err(e) => {
@@ -336,19 +347,25 @@ pub fn compile(
             }
         }
     }
-    let compiled = Component::new(engine, component)?;
-    let _ = std::fs::create_dir_all(dir);
-    match compiled.serialize() {
-        Ok(bytes) => {
-            let tmp = path.with_extension("cwasm.tmp");
-            if std::fs::write(&tmp, bytes)
-                .and_then(|()| std::fs::rename(&tmp, &path))
-                .is_err()
-            {
-                let _ = std::fs::remove_file(&tmp);
+    let component = unpack(header, payload).map_err(wasmtime::Error::new)?;
+    let compiled = Component::new(engine, &component)?;
+    if let Some(path) = path {
+        // The thaw does not wait for the write.
+        let keep = compiled.clone();
+        std::thread::spawn(move || {
+            let written = keep.serialize().and_then(|bytes| {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                let tmp = path.with_extension("cwasm.tmp");
+                std::fs::write(&tmp, bytes)?;
+                std::fs::rename(&tmp, &path)?;
+                Ok(())
+            });
+            if let Err(e) = written {
+                tracing::warn!(error = %e, "could not keep the compiled snapshot");
             }
-        }
-        Err(e) => tracing::warn!(error = %e, "could not keep the compiled snapshot"),
+        });
     }
     Ok(compiled)
 }
