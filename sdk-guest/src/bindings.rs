@@ -13,3 +13,14 @@ wit_bindgen::generate!({
     export_macro_name: "export_worker_role",
     default_bindings_module: "rolehost_sdk::__private::bindings",
 });
+
+/// The `web-freezable` world: only the `web-freeze` export, emitted by [`crate::web_freezable!`].
+pub mod web {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "rolehost:platform/web-freezable",
+        pub_export_macro: true,
+        export_macro_name: "export_web_freezable",
+        default_bindings_module: "rolehost_sdk::__private::bindings::web",
+    });
+}

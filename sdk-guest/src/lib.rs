@@ -47,8 +47,13 @@
 //!
 //! ## Freeze safety
 //! Every client here holds names, never host handles: a value can be kept in the role's state
-//! across calls and across a freeze and thaw. Prefer [`env::log`] to `println!` in roles that
-//! may be frozen.
+//! across calls and across a freeze and thaw. At a freeze the SDK resets what wasi-libc caches
+//! of the old host (preopened directories, stdio streams, environment), so `std::fs`,
+//! `println!` and `std::env` work after the thaw, on the new host's directory, log and
+//! variables. A worker role gets this from [`worker!`]; a web role opts in with
+//! [`web_freezable!`]. What the role itself holds (an open `File`, a `wasip2` stream or
+//! pollable) must be dropped in its `on_freeze`: the host refuses a freeze while the instance
+//! holds a stdio stream, and any other handle kept would trap after the thaw.
 
 #![deny(missing_docs)]
 
@@ -59,6 +64,7 @@ pub mod bindings;
 pub mod blob;
 pub mod env;
 mod error;
+pub mod freeze;
 pub mod processing;
 pub mod queue;
 pub mod retry;
@@ -75,22 +81,19 @@ pub use worker::WorkerRole;
 /// Used by the macros; not part of the API.
 #[doc(hidden)]
 pub mod __private {
-    /// Readies wasi-libc for a freeze: its cached preopened directories are handles, which
-    /// do not survive a thaw; after the reset `std::fs` fetches the new host's directories.
+    /// Readies wasi-libc for a freeze. No handle survives a thaw, and wasi-libc caches three
+    /// kinds in the instance's memory: the preopened directories (`std::fs`), the stdio streams
+    /// (`println!`) and the environment (`std::env`, a copy rather than handles, but the old
+    /// host's). Each is reset here, so after the thaw wasi-libc fetches them afresh from the
+    /// new host. The host checks afterwards that no stdio stream is still held, and refuses the
+    /// freeze (the instance goes on) if one is.
     pub fn prepare_freeze() {
         #[cfg(all(target_os = "wasi", target_env = "p2"))]
-        {
-            unsafe extern "C" {
-                fn __wasilibc_reset_preopens();
-            }
-            // SAFETY: wasi-libc's own reset, called between exports (no directory in use).
-            #[allow(unsafe_code)]
-            unsafe {
-                __wasilibc_reset_preopens()
-            };
-        }
+        crate::freeze::reset_wasi_libc();
     }
     pub use crate::bindings;
     pub use crate::bindings::export_worker_role;
     pub use crate::bindings::exports::rolehost::platform::worker::Guest as WorkerGuest;
+    pub use crate::bindings::web::export_web_freezable;
+    pub use crate::bindings::web::exports::rolehost::platform::web_freeze::Guest as WebFreezeGuest;
 }

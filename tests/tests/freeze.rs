@@ -41,14 +41,25 @@ fn store_for(
     (store, stop)
 }
 
-fn latest(backend: &Arc<dyn Backend>, account: &AccountName) -> Option<u64> {
+fn blob_text(
+    backend: &Arc<dyn Backend>,
+    account: &AccountName,
+    container: &str,
+    name: &str,
+) -> Option<String> {
     use std::io::Read;
     let mut r = backend
-        .get_blob(account, "memcount", "latest", &GetBlobOptions::default())
+        .get_blob(account, container, name, &GetBlobOptions::default())
         .ok()?;
     let mut s = String::new();
     r.reader.read_to_string(&mut s).ok()?;
-    s.parse().ok()
+    Some(s)
+}
+
+fn latest(backend: &Arc<dyn Backend>, account: &AccountName) -> Option<u64> {
+    blob_text(backend, account, "memcount", "latest")?
+        .parse()
+        .ok()
 }
 
 /// Runs `worker.run` until `n` messages were counted, then asks it to stop.
@@ -169,17 +180,17 @@ async fn a_worker_frozen_after_n_messages_goes_on_at_n_plus_1_on_a_new_engine() 
     );
 }
 
-/// Starts the `frozen` service (one memcount worker, one printing worker) on `store`, with
-/// local resources under `data` and deployment id `deployment`.
+/// Starts the service of `t` on its store, with local resources under `data`, deployment id
+/// `deployment` and `instances` instances of role `role`.
 async fn service_on(
     t: &rolehost_tests::TestService,
     data: &std::path::Path,
     deployment: &str,
-    counters: u32,
+    (role, instances): (&str, u32),
 ) -> rolehost_runtime::service::Service {
     let mut manifest = t.manifest.clone();
-    if let Some(r) = manifest.roles.get_mut("Counter") {
-        r.instances = counters;
+    if let Some(r) = manifest.roles.get_mut(role) {
+        r.instances = instances;
     }
     let components = rolehost_runtime::service::resolve_components(&manifest, None).unwrap();
     let options = rolehost_runtime::service::ServiceOptions {
@@ -204,11 +215,11 @@ async fn a_service_freezes_an_instance_and_another_host_thaws_it_where_it_was() 
         component = "{guest:testbed}"
         [roles.Counter.settings]
         mode = "memcount"
-        [roles.Printer]
+        [roles.Holder]
         kind = "worker"
         component = "{guest:testbed}"
-        [roles.Printer.settings]
-        mode = "print"
+        [roles.Holder.settings]
+        mode = "hold-stdout"
         "#,
     );
     let backend: Arc<dyn Backend> = t.store.clone();
@@ -221,7 +232,7 @@ async fn a_service_freezes_an_instance_and_another_host_thaws_it_where_it_was() 
             .put_message(&account, "memcount", b"m", PutMessageOptions::default())
             .unwrap()
     };
-    let host_a = service_on(&t, &t.dir.path().join("host-a"), "d1", 1).await;
+    let host_a = service_on(&t, &t.dir.path().join("host-a"), "d1", ("Counter", 1)).await;
     for _ in 0..3 {
         put();
     }
@@ -230,27 +241,28 @@ async fn a_service_freezes_an_instance_and_another_host_thaws_it_where_it_was() 
     })
     .await;
 
-    // A role that printed cannot be frozen, and says why; it goes on running.
-    rolehost_tests::wait_for(Duration::from_secs(30), "the printer running", || {
-        host_a
-            .status()
-            .iter()
-            .any(|s| s.instance_id == "Printer_IN_0" && s.phase == Phase::Running)
-            .then_some(())
+    // A role holding a stdout stream of its own cannot be frozen, and says why; it goes on
+    // running: `run` is called again on the same memory (its run count goes to 2).
+    rolehost_tests::wait_for(Duration::from_secs(30), "the holder's first run", || {
+        (blob_text(&backend, &account, "hold-stdout", "Holder_IN_0")? == "1").then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let refused = host_a.freeze("Printer_IN_0").await.unwrap_err().to_string();
+    let refused = host_a.freeze("Holder_IN_0").await.unwrap_err().to_string();
     assert!(
         refused.contains("stdout") && refused.contains("env::log"),
         "{refused}"
     );
-    assert!(
-        host_a
-            .status()
-            .iter()
-            .any(|s| s.instance_id == "Printer_IN_0" && s.phase == Phase::Running)
-    );
+    rolehost_tests::wait_for(Duration::from_secs(30), "the holder's second run", || {
+        (blob_text(&backend, &account, "hold-stdout", "Holder_IN_0")? == "2").then_some(())
+    })
+    .await;
+    let holder = host_a
+        .status()
+        .into_iter()
+        .find(|s| s.instance_id == "Holder_IN_0")
+        .unwrap();
+    assert_eq!(holder.phase, Phase::Running);
+    assert_eq!(holder.restarts, 0, "a refused freeze recycles nothing");
 
     // The counter freezes: frozen in the status, its messages wait.
     let file = host_a.freeze("Counter_IN_0").await.expect("frozen");
@@ -272,11 +284,11 @@ async fn a_service_freezes_an_instance_and_another_host_thaws_it_where_it_was() 
     // Another host (its own engine and data directory, the same storage, no counter of its
     // own) refuses a snapshot of another deployment, then thaws this one: the message that
     // waited is counted 4th.
-    let host_other = service_on(&t, &t.dir.path().join("host-c"), "d2", 0).await;
+    let host_other = service_on(&t, &t.dir.path().join("host-c"), "d2", ("Counter", 0)).await;
     let e = host_other.thaw(&file, "s1").await.unwrap_err().to_string();
     assert!(e.contains("deployment d1") && e.contains("d2"), "{e}");
     host_other.shutdown().await;
-    let host_b = service_on(&t, &t.dir.path().join("host-b"), "d1", 0).await;
+    let host_b = service_on(&t, &t.dir.path().join("host-b"), "d1", ("Counter", 0)).await;
     let truncated = host_b
         .thaw(&file[..file.len() - 10], "s1")
         .await
@@ -289,5 +301,201 @@ async fn a_service_freezes_an_instance_and_another_host_thaws_it_where_it_was() 
         (latest(&backend, &account) == Some(4)).then_some(())
     })
     .await;
+    host_b.shutdown().await;
+}
+
+/// The fields of a `stdlife` report (`key=value` separated by spaces).
+fn stdlife_fields(report: &str) -> std::collections::BTreeMap<String, String> {
+    report
+        .split(' ')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdout_environment_files_and_time_work_after_a_thaw_into_another_instance() {
+    let logs = rolehost_tests::LogCapture::install("guest=info");
+    let t = rolehost_tests::prepare(
+        r#"
+        [service]
+        name = "life"
+        [roles.Life]
+        kind = "worker"
+        component = "{guest:testbed}"
+        [roles.Life.settings]
+        mode = "stdlife"
+        [[roles.Life.local-resources]]
+        name = "scratch"
+        size-mb = 1
+        "#,
+    );
+    let backend: Arc<dyn Backend> = t.store.clone();
+    let account = t.account.clone();
+    backend
+        .create_queue(&account, "stdlife", Vec::new())
+        .unwrap();
+    let put = || {
+        backend
+            .put_message(&account, "stdlife", b"m", PutMessageOptions::default())
+            .unwrap()
+    };
+    let report = |instance: &str| {
+        blob_text(&backend, &account, "stdlife", instance).map(|r| stdlife_fields(&r))
+    };
+    let host_a = service_on(&t, &t.dir.path().join("host-a"), "d1", ("Life", 1)).await;
+    put();
+    put();
+    let before = rolehost_tests::wait_for(Duration::from_secs(60), "2 messages", || {
+        report("Life_IN_0").filter(|r| r["n"] == "2")
+    })
+    .await;
+    assert_eq!(before["env"], "Life_IN_0");
+    assert_eq!(before["resumed"], "-");
+    assert_eq!(before["file"], "1;2;");
+    rolehost_tests::wait_for(Duration::from_secs(10), "stdout in the log", || {
+        logs.text_from(0)
+            .contains("stdlife 2 on Life_IN_0")
+            .then_some(())
+    })
+    .await;
+    let file = host_a
+        .freeze("Life_IN_0")
+        .await
+        .expect("frozen: the SDK released stdio");
+    host_a.shutdown().await;
+
+    // Host B runs a fresh Life_IN_0, so the snapshot thaws into Life_IN_1: the environment
+    // variable must say so (wasi-libc's copy was reset at the freeze), the file is in B's
+    // fresh local resource, stdout reaches B's log, and the clock went on from where it was.
+    let host_b = service_on(&t, &t.dir.path().join("host-b"), "d1", ("Life", 1)).await;
+    let id = host_b.thaw(&file, "s1").await.expect("thawed");
+    assert_eq!(id, "Life_IN_1");
+    let after = rolehost_tests::wait_for(Duration::from_secs(60), "the thawed one counts", || {
+        if report("Life_IN_1").is_none() {
+            put();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        report("Life_IN_1")
+    })
+    .await;
+    let n: u64 = after["n"].parse().unwrap();
+    assert!(n >= 3, "the count went on from 2: {after:?}");
+    assert_eq!(after["env"], "Life_IN_1", "{after:?}");
+    assert_eq!(after["resumed"], "s1");
+    assert_eq!(
+        after["file"],
+        format!("{n};"),
+        "a fresh local resource: {after:?}"
+    );
+    let (ms_before, ms_after): (u64, u64) =
+        (before["ms"].parse().unwrap(), after["ms"].parse().unwrap());
+    assert!(
+        ms_after >= ms_before,
+        "monotonic: {ms_before} then {ms_after}"
+    );
+    let line = format!("stdlife {n} on Life_IN_1");
+    rolehost_tests::wait_for(Duration::from_secs(10), "stdout after the thaw", || {
+        logs.text_from(0).contains(&line).then_some(())
+    })
+    .await;
+    host_b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_web_instance_keeps_its_cache_across_a_freeze_taken_between_requests() {
+    use rolehost_runtime::worker::Phase;
+    use rolehost_tests::http_get;
+    let t = rolehost_tests::prepare(
+        r#"
+        [service]
+        name = "webfreeze"
+        [roles.Web]
+        kind = "web"
+        component = "{guest:hello_web}"
+        [[roles.Web.endpoints]]
+        port = 0
+        [roles.Shout]
+        kind = "web"
+        component = "{guest:shout_web}"
+        [[roles.Shout.endpoints]]
+        port = 0
+        "#,
+    );
+    let endpoint = |s: &rolehost_runtime::service::Service, role: &str| {
+        s.endpoints()
+            .into_iter()
+            .find(|(r, _)| r == role)
+            .map(|(_, a)| a)
+            .unwrap()
+    };
+    let host_a = service_on(&t, &t.dir.path().join("host-a"), "d1", ("Web", 1)).await;
+    let web = endpoint(&host_a, "Web");
+    let first = http_get(web, "/cache?key=a").await.unwrap();
+    assert!(first.body.starts_with("a: miss"), "{first:?}");
+    let second = http_get(web, "/cache?key=a").await.unwrap();
+    assert!(second.body.starts_with("a: hit"), "{second:?}");
+
+    // A freeze that may wait 200 ms for a request taking 1.5 s is refused, and the request
+    // is not cut short.
+    let slow = tokio::spawn(http_get(web, "/slow?ms=1500"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let refused = host_a
+        .freeze_within("Web_IN_0", Some(Duration::from_millis(200)))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("busy"), "{refused}");
+    let slow = slow.await.unwrap().unwrap();
+    assert_eq!(slow.status, 200, "{slow:?}");
+
+    // With the default wait, the freeze waits for the request in flight, which finishes whole.
+    let slow = tokio::spawn(http_get(web, "/slow?ms=1000"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let asked = std::time::Instant::now();
+    let file = host_a
+        .freeze("Web_IN_0")
+        .await
+        .expect("frozen between requests");
+    assert!(
+        asked.elapsed() >= Duration::from_millis(500),
+        "it waited for the request"
+    );
+    let slow = slow.await.unwrap().unwrap();
+    assert_eq!(slow.status, 200, "{slow:?}");
+    assert!(slow.body.contains("hello from Web_IN_0"), "{slow:?}");
+    let frozen = host_a
+        .status()
+        .into_iter()
+        .find(|s| s.instance_id == "Web_IN_0")
+        .unwrap();
+    assert_eq!(frozen.phase, Phase::Frozen);
+
+    // A web role without the web-freeze export is refused, and goes on serving.
+    let shout = endpoint(&host_a, "Shout");
+    let refused = host_a.freeze("Shout_IN_0").await.unwrap_err().to_string();
+    assert!(
+        refused.contains("web-freeze") && refused.contains("web_freezable!"),
+        "{refused}"
+    );
+    let after = http_get(shout, "/").await.unwrap();
+    assert_ne!(after.status, 0, "{after:?}");
+    assert!(after.status < 500, "{after:?}");
+    host_a.shutdown().await;
+
+    // Another host with no Web instance of its own thaws it: the cache is there, and the
+    // request count goes on.
+    let host_b = service_on(&t, &t.dir.path().join("host-b"), "d1", ("Web", 0)).await;
+    assert_eq!(host_b.thaw(&file, "w1").await.expect("thawed"), "Web_IN_0");
+    let web = endpoint(&host_b, "Web");
+    // Requests wait in the queue until the thawed instance runs.
+    let hit = http_get(web, "/cache?key=a").await.unwrap();
+    assert!(
+        hit.body
+            .starts_with("a: hit (computed at request 1 on Web_IN_0; 1 cached)"),
+        "{hit:?}"
+    );
+    let count = http_get(web, "/").await.unwrap();
+    assert!(count.body.contains("(request 6"), "{count:?}");
     host_b.shutdown().await;
 }

@@ -7,7 +7,8 @@
 //! written to blob `uploads/last`); `/fetch?url=http://host:port/path` makes an outbound GET and
 //! answers `fetched <status>: <body>` or `fetch failed: <error>`; `/store?name=N` streams the
 //! request body into blob `uploads/N` (4 MiB blocks; the body is never whole in memory) and
-//! answers `stored <bytes> bytes`.
+//! answers `stored <bytes> bytes`; `/cache?key=K` looks K up in an in-memory cache (`K: miss`
+//! the first time, `K: hit` after). Freezable (`rolehost_sdk::web_freezable!`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -39,6 +40,8 @@ impl wasip2::exports::http::incoming_handler::Guest for Hello {
             store_body(&request, name)
         } else if let Some(url) = path.strip_prefix("/fetch?url=") {
             fetch(url)
+        } else if let Some(key) = path.strip_prefix("/cache?key=") {
+            cache(key)
         } else if path == "/upload" {
             let outcome = read_body(&request);
             // Also kept in storage: after a body error the client may not get the answer.
@@ -76,6 +79,34 @@ impl wasip2::exports::http::incoming_handler::Guest for Hello {
 }
 
 wasip2::http::proxy::export!(Hello);
+// Freezable between requests: memory (the request count, the cache) survives a freeze and thaw.
+rolehost_sdk::web_freezable!();
+
+/// An in-memory cache: the first request for a key computes its value (the request number
+/// that asked first, and the instance), later ones find it. Answers `<key>: miss` or
+/// `<key>: hit`, then the value and how many keys are cached.
+fn cache(key: &str) -> String {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+    static CACHE: Mutex<BTreeMap<String, String>> = Mutex::new(BTreeMap::new());
+    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    let hit = cache.contains_key(key);
+    let value = cache
+        .entry(key.to_string())
+        .or_insert_with(|| {
+            format!(
+                "computed at request {} on {}",
+                SERVED.load(Ordering::Relaxed),
+                rolehost_sdk::env::instance_id()
+            )
+        })
+        .clone();
+    format!(
+        "{key}: {} ({value}; {} cached)\n",
+        if hit { "hit" } else { "miss" },
+        cache.len()
+    )
+}
 
 /// Reads the whole request body: "read N bytes", or "body error: ..." where it failed.
 fn read_body(request: &IncomingRequest) -> String {

@@ -24,6 +24,11 @@
 //! - `memcount`: counts the messages of queue `queue` (`memcount`) in memory (a static), logs
 //!   `counted <n>` and writes the count to blob `memcount/latest` after each: continuity across
 //!   a freeze and thaw shows.
+//! - `stdlife`: uses stdout, stderr, an environment variable, `std::fs` and the monotonic clock
+//!   for each message of queue `stdlife`, and reports them in blob `stdlife/<instance id>` (all must
+//!   work across a freeze and thaw).
+//! - `hold-stdout`: keeps a stdout stream of its own, which a freeze cannot keep (refused); counts
+//!   its runs in blob `hold-stdout/<instance id>`.
 //! - `topology`: writes blob `topology/<instance id>` (`version N: Role=n,...`) whenever the
 //!   service's topology changes, and `topology/<instance id>-stopped` when asked to stop.
 //!
@@ -191,6 +196,27 @@ impl WorkerRole for Testbed {
                 eprintln!("hello from stderr of {}", env::instance_id());
                 while !env::wait_for_stop(Duration::from_secs(5)) {}
                 Ok(())
+            }
+            "stdlife" => stdlife(),
+            "hold-stdout" => {
+                // Keeps a stdout stream of its own across calls: no freeze can keep it, so a
+                // freeze is refused, and `run` is called again. Counts its runs in blob
+                // `hold-stdout/<instance id>`.
+                thread_local! {
+                    static HELD: std::cell::RefCell<Option<wasip2::io::streams::OutputStream>> =
+                        const { std::cell::RefCell::new(None) };
+                    static RUNS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+                }
+                let runs = RUNS.with(|r| {
+                    r.set(r.get() + 1);
+                    r.get()
+                });
+                HELD.with(|h| {
+                    let mut h = h.borrow_mut();
+                    let out = h.get_or_insert_with(wasip2::cli::stdout::get_stdout);
+                    let _ = out.blocking_write_and_flush(format!("run {runs}\n").as_bytes());
+                });
+                report("hold-stdout", &[runs.to_string()])
             }
             "membomb" => {
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
@@ -409,6 +435,48 @@ fn escape() -> Result<(), String> {
         .put(report.join("\n").as_bytes())
         .map_err(|e| e.to_string())?;
     while !env::wait_for_stop(Duration::from_secs(5)) {}
+    Ok(())
+}
+
+/// Mode `stdlife`: for each message of queue `stdlife`, uses what `std` gives a role (stdout,
+/// stderr, an environment variable, a file in its first local resource, the monotonic clock)
+/// and writes blob `stdlife/<instance id>` (the id the host gives now):
+/// `n=<count> env=<ROLEHOST_INSTANCE_ID> resumed=<snapshot id or -> ms=<ms since its first
+/// message> file=<the file's contents>`. Its count and first instant are in memory, so they
+/// carry across a freeze and thaw; the file does not (local resources are wiped).
+fn stdlife() -> Result<(), String> {
+    use std::io::Write;
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    static FIRST: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let out = Container::new("stdlife");
+    out.create_if_not_exists().map_err(|e| e.to_string())?;
+    let dir = first_local()?;
+    QueueProcessor::new("stdlife")
+        .poll_wait(Duration::from_millis(100))
+        .run(|_job| {
+            let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            let first = *FIRST.get_or_init(std::time::Instant::now);
+            let id = std::env::var("ROLEHOST_INSTANCE_ID").unwrap_or_else(|e| e.to_string());
+            println!("stdlife {n} on {id}");
+            eprintln!("stdlife {n} (stderr)");
+            let path = format!("{dir}/stdlife.txt");
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .and_then(|mut f| write!(f, "{n};"))
+                .and_then(|()| std::fs::read_to_string(&path))
+                .unwrap_or_else(|e| format!("error {e}"));
+            let line = format!(
+                "n={n} env={id} resumed={} ms={} file={file}",
+                env::resumed_from().unwrap_or_else(|| "-".into()),
+                first.elapsed().as_millis(),
+            );
+            out.blob(&env::instance_id())
+                .put(line.as_bytes())
+                .map(|_| ())
+        })
+        .map_err(|e| e.to_string())?;
     Ok(())
 }
 

@@ -186,11 +186,13 @@ pub(crate) async fn freeze(
     service: &str,
     instance: &str,
     out: Option<&Path>,
+    wait_ms: Option<u64>,
 ) -> anyhow::Result<()> {
+    let wait = wait_ms.map_or_else(String::new, |ms| format!("?wait-ms={ms}"));
     let resp = Client::new(host)?
         .send(
             Method::POST,
-            &format!("/v1/services/{service}/instances/{instance}/freeze"),
+            &format!("/v1/services/{service}/instances/{instance}/freeze{wait}"),
             ApiBody::Whole(None),
             None,
         )

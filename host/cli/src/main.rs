@@ -127,9 +127,10 @@ enum Command {
         #[command(flatten)]
         host: client::HostArgs,
     },
-    /// Freeze a worker instance of a running service: at its quiet point its memory is
-    /// captured into a snapshot, kept in the service's storage (any host sharing it can thaw
-    /// it); its local resources are discarded. Prints the snapshot's id.
+    /// Freeze an instance of a running service: at its quiet point (a worker's run returned, a
+    /// web instance between requests) its memory is captured into a snapshot, kept in the
+    /// service's storage (any host sharing it can thaw it); its local resources are discarded.
+    /// Prints the snapshot's id.
     Freeze {
         /// The service.
         service: String,
@@ -138,6 +139,11 @@ enum Command {
         /// Also write the snapshot (compressed) to this file.
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// For a web instance busy with a request: how long to wait for it to finish, in
+        /// milliseconds (default: the role's request timeout and a second). Past it the freeze
+        /// is refused and the request goes on.
+        #[arg(long, value_name = "MS")]
+        wait_ms: Option<u64>,
         #[command(flatten)]
         host: client::HostArgs,
     },
@@ -264,8 +270,9 @@ fn main() -> anyhow::Result<()> {
                 service,
                 instance,
                 output,
+                wait_ms,
                 host,
-            } => fabric_cmd::freeze(&host, &service, &instance, output.as_deref()).await,
+            } => fabric_cmd::freeze(&host, &service, &instance, output.as_deref(), wait_ms).await,
             Command::Thaw { snapshot, host } => fabric_cmd::thaw(&host, &snapshot).await,
             Command::Stop { service, host } => {
                 fabric_cmd::lifecycle(&host, &service, "stop", false).await

@@ -10,8 +10,12 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::Ordering;
+
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::pipe::AsyncWriteStream;
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
 /// Longest line kept whole; a longer one is logged in pieces of this size.
 const MAX_LINE: usize = 16 * 1024;
@@ -189,16 +193,64 @@ impl IsTerminal for GuestOutput {
 
 impl StdoutStream for GuestOutput {
     fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
-        self.target
-            .usage
-            .stdio_opened
-            .store(true, std::sync::atomic::Ordering::Relaxed);
         Box::new(LineWriter {
             out: self.clone(),
             line: Vec::new(),
             emitted: 0,
             wait: None,
         })
+    }
+
+    /// The default stream, counted in [`UsageCell::stdio_held`](crate::quota::UsageCell)
+    /// while the guest holds it.
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        let usage = self.target.usage.clone();
+        usage.stdio_held.fetch_add(1, Ordering::Relaxed);
+        Box::new(HeldStream {
+            inner: AsyncWriteStream::new(STREAM_BUDGET, Pin::from(self.async_stream())),
+            usage,
+        })
+    }
+}
+
+/// Bytes a guest's stdio stream takes before it must wait for the log (wasmtime's default).
+const STREAM_BUDGET: usize = 8192;
+
+/// A guest's stdio stream, counted as held until the guest drops it.
+struct HeldStream {
+    inner: AsyncWriteStream,
+    usage: Arc<crate::quota::UsageCell>,
+}
+
+impl Drop for HeldStream {
+    fn drop(&mut self) {
+        self.usage.stdio_held.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for HeldStream {
+    async fn ready(&mut self) {
+        self.inner.ready().await
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl OutputStream for HeldStream {
+    fn write(&mut self, bytes: bytes::Bytes) -> StreamResult<()> {
+        self.inner.write(bytes)
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        self.inner.flush()
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        self.inner.check_write()
+    }
+
+    async fn cancel(&mut self) {
+        self.inner.cancel().await
     }
 }
 

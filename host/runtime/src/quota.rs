@@ -307,8 +307,9 @@ pub struct UsageCell {
     /// Queue messages the instance received that had been delivered before (dequeue count
     /// over 1): the redeliveries at-least-once makes.
     pub redeliveries: std::sync::atomic::AtomicU64,
-    /// Whether the guest ever opened stdout or stderr (their handles cannot survive a freeze).
-    pub stdio_opened: std::sync::atomic::AtomicBool,
+    /// The stdout and stderr streams the guest holds now: a freeze is refused while it holds
+    /// one, because no handle survives a thaw (the SDK releases wasi-libc's at `on-freeze`).
+    pub stdio_held: std::sync::atomic::AtomicU32,
 }
 
 /// A reading of [`UsageCell`] with the quotas it is measured against.

@@ -371,6 +371,15 @@ async fn stop_all(slots: &[Arc<InstanceSlot>]) {
     }
 }
 
+/// What a freeze or a thaw works on: a worker instance (or pool), or a web role and a slot.
+enum Found<W> {
+    Worker(W),
+    Web(Arc<WebRole>, usize),
+}
+
+/// How much longer than its request timeout a freeze waits for a busy web instance.
+const WEB_FREEZE_SLACK: Duration = Duration::from_secs(1);
+
 /// A role of a running service.
 enum RoleEntry {
     Worker(Arc<WorkerPool>),
@@ -512,9 +521,8 @@ impl Shared {
             size >> 10
         ));
         let started = std::time::Instant::now();
-        let freezable = kind == crate::manifest::RoleKind::Worker;
         let (pre, freeze_source) =
-            load_role(&self.engine, &self.linker, name, path, kind, freezable).await?;
+            load_role(&self.engine, &self.linker, name, path, kind, true).await?;
         tracing::info!(role = %name, elapsed = ?started.elapsed(), "compiled and linked");
         progress(format!(
             "role {name}: compiled and linked in {:.1} s",
@@ -887,34 +895,53 @@ impl Service {
         Ok(())
     }
 
-    /// Freezes worker instance `instance_id` at its quiet point: it is asked to stop, its
-    /// `run` returns, `on-freeze` runs, and its memory and globals are captured; its local
-    /// resources are wiped. Returns the snapshot file ([`crate::freeze`]). Refused, with the
-    /// instance left running, when something it holds cannot survive a thaw.
+    /// Freezes instance `instance_id` at its quiet point and returns the snapshot file
+    /// ([`crate::freeze`]). A worker is asked to stop, and its `run` returns; a web instance
+    /// is taken between two requests (a busy one finishes its request first). Its
+    /// `on-freeze` runs, its memory and globals are captured, and its local resources are
+    /// wiped. Refused, with the instance left running, when something it holds cannot survive
+    /// a thaw, or a web role does not export `web-freeze`.
     pub async fn freeze(&self, instance_id: &str) -> Result<Vec<u8>, RuntimeError> {
+        self.freeze_within(instance_id, None).await
+    }
+
+    /// [`Service::freeze`], waiting at most `wait` for a busy web instance to finish its
+    /// request (default: the role's request timeout and a second, which always suffices).
+    /// Past it the instance is left serving and the freeze is refused.
+    pub async fn freeze_within(
+        &self,
+        instance_id: &str,
+        wait: Option<Duration>,
+    ) -> Result<Vec<u8>, RuntimeError> {
         let _op = self.ops.lock().await;
-        let slot = self.find_worker(instance_id)?;
-        if slot
-            .usage
-            .stdio_opened
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
-            return Err(RuntimeError::Unsupported(format!(
-                "{instance_id} cannot be frozen: it wrote to stdout or stderr (println!), and \
-                 wasi-libc keeps that stream's handle in the instance's memory, where no handle \
-                 survives a thaw. Log with rolehost_sdk::env::log, which is freeze-safe"
-            )));
-        }
-        let runtime = slot.role.clone();
-        let answer = slot.freeze.ask();
-        slot.stop.request();
-        let answer = answer.await.map_err(|_| {
-            RuntimeError::Unsupported(format!(
-                "{instance_id} stopped without reaching a quiet point (it failed, or did not \
-                 return from run within its grace period); it was not frozen"
-            ))
-        })?;
-        slot.stop().await;
+        let (runtime, answer) = match self.find_instance(instance_id)? {
+            Found::Worker(slot) => {
+                let answer = slot.freeze.ask(&slot.stop);
+                let answer = answer.await.map_err(|_| {
+                    RuntimeError::Unsupported(format!(
+                        "{instance_id} stopped without reaching a quiet point (it failed, or \
+                         did not return from run within its grace period); it was not frozen"
+                    ))
+                })?;
+                // Frozen: its supervisor has ended. Refused: it runs on (the stop was withdrawn).
+                if answer.is_ok() {
+                    slot.stop().await;
+                }
+                (slot.role.clone(), answer)
+            }
+            Found::Web(web, index) => {
+                let runtime = web.runtime();
+                // Any request ends within the request timeout: waiting a little longer always
+                // reaches the quiet point.
+                let wait = wait.unwrap_or(runtime.spec.web.request_timeout + WEB_FREEZE_SLACK);
+                let answer = web.freeze(index, wait).await;
+                if answer.is_ok() {
+                    let count = u32::try_from(web.running_count()).unwrap_or(u32::MAX);
+                    self.shared.topology.set(&runtime.spec.name, count);
+                }
+                (runtime, answer)
+            }
+        };
         let (component, monotonic_ns) = answer.map_err(|e| {
             RuntimeError::Unsupported(format!("{instance_id} could not be frozen: {e}"))
         })?;
@@ -959,13 +986,14 @@ impl Service {
             )));
         }
         let _op = self.ops.lock().await;
-        let pool = {
+        let role = {
             let roles = self.roles.lock().unwrap_or_else(|p| p.into_inner());
             match roles.get(&header.role) {
-                Some(RoleEntry::Worker(pool)) => pool.clone(),
-                _ => {
+                Some(RoleEntry::Worker(pool)) => Found::Worker(pool.clone()),
+                Some(RoleEntry::Web { role, .. }) => Found::Web(role.clone(), 0),
+                None => {
                     return Err(RuntimeError::Unsupported(format!(
-                        "service {} has no worker role {}",
+                        "service {} has no role {}",
                         self.shared.name, header.role
                     )));
                 }
@@ -987,54 +1015,67 @@ impl Service {
             monotonic_ns: header.monotonic_ns,
             snapshot_id: snapshot_id.to_string(),
         };
-        let runtime = pool.runtime();
         let wanted: Option<u32> = header
             .instance_id
             .rsplit_once("_IN_")
             .and_then(|(_, n)| n.parse().ok());
-        let mut slots = pool.slots.lock().unwrap_or_else(|p| p.into_inner());
-        let free = |i: &u32| slots.get(i).is_none_or(|s| s.read().phase == Phase::Frozen);
-        let index = match wanted.filter(free) {
-            Some(i) => i,
-            None => (0..).find(|i| !slots.contains_key(i)).unwrap_or(0),
+        let (index, count) = match role {
+            Found::Web(web, _) => {
+                let index = web.thaw(resume, wanted.map(|i| i as usize));
+                (index as u32, web.running_count())
+            }
+            Found::Worker(pool) => {
+                let runtime = pool.runtime();
+                let mut slots = pool.slots.lock().unwrap_or_else(|p| p.into_inner());
+                let free = |i: &u32| slots.get(i).is_none_or(|s| s.read().phase == Phase::Frozen);
+                let index = match wanted.filter(free) {
+                    Some(i) => i,
+                    None => (0..).find(|i| !slots.contains_key(i)).unwrap_or(0),
+                };
+                let restarts = slots.get(&index).map_or(0, |s| s.read().restarts);
+                slots.insert(
+                    index,
+                    WorkerPool::spawn_from(&runtime, index, restarts, Some(resume)),
+                );
+                let count = slots
+                    .values()
+                    .filter(|s| s.read().phase != Phase::Frozen)
+                    .count();
+                (index, count)
+            }
         };
-        let restarts = slots.get(&index).map_or(0, |s| s.read().restarts);
-        slots.insert(
-            index,
-            WorkerPool::spawn_from(&runtime, index, restarts, Some(resume)),
-        );
-        let count = slots
-            .values()
-            .filter(|s| s.read().phase != Phase::Frozen)
-            .count();
-        drop(slots);
         self.shared
             .topology
             .set(&header.role, u32::try_from(count).unwrap_or(u32::MAX));
         Ok(format!("{}_IN_{index}", header.role))
     }
 
-    fn find_worker(&self, instance_id: &str) -> Result<Arc<InstanceSlot>, RuntimeError> {
+    fn find_instance(&self, instance_id: &str) -> Result<Found<Arc<InstanceSlot>>, RuntimeError> {
+        let missing = || {
+            RuntimeError::Unsupported(format!(
+                "service {} has no instance {instance_id}",
+                self.shared.name
+            ))
+        };
+        let (role, index) = instance_id.rsplit_once("_IN_").ok_or_else(missing)?;
+        let index: usize = index.parse().map_err(|_| missing())?;
         let roles = self.roles.lock().unwrap_or_else(|p| p.into_inner());
-        for entry in roles.values() {
-            if let RoleEntry::Worker(pool) = entry {
+        match roles.get(role).ok_or_else(missing)? {
+            RoleEntry::Worker(pool) => {
                 let slots = pool.slots.lock().unwrap_or_else(|p| p.into_inner());
-                for slot in slots.values() {
-                    if slot.read().instance_id == instance_id {
-                        if slot.read().phase == Phase::Frozen {
-                            return Err(RuntimeError::Unsupported(format!(
-                                "{instance_id} is frozen already"
-                            )));
-                        }
-                        return Ok(slot.clone());
-                    }
+                let slot = u32::try_from(index)
+                    .ok()
+                    .and_then(|i| slots.get(&i))
+                    .ok_or_else(missing)?;
+                if slot.read().phase == Phase::Frozen {
+                    return Err(RuntimeError::Unsupported(format!(
+                        "{instance_id} is frozen already"
+                    )));
                 }
+                Ok(Found::Worker(slot.clone()))
             }
+            RoleEntry::Web { role, .. } => Ok(Found::Web(role.clone(), index)),
         }
-        Err(RuntimeError::Unsupported(format!(
-            "service {} has no running worker instance {instance_id}",
-            self.shared.name
-        )))
     }
 
     /// Asks every instance to stop and waits until all have stopped (each within its grace

@@ -4,7 +4,7 @@
 use tokio::sync::watch;
 
 /// The host's side: requests the stop.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct StopHandle {
     tx: watch::Sender<bool>,
 }
@@ -25,6 +25,12 @@ impl StopHandle {
     /// Asks the instance to stop. Idempotent.
     pub fn request(&self) {
         self.tx.send_replace(true);
+    }
+
+    /// Takes a stop request back: only for a freeze refused at the quiet point, where the
+    /// instance's supervisor calls `run` again.
+    pub fn withdraw(&self) {
+        self.tx.send_replace(false);
     }
 
     /// A signal reading this handle.

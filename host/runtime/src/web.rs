@@ -38,8 +38,11 @@ use crate::instance::InstanceState;
 use crate::manifest::TlsFiles;
 use crate::quota::UsageCell;
 use crate::stop::StopSignal;
-use crate::worker::{InstanceStatus, Phase, RoleRuntime, describe_failure};
+use crate::worker::{FreezeFailure, InstanceStatus, Phase, Resume, RoleRuntime, describe_failure};
 use tokio_rustls::TlsAcceptor;
+
+/// The export a web role readies itself for a freeze with (`rolehost_sdk::web_freezable!`).
+pub const WEB_FREEZE_EXPORT: &str = "rolehost:platform/web-freeze@0.1.0";
 
 /// How long a client is asked to wait before retrying after a 503.
 pub const RETRY_AFTER_SECS: u64 = 1;
@@ -52,6 +55,8 @@ struct WebInstance {
     generation: u64,
     store: Store<InstanceState>,
     proxy: Proxy,
+    /// The raw instance, for a freeze's capture.
+    instance: wasmtime::component::Instance,
 }
 
 /// A version of the role: its runtime (spec, engine, storage) and its linked component.
@@ -68,6 +73,8 @@ struct WebSlot {
     usage: Arc<UsageCell>,
     generation: u64,
     version: Arc<WebVersion>,
+    /// A freeze waiting for this slot's instance to come back from its request.
+    freezing: Option<oneshot::Sender<WebInstance>>,
 }
 
 /// How a handler call ended, when it did not end well.
@@ -191,6 +198,7 @@ impl WebRole {
             usage: Arc::new(UsageCell::default()),
             generation: self.generations.fetch_add(1, Ordering::Relaxed) + 1,
             version,
+            freezing: None,
         }
     }
 
@@ -218,7 +226,7 @@ impl WebRole {
         self.drop_stale_idle();
         for (index, generation) in spawn {
             self.clone()
-                .spawn_instance(index, generation, true, Duration::ZERO);
+                .spawn_instance(index, generation, true, Duration::ZERO, None);
         }
     }
 
@@ -272,7 +280,7 @@ impl WebRole {
             self.drop_stale_idle();
             for (index, generation, _) in &started {
                 self.clone()
-                    .spawn_instance(*index, *generation, false, Duration::ZERO);
+                    .spawn_instance(*index, *generation, false, Duration::ZERO, None);
             }
             let deadline = tokio::time::Instant::now() + settle;
             while tokio::time::Instant::now() < deadline
@@ -327,13 +335,15 @@ impl WebRole {
     }
 
     /// Makes the instance of slot `index` (for `generation`) after `delay` and puts it in the
-    /// idle stack; retries with backoff while it fails. Gives up once the slot moved on.
+    /// idle stack; retries with backoff while it fails. Gives up once the slot moved on. With
+    /// `resume`, the first attempt thaws that snapshot (later ones start afresh).
     fn spawn_instance(
         self: Arc<Self>,
         index: usize,
         generation: u64,
         first: bool,
         delay: Duration,
+        mut resume: Option<Resume>,
     ) {
         tokio::spawn(async move {
             let recycle_backoff = self.current().role.spec.recycle_backoff;
@@ -352,7 +362,10 @@ impl WebRole {
                 if !self.is_current(index, generation) {
                     return;
                 }
-                match self.new_instance(index, generation, first).await {
+                match self
+                    .new_instance(index, generation, first, resume.take())
+                    .await
+                {
                     Ok(instance) => {
                         if self.is_current(index, generation) {
                             self.set_phase(index, generation, Phase::Running);
@@ -377,6 +390,7 @@ impl WebRole {
         index: usize,
         generation: u64,
         first: bool,
+        resume: Option<Resume>,
     ) -> Result<WebInstance, String> {
         let (version, usage) = {
             let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
@@ -386,17 +400,26 @@ impl WebRole {
         let id = self.id(index);
         let mut store = version
             .role
-            .new_store(&id, first, &self.stop, &usage, None)?;
-        let proxy = version
-            .pre
+            .new_store(&id, first, &self.stop, &usage, resume.as_ref())?;
+        // A thawed instance starts from its snapshot; any other from the role's component.
+        let pre = match &resume {
+            None => version.pre.instance_pre().clone(),
+            Some(r) => crate::instance::linker(&version.role.engine)
+                .and_then(|l| l.instantiate_pre(&r.component))
+                .map_err(|e| format!("linking the snapshot: {e:#}"))?,
+        };
+        let instance = pre
             .instantiate_async(&mut store)
             .await
             .map_err(|e| describe_failure("instantiation", &e, Some(store.data())))?;
+        let proxy = Proxy::new(&mut store, &instance)
+            .map_err(|e| format!("the component is not a web role: {e:#}"))?;
         Ok(WebInstance {
             index,
             generation,
             store,
             proxy,
+            instance,
         })
     }
 
@@ -584,7 +607,7 @@ impl WebRole {
         self.recycled(index, generation, reason);
         let backoff = self.current().role.spec.recycle_backoff;
         self.clone()
-            .spawn_instance(index, generation, false, backoff);
+            .spawn_instance(index, generation, false, backoff, None);
     }
 
     /// Waits for an idle instance and takes it.
@@ -601,17 +624,213 @@ impl WebRole {
         }
     }
 
-    /// Puts an instance back and wakes one waiting request; a stale one is dropped instead.
+    /// Puts an instance back and wakes one waiting request; a stale one is dropped instead,
+    /// and one a freeze waits for goes to the freeze.
     fn release(&self, instance: WebInstance) {
-        if !self.is_current(instance.index, instance.generation) {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(slot) = slots
+            .get_mut(&instance.index)
+            .filter(|s| s.generation == instance.generation)
+        else {
+            drop(slots);
             self.retire(instance);
             return;
-        }
+        };
+        let instance = match slot.freezing.take() {
+            Some(freeze) => match freeze.send(instance) {
+                Ok(()) => return,
+                // The freeze gave up meanwhile: back to work.
+                Err(instance) => instance,
+            },
+            None => instance,
+        };
+        // Under the slots lock, so a freeze registering for this slot cannot miss it.
         self.idle
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(instance);
+        drop(slots);
         self.returned.notify_one();
+    }
+
+    /// Freezes the instance of slot `index` at its quiet point: between two requests. An idle
+    /// instance is taken at once; a busy one when its request ends, waiting at most `wait`
+    /// (then nothing happens to it, and its request is never cut short). The role's
+    /// `web-freeze` export readies it, then it is captured: the snapshot component and the
+    /// guest's monotonic time (ns). The slot then shows frozen and takes no request. When the
+    /// freeze is refused the instance goes back to work as it was.
+    pub async fn freeze(
+        self: &Arc<Self>,
+        index: usize,
+        wait: Duration,
+    ) -> Result<(Vec<u8>, u64), String> {
+        let id = self.id(index);
+        let (taken, waiting) = {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            let slot = slots
+                .get_mut(&index)
+                .ok_or_else(|| format!("{id} does not exist"))?;
+            if slot.status.lock().unwrap_or_else(|p| p.into_inner()).phase == Phase::Frozen {
+                return Err(format!("{id} is frozen already"));
+            }
+            let generation = slot.generation;
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            match idle
+                .iter()
+                .position(|i| i.index == index && i.generation == generation)
+            {
+                Some(at) => (Some(idle.remove(at)), None),
+                None => {
+                    let (tx, rx) = oneshot::channel();
+                    slot.freezing = Some(tx);
+                    (None, Some(rx))
+                }
+            }
+        };
+        let mut instance = match (taken, waiting) {
+            (Some(instance), _) => instance,
+            (None, Some(mut rx)) => match tokio::time::timeout(wait, &mut rx).await {
+                Ok(Ok(instance)) => instance,
+                Ok(Err(_)) => return Err(format!("{id} was replaced or removed; not frozen")),
+                Err(_) => {
+                    if let Some(slot) = self
+                        .slots
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_mut(&index)
+                    {
+                        slot.freezing = None;
+                    }
+                    // It may have come back just now.
+                    if let Ok(instance) = rx.try_recv() {
+                        self.release(instance);
+                    }
+                    return Err(format!(
+                        "{id} was busy with a request for {wait:?}: not frozen (the request \
+                         goes on); try again"
+                    ));
+                }
+            },
+            (None, None) => unreachable!("an instance is either taken or waited for"),
+        };
+        match self.capture(&mut instance).await {
+            Ok(snapshot) => {
+                let generation = instance.generation;
+                drop(instance);
+                self.set_phase(index, generation, Phase::Frozen);
+                self.current().role.wipe(&id);
+                tracing::info!(instance = %id, "frozen");
+                Ok(snapshot)
+            }
+            Err(FreezeFailure::Refused(reason)) => {
+                self.release(instance);
+                Err(reason)
+            }
+            Err(FreezeFailure::Failed(reason)) => {
+                let (generation, what) = (instance.generation, reason.clone());
+                drop(instance);
+                self.recycle(index, generation, what);
+                Err(reason)
+            }
+        }
+    }
+
+    /// `web-freeze.on-freeze`, then the capture.
+    async fn capture(&self, instance: &mut WebInstance) -> Result<(Vec<u8>, u64), FreezeFailure> {
+        let version = self.current();
+        let source = version.role.freeze_source.clone().ok_or_else(|| {
+            FreezeFailure::Refused(format!(
+                "role {} runs a component that cannot be frozen",
+                version.role.spec.name
+            ))
+        })?;
+        let store = &mut instance.store;
+        let hook = instance
+            .instance
+            .get_export_index(&mut *store, None, WEB_FREEZE_EXPORT)
+            .and_then(|i| {
+                instance
+                    .instance
+                    .get_export_index(&mut *store, Some(&i), "on-freeze")
+            })
+            .and_then(|f| {
+                instance
+                    .instance
+                    .get_typed_func::<(), ()>(&mut *store, &f)
+                    .ok()
+            })
+            .ok_or_else(|| {
+                FreezeFailure::Refused(format!(
+                    "role {} does not export {WEB_FREEZE_EXPORT}, so it cannot be readied for a \
+                     freeze: add rolehost_sdk::web_freezable!() to it",
+                    version.role.spec.name
+                ))
+            })?;
+        let grace = version.role.spec.grace_period;
+        match tokio::time::timeout(grace, hook.call_async(&mut *store, ())).await {
+            Err(_) => {
+                return Err(FreezeFailure::Failed(format!(
+                    "on-freeze did not return within the grace period of {grace:?}"
+                )));
+            }
+            Ok(Err(e)) => {
+                return Err(FreezeFailure::Failed(describe_failure(
+                    "on-freeze",
+                    &e,
+                    Some(store.data()),
+                )));
+            }
+            Ok(Ok(())) => {}
+        }
+        crate::worker::capture_quiet(&source, store, instance.instance).await
+    }
+
+    /// Thaws a snapshot of this role into slot `wanted` when that is free or frozen, else the
+    /// first free slot, and returns the slot's index. Its instance starts at once, from the
+    /// snapshot, with fresh local resources, and takes requests once it runs.
+    pub fn thaw(self: &Arc<Self>, resume: Resume, wanted: Option<usize>) -> usize {
+        let version = self.current();
+        let (index, generation) = {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            let free = |i: &usize| {
+                slots.get(i).is_none_or(|s| {
+                    s.status.lock().unwrap_or_else(|p| p.into_inner()).phase == Phase::Frozen
+                })
+            };
+            let index = match wanted.filter(free) {
+                Some(i) => i,
+                None => (0..).find(|i| !slots.contains_key(i)).unwrap_or(0),
+            };
+            let mut slot = self.new_slot(index, version);
+            if let Some(old) = slots.get(&index) {
+                slot.usage = old.usage.clone();
+                slot.status
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .restarts = old
+                    .status
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .restarts;
+            }
+            let generation = slot.generation;
+            slots.insert(index, slot);
+            (index, generation)
+        };
+        self.drop_stale_idle();
+        self.clone()
+            .spawn_instance(index, generation, true, Duration::ZERO, Some(resume));
+        index
+    }
+
+    /// Instances serving or able to (every slot not frozen).
+    pub fn running_count(&self) -> usize {
+        self.slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|s| s.status.lock().unwrap_or_else(|p| p.into_inner()).phase != Phase::Frozen)
+            .count()
     }
 
     fn busy(&self) -> Response<HyperOutgoingBody> {

@@ -25,7 +25,7 @@ use crate::instance::{InstanceParts, InstanceState, new_store};
 use crate::link::{FaultPlan, InjectedCrash, Link};
 use crate::manifest::RoleSpec;
 use crate::quota::{Usage, UsageCell};
-use crate::stop::StopSignal;
+use crate::stop::{StopHandle, StopSignal};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 /// Longest wait between recycles.
@@ -82,30 +82,71 @@ pub enum RolePre {
 /// snapshot component and the guest's monotonic time, or why it could not.
 #[derive(Debug, Default)]
 pub struct FreezeCell {
-    reply: Mutex<Option<oneshot::Sender<FreezeAnswer>>>,
+    asked: Mutex<Option<Asked>>,
+}
+
+#[derive(Debug)]
+struct Asked {
+    reply: oneshot::Sender<FreezeAnswer>,
+    /// The instance's stop, requested to reach the quiet point and withdrawn when the freeze
+    /// is refused there (the instance then runs on).
+    stop: StopHandle,
 }
 
 /// A freeze's answer: the snapshot component and the guest's monotonic time (ns), or why not.
 pub type FreezeAnswer = Result<(Vec<u8>, u64), String>;
 
 impl FreezeCell {
-    /// Asks for a freeze; the answer comes on the receiver.
-    pub fn ask(&self) -> oneshot::Receiver<FreezeAnswer> {
-        let (tx, rx) = oneshot::channel();
-        *self.reply.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+    /// Asks for a freeze and requests the instance's `stop` (so `run` returns); the answer
+    /// comes on the receiver.
+    pub fn ask(&self, stop: &StopHandle) -> oneshot::Receiver<FreezeAnswer> {
+        let (reply, rx) = oneshot::channel();
+        *self.asked.lock().unwrap_or_else(|p| p.into_inner()) = Some(Asked {
+            reply,
+            stop: stop.clone(),
+        });
+        stop.request();
         rx
     }
 
-    fn take(&self) -> Option<oneshot::Sender<FreezeAnswer>> {
-        self.reply.lock().unwrap_or_else(|p| p.into_inner()).take()
+    fn take(&self) -> Option<Asked> {
+        self.asked.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
+}
 
-    fn asked(&self) -> bool {
-        self.reply
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some()
+/// Captures an instance at its quiet point, after its `on-freeze`: refused (the instance is
+/// left as it was) while the guest still holds a stdio stream, which no thaw could give back.
+pub(crate) async fn capture_quiet(
+    source: &[u8],
+    store: &mut wasmtime::Store<InstanceState>,
+    instance: wasmtime::component::Instance,
+) -> Result<(Vec<u8>, u64), FreezeFailure> {
+    let held = store
+        .data()
+        .usage
+        .stdio_held
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if held > 0 {
+        return Err(FreezeFailure::Refused(format!(
+            "it holds {held} stdout/stderr stream(s), and no handle survives a thaw. The SDK \
+             releases wasi-libc's at on-freeze (rolehost_sdk::worker!, web_freezable!); a role \
+             built without it, or keeping a stream of its own, can log with \
+             rolehost_sdk::env::log instead, which holds no handle"
+        )));
     }
+    let monotonic_ns = store.data().monotonic_now();
+    crate::freeze::capture(source, store, instance)
+        .await
+        .map(|snapshot| (snapshot, monotonic_ns))
+        .map_err(|e| FreezeFailure::Refused(e.to_string()))
+}
+
+/// Why a freeze did not happen at the quiet point.
+pub(crate) enum FreezeFailure {
+    /// The instance is intact (nothing was captured): it goes on.
+    Refused(String),
+    /// The instance failed (`on-freeze` trapped or overran): it is recycled.
+    Failed(String),
 }
 
 /// What a thawed instance starts from: the snapshot, compiled.
@@ -437,48 +478,63 @@ impl RoleRuntime {
             Ok(Ok(Ok(()))) => {}
         }
 
-        if !stop.is_requested() {
-            set_phase(status, Phase::Running);
-            tracing::info!(instance = instance_id, "running");
-            match guarded(worker.call_run(&mut store), stop, grace, &mut deadline).await {
-                Err(Interrupted) => return Outcome::Stopped { interrupted: true },
-                Ok(Err(e)) => {
-                    tracing::debug!(instance = instance_id, error = ?e, "run failed");
-                    let reason = describe_failure("run", &e, Some(store.data()));
-                    if stop.is_requested() {
-                        tracing::warn!(instance = instance_id, %reason, "failed while stopping");
-                        return Outcome::Stopped { interrupted: false };
+        let at = loop {
+            if !stop.is_requested() {
+                set_phase(status, Phase::Running);
+                tracing::info!(instance = instance_id, "running");
+                match guarded(worker.call_run(&mut store), stop, grace, &mut deadline).await {
+                    Err(Interrupted) => return Outcome::Stopped { interrupted: true },
+                    Ok(Err(e)) => {
+                        tracing::debug!(instance = instance_id, error = ?e, "run failed");
+                        let reason = describe_failure("run", &e, Some(store.data()));
+                        if stop.is_requested() {
+                            tracing::warn!(instance = instance_id, %reason, "failed while stopping");
+                            return Outcome::Stopped { interrupted: false };
+                        }
+                        return Outcome::Recycle(reason);
                     }
+                    Ok(Ok(Err(msg))) if !stop.is_requested() => {
+                        return Outcome::Recycle(format!("run returned an error: {msg}"));
+                    }
+                    Ok(Ok(Err(msg))) => {
+                        tracing::warn!(
+                            instance = instance_id,
+                            "run returned an error while stopping: {msg}"
+                        );
+                    }
+                    Ok(Ok(Ok(()))) if !stop.is_requested() => {
+                        return Outcome::Recycle("run returned without a stop request".into());
+                    }
+                    Ok(Ok(Ok(()))) => {}
+                }
+            }
+
+            set_phase(status, Phase::Stopping);
+            let at = *deadline.get_or_insert_with(|| Instant::now() + grace);
+            let Some(asked) = freeze.take() else {
+                break at;
+            };
+            match self.freeze(&mut store, worker, instance, at).await {
+                Ok(snapshot) => {
+                    let _ = asked.reply.send(Ok(snapshot));
+                    return Outcome::Frozen;
+                }
+                Err(FreezeFailure::Refused(reason)) => {
+                    // Nothing was taken from the instance: `run` is called again, as after a
+                    // thaw, and the stop that reached the quiet point is withdrawn.
+                    tracing::info!(instance = instance_id, %reason, "freeze refused; running on");
+                    let _ = asked.reply.send(Err(reason));
+                    asked.stop.withdraw();
+                    deadline = None;
+                }
+                Err(FreezeFailure::Failed(reason)) => {
+                    // The instance is lost, not the slot: a fresh one starts after the backoff.
+                    let _ = asked.reply.send(Err(reason.clone()));
+                    asked.stop.withdraw();
                     return Outcome::Recycle(reason);
                 }
-                Ok(Ok(Err(msg))) if !stop.is_requested() => {
-                    return Outcome::Recycle(format!("run returned an error: {msg}"));
-                }
-                Ok(Ok(Err(msg))) => {
-                    tracing::warn!(
-                        instance = instance_id,
-                        "run returned an error while stopping: {msg}"
-                    );
-                }
-                Ok(Ok(Ok(()))) if !stop.is_requested() => {
-                    return Outcome::Recycle("run returned without a stop request".into());
-                }
-                Ok(Ok(Ok(()))) => {}
             }
-        }
-
-        set_phase(status, Phase::Stopping);
-        let at = *deadline.get_or_insert_with(|| Instant::now() + grace);
-        if freeze.asked() {
-            let answer = self.freeze(&mut store, worker, instance, at).await;
-            let frozen = answer.is_ok();
-            if let Some(reply) = freeze.take() {
-                let _ = reply.send(answer);
-            }
-            if frozen {
-                return Outcome::Frozen;
-            }
-        }
+        };
         match tokio::time::timeout_at(at, worker.call_on_stop(&mut store)).await {
             Err(_) => Outcome::Stopped { interrupted: true },
             Ok(Err(e)) => {
@@ -497,23 +553,29 @@ impl RoleRuntime {
         worker: &crate::bindings::exports::rolehost::platform::worker::Guest,
         instance: wasmtime::component::Instance,
         deadline: Instant,
-    ) -> Result<(Vec<u8>, u64), String> {
+    ) -> Result<(Vec<u8>, u64), FreezeFailure> {
         let source = self.freeze_source.clone().ok_or_else(|| {
-            format!(
+            FreezeFailure::Refused(format!(
                 "role {} runs a component that cannot be frozen",
                 self.spec.name
-            )
+            ))
         })?;
         match tokio::time::timeout_at(deadline, worker.call_on_freeze(&mut *store)).await {
-            Err(_) => return Err("on-freeze did not return within the grace period".into()),
-            Ok(Err(e)) => return Err(describe_failure("on-freeze", &e, Some(store.data()))),
+            Err(_) => {
+                return Err(FreezeFailure::Failed(
+                    "on-freeze did not return within the grace period".into(),
+                ));
+            }
+            Ok(Err(e)) => {
+                return Err(FreezeFailure::Failed(describe_failure(
+                    "on-freeze",
+                    &e,
+                    Some(store.data()),
+                )));
+            }
             Ok(Ok(())) => {}
         }
-        let monotonic_ns = store.data().monotonic_now();
-        crate::freeze::capture(&source, store, instance)
-            .await
-            .map(|snapshot| (snapshot, monotonic_ns))
-            .map_err(|e| e.to_string())
+        capture_quiet(&source, store, instance).await
     }
 
     /// Runs instance `index` of this role until `stop` is requested, recycling it on failure.

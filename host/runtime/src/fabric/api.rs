@@ -10,7 +10,7 @@
 //! | `POST /v1/deploy` | deploys a [`Deployment`]; answers progress as JSON lines, the last `{"done": name}` or `{"error": message}` |
 //! | `POST /v1/services/<name>/scale` | `{"role": r, "instances": n}` |
 //! | `POST /v1/services/<name>/stop`, `.../start` | stops or starts the service |
-//! | `POST /v1/services/<name>/instances/<id>/freeze` | freezes a worker instance; answers the snapshot file (id in `x-rolehost-snapshot`) |
+//! | `POST /v1/services/<name>/instances/<id>/freeze[?wait-ms=N]` | freezes an instance (a busy web instance: waiting at most N ms for its request); answers the snapshot file (id in `x-rolehost-snapshot`) |
 //! | `POST /v1/thaw[?snapshot=<id>]` | thaws the snapshot in the body, or the one with that id |
 //! | `DELETE /v1/services/<name>[?purge-storage=true]` | removes it (and its storage account when asked) |
 //! | `GET /v1/logs[?service=&role=&instance=&follow=true]` | guest output, a line each |
@@ -269,7 +269,10 @@ async fn handle(fabric: Arc<Fabric>, token: &str, req: Request<Incoming>) -> Rep
             }
         }
         (Method::POST, ["v1", "services", name, "instances", instance, "freeze"]) => {
-            match fabric.freeze(name, instance).await {
+            let wait = query(&req, "wait-ms")
+                .and_then(|ms| ms.parse().ok())
+                .map(std::time::Duration::from_millis);
+            match fabric.freeze(name, instance, wait).await {
                 Ok((id, file)) => {
                     let mut r = reply(StatusCode::OK, "application/vnd.rolehost.snapshot", file);
                     if let Ok(v) = hyper::header::HeaderValue::from_str(&id) {

@@ -20,6 +20,7 @@ pub mod metrics;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use rolehost_storage::{Backend, RedbStore, StorageOptions};
 use serde::{Deserialize, Serialize};
@@ -735,14 +736,16 @@ impl Fabric {
 
     /// Freezes `instance` of service `name` and keeps the snapshot in the service's storage
     /// account (container [`SNAPSHOT_CONTAINER`]), where any host sharing that storage can
-    /// thaw it. Returns the snapshot's id and the file.
+    /// thaw it. Returns the snapshot's id and the file. `wait` bounds the wait for a busy
+    /// web instance ([`Service::freeze_within`]).
     pub async fn freeze(
         &self,
         name: &str,
         instance: &str,
+        wait: Option<Duration>,
     ) -> Result<(String, Vec<u8>), FabricError> {
         let service = self.running_service(name)?;
-        let file = service.freeze(instance).await?;
+        let file = service.freeze_within(instance, wait).await?;
         let (header, _) =
             crate::freeze::header(&file).map_err(|e| FabricError::Storage(e.to_string()))?;
         let id = format!("{name}.{instance}.{}", &header.payload_sha256[..12]);
