@@ -499,3 +499,70 @@ async fn a_web_instance_keeps_its_cache_across_a_freeze_taken_between_requests()
     assert!(count.body.contains("(request 6"), "{count:?}");
     host_b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_web_instances_freeze_and_a_request_thaws_the_warmest_with_its_memory() {
+    use rolehost_runtime::worker::Phase;
+    use rolehost_tests::http_get;
+    let t = rolehost_tests::prepare(
+        r#"
+        [service]
+        name = "tozero"
+        [roles.Web]
+        kind = "web"
+        component = "{guest:hello_web}"
+        instances = 2
+        idle-freeze-ms = 300
+        [[roles.Web.endpoints]]
+        port = 0
+        "#,
+    );
+    let host = service_on(&t, &t.dir.path().join("host"), "d1", ("Web", 2)).await;
+    let web = host.endpoints()[0].1;
+    let phases = || {
+        host.status()
+            .into_iter()
+            .map(|s| (s.instance_id, s.phase))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    rolehost_tests::wait_for(Duration::from_secs(30), "both running", || {
+        phases()
+            .values()
+            .all(|p| *p == Phase::Running)
+            .then_some(())
+    })
+    .await;
+    let miss = http_get(web, "/cache?key=a").await.unwrap();
+    assert!(miss.body.starts_with("a: miss"), "{miss:?}");
+    let served_by = miss
+        .body
+        .split(" on ")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .unwrap()
+        .to_string();
+
+    // Scaled to zero: both frozen once idle for 300 ms.
+    rolehost_tests::wait_for(Duration::from_secs(30), "both frozen", || {
+        phases().values().all(|p| *p == Phase::Frozen).then_some(())
+    })
+    .await;
+
+    // A request thaws one, the most recently used, with its cache; the other stays frozen.
+    let hit = http_get(web, "/cache?key=a").await.unwrap();
+    assert_eq!(hit.status, 200, "{hit:?}");
+    assert!(
+        hit.body.starts_with(&format!(
+            "a: hit (computed at request 1 on {served_by}; 1 cached)"
+        )),
+        "{hit:?}"
+    );
+    let now = phases();
+    assert_eq!(now[&served_by], Phase::Running, "{now:?}");
+    assert_eq!(
+        now.values().filter(|p| **p == Phase::Frozen).count(),
+        1,
+        "{now:?}"
+    );
+    host.shutdown().await;
+}

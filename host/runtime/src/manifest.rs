@@ -33,6 +33,8 @@
 //! max-queued-requests = 100     # requests waiting for an idle instance; more get 503
 //! max-body-bytes = 67108864     # larger request bodies get 413
 //! max-header-bytes = 65536      # larger request heads get 431
+//! idle-freeze-ms = 60000        # scale to zero: freeze an instance idle this long (memory
+//!                               # kept warm on the host); a request thaws it
 //! outbound-hosts = ["api.example.com", "127.0.0.1:9000"]   # outbound HTTP; none by default
 //! [[roles.Web.endpoints]]
 //! port = 8080                   # 0: any free port
@@ -189,6 +191,9 @@ pub struct WebSpec {
     pub max_body_bytes: u64,
     /// Largest request head (request line and headers); a larger one gets 431.
     pub max_header_bytes: usize,
+    /// Scale to zero with warm memory: an instance idle this long is frozen (its memory kept
+    /// on the host, compiled), and a request that finds no idle instance thaws one.
+    pub idle_freeze: Option<Duration>,
 }
 
 /// Default request timeout of web roles.
@@ -283,6 +288,7 @@ struct RoleSection {
     max_queued_requests: Option<usize>,
     max_body_bytes: Option<u64>,
     max_header_bytes: Option<usize>,
+    idle_freeze_ms: Option<u64>,
     #[serde(default)]
     outbound_hosts: Vec<String>,
 }
@@ -585,7 +591,19 @@ fn role_spec(base: &Path, name: &str, role: RoleSection) -> Result<RoleSpec, Man
                 "a worker role has no endpoints (kind = \"web\" serves HTTP)",
             ));
         }
+        RoleKind::Worker if role.idle_freeze_ms.is_some() => {
+            return Err(ManifestError::invalid(
+                format!("roles.{name}.idle-freeze-ms"),
+                "applies to web roles only (a request thaws a frozen instance)",
+            ));
+        }
         _ => {}
+    }
+    if role.idle_freeze_ms == Some(0) {
+        return Err(ManifestError::invalid(
+            format!("roles.{name}.idle-freeze-ms"),
+            "must be over 0 (leave it out to keep idle instances running)",
+        ));
     }
     let web = WebSpec {
         endpoints,
@@ -599,6 +617,7 @@ fn role_spec(base: &Path, name: &str, role: RoleSection) -> Result<RoleSpec, Man
             .max_header_bytes
             .unwrap_or(DEFAULT_MAX_HEADER)
             .max(8192),
+        idle_freeze: role.idle_freeze_ms.map(Duration::from_millis),
     };
     for (i, h) in role.outbound_hosts.iter().enumerate() {
         if h.is_empty() || h.contains('/') || h.contains(char::is_whitespace) {
@@ -726,6 +745,13 @@ mod tests {
         ));
         assert!(
             e.contains("roles.A.local-resources") && e.contains("Small"),
+            "{e}"
+        );
+        let e = error_of(&format!(
+            "{head}[roles.A]\nkind = \"worker\"\ncomponent = \"a\"\nidle-freeze-ms = 1000\n"
+        ));
+        assert!(
+            e.contains("roles.A.idle-freeze-ms") && e.contains("web roles"),
             "{e}"
         );
         let e = error_of(head);

@@ -57,6 +57,8 @@ struct WebInstance {
     proxy: Proxy,
     /// The raw instance, for a freeze's capture.
     instance: wasmtime::component::Instance,
+    /// When it last went back to the idle stack.
+    idle_since: std::time::Instant,
 }
 
 /// A version of the role: its runtime (spec, engine, storage) and its linked component.
@@ -96,6 +98,13 @@ pub struct WebRole {
     slots: Mutex<BTreeMap<usize, WebSlot>>,
     generations: AtomicU64,
     metrics: WebMetrics,
+    /// Slots frozen for idleness (`idle-freeze-ms`), with their snapshots compiled: a request
+    /// that finds no idle instance thaws one.
+    warm: Mutex<Vec<(usize, Resume)>>,
+    /// Requests waiting in [`WebRole::acquire`], and thaws on demand not yet running: a
+    /// waiting request thaws a slot only while thaws do not already cover the waiters.
+    waiters: AtomicU64,
+    thawing: Arc<AtomicU64>,
 }
 
 /// Request counts and latencies of a web role, for the metrics endpoint.
@@ -157,8 +166,14 @@ impl WebRole {
             slots: Mutex::new(BTreeMap::new()),
             generations: AtomicU64::new(0),
             metrics: WebMetrics::default(),
+            warm: Mutex::new(Vec::new()),
+            waiters: AtomicU64::new(0),
+            thawing: Arc::new(AtomicU64::new(0)),
         });
         web.scale(n);
+        if let Some(after) = web.current().role.spec.web.idle_freeze {
+            tokio::spawn(web.clone().freeze_idle(after));
+        }
         web
     }
 
@@ -207,6 +222,11 @@ impl WebRole {
     pub fn scale(self: &Arc<Self>, n: usize) {
         let version = self.current();
         let mut spawn = Vec::new();
+        // Lock order: `warm` before `slots` (as `thaw`).
+        self.warm
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(i, _)| *i < n);
         {
             let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
             for index in 0..n {
@@ -242,6 +262,8 @@ impl WebRole {
         progress: &(dyn Fn(String) + Send + Sync),
     ) {
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = version.clone();
+        // Idle snapshots are of the old version: their slots start afresh in their domain.
+        self.warm.lock().unwrap_or_else(|p| p.into_inner()).clear();
         let indices: Vec<usize> = self
             .slots
             .lock()
@@ -420,6 +442,7 @@ impl WebRole {
             store,
             proxy,
             instance,
+            idle_since: std::time::Instant::now(),
         })
     }
 
@@ -611,7 +634,15 @@ impl WebRole {
     }
 
     /// Waits for an idle instance and takes it.
-    async fn acquire(&self) -> WebInstance {
+    async fn acquire(self: &Arc<Self>) -> WebInstance {
+        struct Waiting<'a>(&'a AtomicU64);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        self.waiters.fetch_add(1, Ordering::Relaxed);
+        let _waiting = Waiting(&self.waiters);
         loop {
             // Register for a wake-up before looking, so a release in between is not missed.
             let returned = self.returned.notified();
@@ -620,13 +651,39 @@ impl WebRole {
             if let Some(i) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
                 return i;
             }
+            // Demand: a slot frozen for idleness thaws (its instance comes to the idle stack),
+            // the most recently used first.
+            let covered =
+                self.thawing.load(Ordering::Relaxed) >= self.waiters.load(Ordering::Relaxed);
+            let warm = if covered {
+                None
+            } else {
+                self.warm.lock().unwrap_or_else(|p| p.into_inner()).pop()
+            };
+            if let Some((index, resume)) = warm {
+                tracing::debug!(instance = %self.id(index), "thawing on demand");
+                self.thawing.fetch_add(1, Ordering::Relaxed);
+                self.thaw(resume, Some(index));
+                let (web, thawing) = (Arc::downgrade(self), self.thawing.clone());
+                tokio::spawn(async move {
+                    // Covered until its instance runs (or failed to start).
+                    while let Some(web) = web.upgrade()
+                        && web.phase(index) == Some(Phase::Starting)
+                    {
+                        drop(web);
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    thawing.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
             returned.await;
         }
     }
 
     /// Puts an instance back and wakes one waiting request; a stale one is dropped instead,
     /// and one a freeze waits for goes to the freeze.
-    fn release(&self, instance: WebInstance) {
+    fn release(&self, mut instance: WebInstance) {
+        instance.idle_since = std::time::Instant::now();
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         let Some(slot) = slots
             .get_mut(&instance.index)
@@ -687,7 +744,7 @@ impl WebRole {
                 }
             }
         };
-        let mut instance = match (taken, waiting) {
+        let instance = match (taken, waiting) {
             (Some(instance), _) => instance,
             (None, Some(mut rx)) => match tokio::time::timeout(wait, &mut rx).await {
                 Ok(Ok(instance)) => instance,
@@ -713,11 +770,24 @@ impl WebRole {
             },
             (None, None) => unreachable!("an instance is either taken or waited for"),
         };
+        self.freeze_taken(instance, true).await
+    }
+
+    /// Freezes an instance taken out of service: captured, its local resources wiped and (with
+    /// `show`) its slot shown frozen; or, refused, back to work; or, failed, recycled.
+    async fn freeze_taken(
+        self: &Arc<Self>,
+        mut instance: WebInstance,
+        show: bool,
+    ) -> Result<(Vec<u8>, u64), String> {
+        let (index, generation) = (instance.index, instance.generation);
         match self.capture(&mut instance).await {
             Ok(snapshot) => {
-                let generation = instance.generation;
                 drop(instance);
-                self.set_phase(index, generation, Phase::Frozen);
+                if show {
+                    self.set_phase(index, generation, Phase::Frozen);
+                }
+                let id = self.id(index);
                 self.current().role.wipe(&id);
                 tracing::info!(instance = %id, "frozen");
                 Ok(snapshot)
@@ -727,12 +797,104 @@ impl WebRole {
                 Err(reason)
             }
             Err(FreezeFailure::Failed(reason)) => {
-                let (generation, what) = (instance.generation, reason.clone());
                 drop(instance);
-                self.recycle(index, generation, what);
+                self.recycle(index, generation, reason.clone());
                 Err(reason)
             }
         }
+    }
+
+    /// Scale to zero with warm memory (`idle-freeze-ms`): every so often, freezes the
+    /// instances idle for `after`, compiles their snapshots and keeps them on this host; a
+    /// request that finds no idle instance thaws one ([`WebRole::acquire`]). Stops with the
+    /// role, or at the first refusal (the role cannot be frozen: a warning says why).
+    async fn freeze_idle(self: Arc<Self>, after: Duration) {
+        let every = (after / 4).clamp(Duration::from_millis(25), Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                biased;
+                () = self.stop.requested() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+            let expired: Vec<WebInstance> = {
+                let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+                let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+                let (expired, keep) = idle.drain(..).partition(|i: &WebInstance| {
+                    i.idle_since.elapsed() >= after
+                        && slots
+                            .get(&i.index)
+                            .is_some_and(|s| s.generation == i.generation && s.freezing.is_none())
+                });
+                *idle = keep;
+                expired
+            };
+            for instance in expired {
+                let (index, generation) = (instance.index, instance.generation);
+                let id = self.id(index);
+                // Shown frozen once it can be thawed (its snapshot compiled).
+                let (component, monotonic_ns) = match self.freeze_taken(instance, false).await {
+                    Ok(snapshot) => snapshot,
+                    Err(reason) => {
+                        tracing::warn!(instance = %id, %reason, "idle instances of this role stay running");
+                        return;
+                    }
+                };
+                let engine = self.current().role.engine.clone();
+                let compiled = tokio::task::spawn_blocking(move || {
+                    wasmtime::component::Component::new(&engine, &component)
+                })
+                .await;
+                match compiled {
+                    Ok(Ok(component)) => {
+                        tracing::debug!(instance = %id, "frozen while idle");
+                        let resume = Resume {
+                            component,
+                            monotonic_ns,
+                            snapshot_id: format!("idle:{id}"),
+                        };
+                        self.warm
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push((index, resume));
+                        self.set_phase(index, generation, Phase::Frozen);
+                    }
+                    // Nothing is lost but the instance's memory: it starts afresh.
+                    failed => {
+                        let reason = match failed {
+                            Ok(Err(e)) => format!("{e:#}"),
+                            Err(e) => e.to_string(),
+                            Ok(Ok(_)) => String::new(),
+                        };
+                        tracing::warn!(instance = %id, %reason, "its idle snapshot did not compile; starting it afresh");
+                        self.restart_frozen(index);
+                    }
+                }
+                // A request may be waiting for this very slot.
+                self.returned.notify_waiters();
+            }
+        }
+    }
+
+    /// The phase of slot `index`.
+    fn phase(&self, index: usize) -> Option<Phase> {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots
+            .get(&index)
+            .map(|s| s.status.lock().unwrap_or_else(|p| p.into_inner()).phase)
+    }
+
+    /// Gives a frozen slot a fresh instance (no snapshot).
+    fn restart_frozen(self: &Arc<Self>, index: usize) {
+        let version = self.current();
+        let generation = {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            let slot = self.new_slot(index, version);
+            let generation = slot.generation;
+            slots.insert(index, slot);
+            generation
+        };
+        self.clone()
+            .spawn_instance(index, generation, true, Duration::ZERO, None);
     }
 
     /// `web-freeze.on-freeze`, then the capture.
@@ -790,6 +952,7 @@ impl WebRole {
     /// snapshot, with fresh local resources, and takes requests once it runs.
     pub fn thaw(self: &Arc<Self>, resume: Resume, wanted: Option<usize>) -> usize {
         let version = self.current();
+        let mut warm = self.warm.lock().unwrap_or_else(|p| p.into_inner());
         let (index, generation) = {
             let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
             let free = |i: &usize| {
@@ -815,8 +978,11 @@ impl WebRole {
             }
             let generation = slot.generation;
             slots.insert(index, slot);
+            // Its idle snapshot, if it had one, is superseded.
+            warm.retain(|(i, _)| *i != index);
             (index, generation)
         };
+        drop(warm);
         self.drop_stale_idle();
         self.clone()
             .spawn_instance(index, generation, true, Duration::ZERO, Some(resume));
@@ -900,6 +1066,7 @@ impl WebRole {
     /// service stopped).
     pub fn wipe(&self) {
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.warm.lock().unwrap_or_else(|p| p.into_inner()).clear();
         let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         for (i, slot) in slots.iter() {
             slot.version.role.wipe(&self.id(*i));
