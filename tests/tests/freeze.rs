@@ -136,7 +136,7 @@ async fn a_worker_frozen_after_n_messages_goes_on_at_n_plus_1_on_a_new_engine() 
         monotonic_ns: 0,
         raw_len: 0,
         payload_len: 0,
-        payload_sha256: String::new(),
+        payload_blake3: String::new(),
     };
     let file = freeze::encode(header, &snapshot).unwrap();
     drop(store);
@@ -563,6 +563,19 @@ async fn idle_web_instances_freeze_and_a_request_thaws_the_warmest_with_its_memo
         now.values().filter(|p| **p == Phase::Frozen).count(),
         1,
         "{now:?}"
+    );
+
+    // A thawed instance freezes again once idle, and thaws again with its memory.
+    rolehost_tests::wait_for(Duration::from_secs(30), "both frozen again", || {
+        phases().values().all(|p| *p == Phase::Frozen).then_some(())
+    })
+    .await;
+    let again = http_get(web, "/cache?key=a").await.unwrap();
+    assert!(
+        again.body.starts_with(&format!(
+            "a: hit (computed at request 1 on {served_by}; 1 cached)"
+        )),
+        "{again:?}"
     );
     host.shutdown().await;
 }

@@ -78,9 +78,11 @@ async fn suite(mib: u64, original: &[u8], bed: &crate::runtime::Bed) {
     ran.unwrap().unwrap();
     let started = Instant::now();
     w.call_on_freeze(&mut st).await.unwrap();
+    let readied = started.elapsed();
     let snapshot = freeze::capture(original, &mut st, instance)
         .await
         .expect("capture");
+    let captured = started.elapsed();
     let header = SnapshotHeader {
         service: "bench".into(),
         role: "Heap".into(),
@@ -92,10 +94,16 @@ async fn suite(mib: u64, original: &[u8], bed: &crate::runtime::Bed) {
         monotonic_ns: st.data().monotonic_now(),
         raw_len: 0,
         payload_len: 0,
-        payload_sha256: String::new(),
+        payload_blake3: String::new(),
     };
     let file = freeze::encode(header, &snapshot).expect("encode");
     let freeze_time = started.elapsed();
+    eprintln!(
+        "  ({mib} MiB freeze: on-freeze {} ms, capture {} ms, pack {} ms)",
+        ms(readied),
+        ms(captured - readied),
+        ms(freeze_time - captured)
+    );
     drop(st);
     let key = format!("{mib}mib");
     line(&format!("freeze_{key}_ms"), ms(freeze_time));
@@ -113,10 +121,12 @@ async fn suite(mib: u64, original: &[u8], bed: &crate::runtime::Bed) {
     // is mapped (once its background write is done), not unpacked or compiled.
     let cache = tempfile::tempdir().expect("cache dir");
     let engine_b = build_engine(&EngineOptions::default()).expect("engine");
+    // Host B runs the service (a thaw needs it there): it compiled the role when it started.
+    Component::new(&engine_b, &instrumented).expect("compile on host B");
     let cold = thaw(&engine_b, &file, cache.path(), &backend, mib).await;
     line(&format!("thaw_cold_{key}_ms"), ms(cold));
     let (h, _) = freeze::check(&file).expect("check");
-    let cwasm = cache.path().join(format!("{}.cwasm", h.payload_sha256));
+    let cwasm = freeze::cache_file(cache.path(), &h);
     while !cwasm.is_file() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -135,11 +145,21 @@ async fn thaw(
 ) -> Duration {
     let started = Instant::now();
     let (h, payload) = freeze::check(file).expect("check");
+    let checked = started.elapsed();
     let component = freeze::compile(engine, &h, payload, Some(cache)).expect("compile");
+    let compiled = started.elapsed();
     let pre = linker(engine).unwrap().instantiate_pre(&component).unwrap();
     let (mut st, _stop) = store(engine, backend, mib);
+    let linked = started.elapsed();
     let instance = pre.instantiate_async(&mut st).await.unwrap();
     let took = started.elapsed();
+    eprintln!(
+        "  ({mib} MiB thaw: check {} ms, compile or map {} ms, link and store {} ms, instantiate {} ms)",
+        ms(checked),
+        ms(compiled - checked),
+        ms(linked - compiled),
+        ms(took - linked)
+    );
     WorkerRole::new(&mut st, &instance).expect("a worker");
     took
 }

@@ -655,7 +655,7 @@ fn last_count(host: &Host, service: &str, instance: &str) -> Option<u64> {
 }
 
 #[test]
-fn a_frozen_worker_is_thawed_by_id_and_from_a_file_on_a_restarted_host_and_counts_on() {
+fn a_frozen_worker_is_thawed_by_id_stays_frozen_across_a_restart_and_counts_on() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("host");
     let mut host = Host::start(&data);
@@ -715,8 +715,7 @@ fn a_frozen_worker_is_thawed_by_id_and_from_a_file_on_a_restarted_host_and_count
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    // A corrupt file is refused, naming it; then the good file thaws on a restarted host
-    // (a new process; the same storage) next to the fresh instance it started with.
+    // A corrupt file is refused, naming it.
     let mut bad = std::fs::read(&file).unwrap();
     let last = bad.len() - 1;
     bad[last] ^= 0xff;
@@ -729,9 +728,38 @@ fn a_frozen_worker_is_thawed_by_id_and_from_a_file_on_a_restarted_host_and_count
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // Frozen again, it stays frozen across a restart of the host (a new process, the same
+    // storage), and its snapshot thaws there by id, going on from where it was.
+    let again = host
+        .ok(&["freeze", "icy", "Counter_IN_0"])
+        .trim()
+        .to_string();
+    let before_again = last_count(&host, "icy", "Counter_IN_0").unwrap();
     host.stop();
     let host = Host::start(&data);
-    host.wait_running("icy", "Counter", 1);
+    host.wait_running("icy", "Producer", 1);
+    let st = host.ok(&["status", "icy"]);
+    assert!(
+        st.lines()
+            .any(|l| l.contains("Counter_IN_0") && l.contains("frozen")),
+        "{st}"
+    );
+    assert_eq!(host.running("icy", "Counter"), 0, "{st}");
+    let out = host.ok(&["thaw", &again]);
+    assert!(out.contains("thawed Counter_IN_0"), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while last_count(&host, "icy", "Counter_IN_0").is_none_or(|n| n <= before_again) {
+        assert!(
+            Instant::now() < deadline,
+            "no count after the thaw: {}",
+            host.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The first snapshot, from its file, thaws next to it (its slot is taken) and counts on
+    // from its own memory.
     let out = host.ok(&["thaw", file.to_str().unwrap()]);
     assert!(out.contains("thawed Counter_IN_1"), "{out}");
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -1,6 +1,7 @@
 //! The one place the wasmtime [`Engine`] is configured (Architecture Invariant).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use wasmtime::{
     Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
@@ -53,7 +54,42 @@ pub fn build_engine(options: &EngineOptions) -> wasmtime::Result<Engine> {
     config.cranelift_opt_level(wasmtime::OptLevel::Speed);
     // No cranelift inlining: it cost 180 MiB of host memory for the test guest (1,000 idle
     // instances: 287 MiB instead of 105) and did not measurably lower the limits' cost.
+    // Compiled functions are kept by content: a snapshot's code is its role's, so a thaw
+    // compiles only its memory image (`rolehost-bench freeze`, thaw_cold).
+    config.enable_incremental_compilation(Arc::new(FunctionCache::default()))?;
     Engine::new(&config)
+}
+
+/// Most bytes of compiled functions [`FunctionCache`] keeps (beyond it, new ones are not kept).
+const FUNCTION_CACHE_BYTES: usize = 256 << 20;
+
+/// Cranelift's incremental compilation cache, in memory: compiled functions by a hash of their
+/// code and the compiler's settings. Every role compiled on the engine fills it; compiling a
+/// snapshot of that role (a thaw) then finds all of its functions.
+#[derive(Debug, Default)]
+struct FunctionCache {
+    entries: std::sync::Mutex<(std::collections::HashMap<Vec<u8>, Vec<u8>>, usize)>,
+}
+
+impl wasmtime::CacheStore for FunctionCache {
+    fn get(&self, key: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .0
+            .get(key)
+            .map(|v| std::borrow::Cow::Owned(v.clone()))
+    }
+
+    fn insert(&self, key: &[u8], value: Vec<u8>) -> bool {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let size = key.len() + value.len();
+        if entries.1 + size > FUNCTION_CACHE_BYTES {
+            return false;
+        }
+        entries.1 += size;
+        entries.0.insert(key.to_vec(), value);
+        true
+    }
 }
 
 /// The pooling allocator for `n` live instances. A component instance holds several core

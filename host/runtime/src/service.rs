@@ -186,6 +186,9 @@ pub struct ServiceOptions {
     /// The deployment's id; default: a fresh one. A host gives the id of what was deployed,
     /// so the same deployment keeps its id across restarts.
     pub deployment_id: Option<String>,
+    /// Instances (ids) that start frozen: their slots show frozen and run nothing until a
+    /// snapshot is thawed into them. A host restarting keeps its frozen instances so.
+    pub frozen: Vec<String>,
 }
 
 /// Upgrade domains: an in-place upgrade replaces a role's instances in this many steps, as
@@ -207,6 +210,27 @@ struct InstanceSlot {
 }
 
 impl InstanceSlot {
+    /// A slot that starts frozen: nothing runs in it until a thaw replaces it.
+    fn frozen(runtime: &Arc<RoleRuntime>, index: u32) -> Arc<InstanceSlot> {
+        let (stop, _) = stop_signal();
+        Arc::new(InstanceSlot {
+            stop,
+            freeze: Arc::default(),
+            task: Mutex::new(None),
+            status: Arc::new(Mutex::new(InstanceStatus {
+                role: runtime.spec.name.clone(),
+                instance_id: format!("{}_IN_{index}", runtime.spec.name),
+                phase: Phase::Frozen,
+                restarts: 0,
+                last_recycle_reason: None,
+                interrupted: false,
+                usage: Usage::default(),
+            })),
+            usage: Arc::default(),
+            role: runtime.clone(),
+        })
+    }
+
     fn read(&self) -> InstanceStatus {
         let mut s = self
             .status
@@ -423,6 +447,8 @@ struct Shared {
     metered: bool,
     sim: Option<crate::instance::SimEnv>,
     precompiled: Option<Arc<BTreeMap<String, RolePre>>>,
+    /// Instances that start frozen (`ServiceOptions::frozen`).
+    frozen: std::collections::BTreeSet<String>,
 }
 
 /// A role, compiled and checked, not yet running.
@@ -607,6 +633,7 @@ impl Service {
             metered: true,
             sim: options.sim,
             precompiled: options.precompiled.clone(),
+            frozen: options.frozen.iter().cloned().collect(),
         };
         let deployment_id = options.deployment_id.clone().unwrap_or_else(deployment_id);
         let prepared = shared
@@ -658,10 +685,19 @@ impl Service {
         let name = runtime.spec.name.clone();
         let n = runtime.spec.instances;
         progress(format!("role {name}: starting {n} instances"));
+        let frozen: Vec<u32> = (0..n)
+            .filter(|i| self.shared.frozen.contains(&format!("{name}_IN_{i}")))
+            .collect();
         let entry = match &runtime.pre {
             RolePre::Web(pre) => {
-                let web =
-                    WebRole::start(runtime.clone(), pre.clone(), self.web_signal.clone()).await;
+                let frozen: Vec<usize> = frozen.iter().map(|i| *i as usize).collect();
+                let web = WebRole::start(
+                    runtime.clone(),
+                    pre.clone(),
+                    self.web_signal.clone(),
+                    &frozen,
+                )
+                .await;
                 let mut endpoints = Vec::new();
                 let mut serve_tasks = Vec::new();
                 for (listener, tls) in listeners {
@@ -680,6 +716,12 @@ impl Service {
             }
             RolePre::Worker(_) => {
                 let pool = Arc::new(WorkerPool::new(runtime.clone()));
+                {
+                    let mut slots = pool.slots.lock().unwrap_or_else(|p| p.into_inner());
+                    for index in frozen {
+                        slots.insert(index, InstanceSlot::frozen(&runtime, index));
+                    }
+                }
                 pool.scale(n).await;
                 RoleEntry::Worker(pool)
             }
@@ -958,7 +1000,7 @@ impl Service {
             monotonic_ns,
             raw_len: 0,
             payload_len: 0,
-            payload_sha256: String::new(),
+            payload_blake3: String::new(),
         };
         crate::freeze::encode(header, &component)
             .map_err(|e| RuntimeError::Unsupported(e.to_string()))

@@ -150,11 +150,13 @@ fn text(status: StatusCode, body: &'static str) -> Response<HyperOutgoingBody> {
 }
 
 impl WebRole {
-    /// Starts the role's instances; they take requests through [`WebRole::serve`].
+    /// Starts the role's instances, but for the slots in `frozen` (shown frozen, running
+    /// nothing until a thaw); they take requests through [`WebRole::serve`].
     pub async fn start(
         role: Arc<RoleRuntime>,
         pre: ProxyPre<InstanceState>,
         stop: StopSignal,
+        frozen: &[usize],
     ) -> Arc<WebRole> {
         let n = role.spec.instances as usize;
         let web = Arc::new(WebRole {
@@ -170,6 +172,15 @@ impl WebRole {
             waiters: AtomicU64::new(0),
             thawing: Arc::new(AtomicU64::new(0)),
         });
+        {
+            let version = web.current();
+            let mut slots = web.slots.lock().unwrap_or_else(|p| p.into_inner());
+            for index in frozen {
+                let slot = web.new_slot(*index, version.clone());
+                set(&slot.status, Phase::Frozen);
+                slots.insert(*index, slot);
+            }
+        }
         web.scale(n);
         if let Some(after) = web.current().role.spec.web.idle_freeze {
             tokio::spawn(web.clone().freeze_idle(after));
@@ -841,7 +852,7 @@ impl WebRole {
                 };
                 let engine = self.current().role.engine.clone();
                 let compiled = tokio::task::spawn_blocking(move || {
-                    wasmtime::component::Component::new(&engine, &component)
+                    crate::freeze::compile_snapshot(&engine, &component)
                 })
                 .await;
                 match compiled {

@@ -159,6 +159,10 @@ struct Record {
     scaled: BTreeMap<String, u32>,
     #[serde(default)]
     stopped: bool,
+    /// Instances frozen by `rolehost freeze` and not thawed since, with their snapshot ids:
+    /// they stay frozen when the service starts again (a thaw brings them back).
+    #[serde(default)]
+    frozen: BTreeMap<String, String>,
 }
 
 /// A service's state as `rolehost status` shows it.
@@ -521,10 +525,12 @@ impl Fabric {
         let mut services = self.services.lock().await;
         self.check_capacity(&services, &name, wanted)?;
         let running = services.get(&name).and_then(|h| h.service.clone());
+        // A new deployment: snapshots of the old one cannot be thawed into it.
         let record = Record {
             deployment,
             scaled: BTreeMap::new(),
             stopped: false,
+            frozen: BTreeMap::new(),
         };
         match running {
             Some(service) => {
@@ -545,7 +551,7 @@ impl Fabric {
             None => {
                 progress(format!("starting service {name}"));
                 let service = self
-                    .start_service(&record.deployment, &manifest, &components, progress)
+                    .start_service(&record, &manifest, &components, progress)
                     .await?;
                 self.save(&name, &record)?;
                 services.insert(
@@ -564,13 +570,14 @@ impl Fabric {
 
     async fn start_service(
         &self,
-        deployment: &Deployment,
+        record: &Record,
         manifest: &Manifest,
         components: &BTreeMap<String, PathBuf>,
         progress: Progress<'_>,
     ) -> Result<Service, FabricError> {
         let options = ServiceOptions {
-            deployment_id: Some(deployment.id()),
+            deployment_id: Some(record.deployment.id()),
+            frozen: record.frozen.keys().cloned().collect(),
             data_dir: self.data_dir.join("services").join(&manifest.service),
             engine: Some(self.engine.clone()),
             logs: Some(self.logs.clone()),
@@ -617,7 +624,7 @@ impl Fabric {
             } else {
                 progress(format!("bringing back service {name}"));
                 match self
-                    .start_service(&record.deployment, &manifest, &components, progress)
+                    .start_service(&record, &manifest, &components, progress)
                     .await
                 {
                     Ok(s) => Some(Arc::new(s)),
@@ -696,7 +703,7 @@ impl Fabric {
             .sum();
         self.check_capacity(&services, name, wanted)?;
         let service = self
-            .start_service(&record.deployment, &manifest, &components, progress)
+            .start_service(&record, &manifest, &components, progress)
             .await?;
         record.stopped = false;
         self.save(name, &record)?;
@@ -748,7 +755,9 @@ impl Fabric {
         let file = service.freeze_within(instance, wait).await?;
         let (header, _) =
             crate::freeze::header(&file).map_err(|e| FabricError::Storage(e.to_string()))?;
-        let id = format!("{name}.{instance}.{}", &header.payload_sha256[..12]);
+        let id = format!("{name}.{instance}.{}", &header.payload_blake3[..12]);
+        self.note_frozen(name, &header.deployment_id, instance, Some(&id))
+            .await?;
         let (storage, account) = service.storage();
         let _ = storage.create_container(&account, SNAPSHOT_CONTAINER, Default::default());
         storage
@@ -780,7 +789,7 @@ impl Fabric {
                             "{}.{}.{}",
                             h.service,
                             h.instance_id,
-                            &h.payload_sha256[..12]
+                            &h.payload_blake3[..12]
                         )
                     },
                     str::to_string,
@@ -807,7 +816,37 @@ impl Fabric {
         };
         let (header, _) = crate::freeze::header(&file).map_err(refused)?;
         let service = self.running_service(&header.service)?;
-        Ok(service.thaw(&file, &id).await?)
+        let instance = service.thaw(&file, &id).await?;
+        self.note_frozen(&header.service, &header.deployment_id, &instance, None)
+            .await?;
+        Ok(instance)
+    }
+
+    /// Records that `instance` of service `name` (running deployment `deployment`) is frozen
+    /// in snapshot `snapshot`, or, with `None`, runs again.
+    async fn note_frozen(
+        &self,
+        name: &str,
+        deployment: &str,
+        instance: &str,
+        snapshot: Option<&str>,
+    ) -> Result<(), FabricError> {
+        let mut services = self.services.lock().await;
+        let Some(hosted) = services.get_mut(name) else {
+            return Ok(());
+        };
+        if hosted.record.deployment.id() != deployment {
+            return Ok(());
+        }
+        let mut record = hosted.record.clone();
+        match snapshot {
+            Some(id) => record.frozen.insert(instance.to_string(), id.to_string()),
+            None => record.frozen.remove(instance),
+        };
+        self.save(name, &record)?;
+        hosted.record = record;
+        self.publish(&services);
+        Ok(())
     }
 
     fn running_service(&self, name: &str) -> Result<Arc<Service>, FabricError> {
