@@ -48,6 +48,7 @@ pub(crate) fn fabric_child(component: &str) {
         let fabric = Fabric::open(
             FabricOptions {
                 data_dir: dir.path().to_path_buf(),
+                storage: None,
                 max_instances: 1100,
             },
             &|_| {},

@@ -22,6 +22,7 @@ use crate::client::{Client, HostArgs, default_host_data_dir};
 /// Runs a host until Ctrl-C or SIGTERM.
 pub(crate) async fn serve(
     data_dir: Option<PathBuf>,
+    storage: Option<PathBuf>,
     listen: SocketAddr,
     max_instances: u32,
     mut signals: crate::StopSignals,
@@ -33,6 +34,7 @@ pub(crate) async fn serve(
     let fabric = Fabric::open(
         FabricOptions {
             data_dir: data_dir.clone(),
+            storage,
             max_instances,
         },
         &progress,

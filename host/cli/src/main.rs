@@ -71,6 +71,11 @@ enum Command {
         /// resources, the management token. Default: ~/.local/share/rolehost.
         #[arg(long, env = "ROLEHOST_HOST_DATA_DIR")]
         data_dir: Option<PathBuf>,
+        /// The storage database (blobs, queues, tables, snapshots), when not
+        /// `<data-dir>/storage.redb`. One process at a time may open it; hosts taking turns on
+        /// it share their services' storage (a snapshot frozen on one thaws on the other).
+        #[arg(long, value_name = "FILE", env = "ROLEHOST_STORAGE")]
+        storage: Option<PathBuf>,
         /// Address of the management API (keep it on loopback: the token is its only guard).
         #[arg(long, default_value = client::DEFAULT_LISTEN)]
         listen: std::net::SocketAddr,
@@ -228,11 +233,12 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Serve {
                 data_dir,
+                storage,
                 listen,
                 max_instances,
             } => {
                 let signals = StopSignals::install()?;
-                fabric_cmd::serve(data_dir, listen, max_instances, signals).await
+                fabric_cmd::serve(data_dir, storage, listen, max_instances, signals).await
             }
             Command::Deploy {
                 path,

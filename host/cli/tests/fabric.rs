@@ -18,6 +18,11 @@ struct Host {
 
 impl Host {
     fn start(dir: &Path) -> Host {
+        Host::start_with(dir, &[])
+    }
+
+    /// [`Host::start`] with more `serve` arguments.
+    fn start_with(dir: &Path, more: &[&std::ffi::OsStr]) -> Host {
         let _ = std::fs::remove_file(dir.join("management.url"));
         let child = Command::new(env!("CARGO_BIN_EXE_rolehost"))
             .args([
@@ -29,6 +34,7 @@ impl Host {
                 "--data-dir",
             ])
             .arg(dir)
+            .args(more)
             .env("RUST_LOG", "info")
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(dir.with_extension("log")).unwrap())
@@ -771,4 +777,58 @@ fn a_frozen_worker_is_thawed_by_id_stays_frozen_across_a_restart_and_counts_on()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[test]
+fn a_worker_frozen_on_one_host_counts_on_where_another_host_with_its_own_data_dir_thaws_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("shared.redb");
+    let shared = [std::ffi::OsStr::new("--storage"), storage.as_os_str()];
+    let svc = service_dir(
+        &dir.path().join("svc"),
+        "[service]\nname = \"icy\"\n\
+         [roles.Producer]\nkind = \"worker\"\ncomponent = \"{guest:producer}\"\n\
+         [roles.Producer.settings]\ninterval-ms = 100\n\
+         [roles.Counter]\nkind = \"worker\"\ncomponent = \"{guest:testbed}\"\ngrace-period-secs = 5\n\
+         [roles.Counter.settings]\nmode = \"memcount\"\nqueue = \"increments\"\n",
+    );
+    let mut a = Host::start_with(&dir.path().join("host-a"), &shared);
+    a.ok(&["deploy", &svc]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while last_count(&a, "icy", "Counter_IN_0").unwrap_or(0) < 3 {
+        assert!(Instant::now() < deadline, "no counting: {}", a.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let id = a.ok(&["freeze", "icy", "Counter_IN_0"]).trim().to_string();
+    let n = last_count(&a, "icy", "Counter_IN_0").unwrap();
+    a.stop();
+
+    // Host B: another process, its own data directory, the same storage. The same service
+    // deployed there has the same deployment id, so the snapshot (read from the shared
+    // storage by its id) thaws, next to B's own fresh Counter_IN_0, and counts on at n+1.
+    let b = Host::start_with(&dir.path().join("host-b"), &shared);
+    b.ok(&["deploy", &svc]);
+    let out = b.ok(&["thaw", &id]);
+    assert!(out.contains("thawed Counter_IN_1"), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let first = loop {
+        let logs = b.ok(&["logs", "icy", "--instance", "Counter_IN_1"]);
+        if let Some(c) = logs
+            .lines()
+            .find_map(|l| l.rsplit("counted ").next()?.trim().parse::<u64>().ok())
+        {
+            break c;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no count after the thaw: {}",
+            b.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        first,
+        n + 1,
+        "the thawed instance counts on from its memory"
+    );
 }

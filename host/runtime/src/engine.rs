@@ -68,14 +68,21 @@ const FUNCTION_CACHE_BYTES: usize = 256 << 20;
 /// snapshot of that role (a thaw) then finds all of its functions.
 #[derive(Debug, Default)]
 struct FunctionCache {
-    entries: std::sync::Mutex<(std::collections::HashMap<Vec<u8>, Vec<u8>>, usize)>,
+    entries: std::sync::Mutex<Functions>,
+}
+
+/// What [`FunctionCache`] holds: compiled functions by key, and their bytes in all.
+#[derive(Debug, Default)]
+struct Functions {
+    by_key: std::collections::HashMap<Vec<u8>, Vec<u8>>,
+    bytes: usize,
 }
 
 impl wasmtime::CacheStore for FunctionCache {
     fn get(&self, key: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         entries
-            .0
+            .by_key
             .get(key)
             .map(|v| std::borrow::Cow::Owned(v.clone()))
     }
@@ -83,11 +90,11 @@ impl wasmtime::CacheStore for FunctionCache {
     fn insert(&self, key: &[u8], value: Vec<u8>) -> bool {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let size = key.len() + value.len();
-        if entries.1 + size > FUNCTION_CACHE_BYTES {
+        if entries.bytes + size > FUNCTION_CACHE_BYTES {
             return false;
         }
-        entries.1 += size;
-        entries.0.insert(key.to_vec(), value);
+        entries.bytes += size;
+        entries.by_key.insert(key.to_vec(), value);
         true
     }
 }

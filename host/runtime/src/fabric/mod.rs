@@ -264,6 +264,9 @@ impl From<&InstanceStatus> for InstanceView {
 pub struct FabricOptions {
     /// Where everything lives: storage, files, service records, local resources, the token.
     pub data_dir: PathBuf,
+    /// The storage database, when not `<data_dir>/storage.redb`: hosts that take turns on one
+    /// database (one process at a time) share their services' storage, snapshots included.
+    pub storage: Option<PathBuf>,
     /// Most instances, all services together.
     pub max_instances: u32,
 }
@@ -314,7 +317,10 @@ impl Fabric {
             let d = data_dir.join(sub);
             std::fs::create_dir_all(&d).map_err(io(&d))?;
         }
-        let db = data_dir.join(crate::service::DATABASE_FILE);
+        let db = options
+            .storage
+            .clone()
+            .unwrap_or_else(|| data_dir.join(crate::service::DATABASE_FILE));
         let storage = RedbStore::open(&db, StorageOptions::default()).map_err(|e| {
             FabricError::Storage(format!(
                 "{}: {e} (is another rolehost using this data directory?)",

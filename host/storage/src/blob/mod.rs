@@ -139,6 +139,9 @@ impl std::fmt::Debug for BlobRead {
 
 /// An item of List Blobs.
 #[derive(Clone, Debug, PartialEq, Eq)]
+// Nearly every item is a blob: boxing them would cost an allocation each to save space on the
+// rare prefix.
+#[allow(clippy::large_enum_variant)]
 pub enum BlobListItem {
     /// A blob.
     Blob(BlobProperties),

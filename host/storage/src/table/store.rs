@@ -367,8 +367,8 @@ impl TableStore for RedbStore {
         };
         let mut out = Vec::new();
         let mut continuation = None;
-        let mut scanned = 0;
-        for entry in entities.range((a, t, start.0.as_str(), start.1.as_str())..)? {
+        let rows = entities.range((a, t, start.0.as_str(), start.1.as_str())..)?;
+        for (scanned, entry) in rows.enumerate() {
             let (k, v) = entry?;
             let (acct, tab, pk, rk) = k.value();
             if acct != a || tab != t || past_hi(&range.pk_hi, pk) {
@@ -381,7 +381,6 @@ impl TableStore for RedbStore {
                 continuation = Some((pk.to_string(), rk.to_string()));
                 break;
             }
-            scanned += 1;
             let rec: EntityRecord = decode("entities", v.value())?;
             let e = stored(pk, rk, rec, None);
             if filter.as_ref().is_none_or(|f| f.matches(&e)) {
