@@ -754,25 +754,22 @@ fn a_frozen_worker_is_thawed_by_id_stays_frozen_across_a_restart_and_counts_on()
     assert_eq!(host.running("icy", "Counter"), 0, "{st}");
     let out = host.ok(&["thaw", &again]);
     assert!(out.contains("thawed Counter_IN_0"), "{out}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while last_count(&host, "icy", "Counter_IN_0").is_none_or(|n| n <= before_again) {
-        assert!(
-            Instant::now() < deadline,
-            "no count after the thaw: {}",
-            host.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_count_past(&host, "Counter_IN_0", before_again);
 
     // The first snapshot, from its file, thaws next to it (its slot is taken) and counts on
     // from its own memory.
     let out = host.ok(&["thaw", file.to_str().unwrap()]);
     assert!(out.contains("thawed Counter_IN_1"), "{out}");
+    wait_count_past(&host, "Counter_IN_1", before);
+}
+
+/// Waits until `instance` of service `icy` has counted past `n`.
+fn wait_count_past(host: &Host, instance: &str, n: u64) {
     let deadline = Instant::now() + Duration::from_secs(60);
-    while last_count(&host, "icy", "Counter_IN_1").is_none_or(|n| n <= before) {
+    while last_count(host, "icy", instance).is_none_or(|c| c <= n) {
         assert!(
             Instant::now() < deadline,
-            "the thawed copy did not count on: {}",
+            "{instance} did not count past {n}: {}",
             host.log()
         );
         std::thread::sleep(Duration::from_millis(100));

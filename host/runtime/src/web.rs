@@ -940,21 +940,8 @@ impl WebRole {
                 ))
             })?;
         let grace = version.role.spec.grace_period;
-        match tokio::time::timeout(grace, hook.call_async(&mut *store, ())).await {
-            Err(_) => {
-                return Err(FreezeFailure::Failed(format!(
-                    "on-freeze did not return within the grace period of {grace:?}"
-                )));
-            }
-            Ok(Err(e)) => {
-                return Err(FreezeFailure::Failed(describe_failure(
-                    "on-freeze",
-                    &e,
-                    Some(store.data()),
-                )));
-            }
-            Ok(Ok(())) => {}
-        }
+        let readied = tokio::time::timeout(grace, hook.call_async(&mut *store, ())).await;
+        crate::worker::on_freeze_outcome(readied, store.data())?;
         crate::worker::capture_quiet(&source, store, instance.instance).await
     }
 

@@ -141,6 +141,24 @@ pub(crate) async fn capture_quiet(
         .map_err(|e| FreezeFailure::Refused(e.to_string()))
 }
 
+/// What an `on-freeze` call (bounded by the grace period) means for the freeze.
+pub(crate) fn on_freeze_outcome(
+    readied: Result<wasmtime::Result<()>, tokio::time::error::Elapsed>,
+    state: &InstanceState,
+) -> Result<(), FreezeFailure> {
+    match readied {
+        Err(_) => Err(FreezeFailure::Failed(
+            "on-freeze did not return within the grace period".into(),
+        )),
+        Ok(Err(e)) => Err(FreezeFailure::Failed(describe_failure(
+            "on-freeze",
+            &e,
+            Some(state),
+        ))),
+        Ok(Ok(())) => Ok(()),
+    }
+}
+
 /// Why a freeze did not happen at the quiet point.
 pub(crate) enum FreezeFailure {
     /// The instance is intact (nothing was captured): it goes on.
@@ -560,21 +578,8 @@ impl RoleRuntime {
                 self.spec.name
             ))
         })?;
-        match tokio::time::timeout_at(deadline, worker.call_on_freeze(&mut *store)).await {
-            Err(_) => {
-                return Err(FreezeFailure::Failed(
-                    "on-freeze did not return within the grace period".into(),
-                ));
-            }
-            Ok(Err(e)) => {
-                return Err(FreezeFailure::Failed(describe_failure(
-                    "on-freeze",
-                    &e,
-                    Some(store.data()),
-                )));
-            }
-            Ok(Ok(())) => {}
-        }
+        let readied = tokio::time::timeout_at(deadline, worker.call_on_freeze(&mut *store)).await;
+        on_freeze_outcome(readied, store.data())?;
         capture_quiet(&source, store, instance).await
     }
 
