@@ -579,3 +579,56 @@ async fn idle_web_instances_freeze_and_a_request_thaws_the_warmest_with_its_memo
     );
     host.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_workers_freeze_and_a_message_in_their_queue_thaws_them_with_their_memory() {
+    use rolehost_runtime::worker::Phase;
+    let t = rolehost_tests::prepare(
+        r#"
+        [service]
+        name = "sleepy"
+        [roles.Counter]
+        kind = "worker"
+        component = "{guest:testbed}"
+        idle-freeze-ms = 300
+        [roles.Counter.settings]
+        mode = "memcount"
+        "#,
+    );
+    let backend: Arc<dyn Backend> = t.store.clone();
+    let account = t.account.clone();
+    backend
+        .create_queue(&account, "memcount", Vec::new())
+        .unwrap();
+    let put = || {
+        backend
+            .put_message(&account, "memcount", b"m", PutMessageOptions::default())
+            .unwrap()
+    };
+    let host = service_on(&t, &t.dir.path().join("host"), "d1", ("Counter", 1)).await;
+    let phase = || {
+        host.status()
+            .into_iter()
+            .find(|s| s.instance_id == "Counter_IN_0")
+            .map(|s| s.phase)
+    };
+    put();
+    put();
+    rolehost_tests::wait_for(Duration::from_secs(60), "2 counted", || {
+        (latest(&backend, &account) == Some(2)).then_some(())
+    })
+    .await;
+    // Idle (its queue empty) for 300 ms: frozen. A message thaws it, with its count; twice.
+    for n in [3, 4] {
+        rolehost_tests::wait_for(Duration::from_secs(30), "frozen while idle", || {
+            (phase() == Some(Phase::Frozen)).then_some(())
+        })
+        .await;
+        put();
+        rolehost_tests::wait_for(Duration::from_secs(30), "counted after the thaw", || {
+            (latest(&backend, &account) == Some(n)).then_some(())
+        })
+        .await;
+    }
+    host.shutdown().await;
+}

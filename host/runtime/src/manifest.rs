@@ -34,7 +34,8 @@
 //! max-body-bytes = 67108864     # larger request bodies get 413
 //! max-header-bytes = 65536      # larger request heads get 431
 //! idle-freeze-ms = 60000        # scale to zero: freeze an instance idle this long (memory
-//!                               # kept warm on the host); a request thaws it
+//!                               # kept warm on the host); a request (web) or a message in a
+//!                               # queue it reads (worker) thaws it
 //! outbound-hosts = ["api.example.com", "127.0.0.1:9000"]   # outbound HTTP; none by default
 //! [[roles.Web.endpoints]]
 //! port = 8080                   # 0: any free port
@@ -191,9 +192,6 @@ pub struct WebSpec {
     pub max_body_bytes: u64,
     /// Largest request head (request line and headers); a larger one gets 431.
     pub max_header_bytes: usize,
-    /// Scale to zero with warm memory: an instance idle this long is frozen (its memory kept
-    /// on the host, compiled), and a request that finds no idle instance thaws one.
-    pub idle_freeze: Option<Duration>,
 }
 
 /// Default request timeout of web roles.
@@ -230,6 +228,10 @@ pub struct RoleSpec {
     pub local_resources: Vec<LocalResourceSpec>,
     /// Web role settings (empty for workers).
     pub web: WebSpec,
+    /// Scale to zero with warm memory: an instance idle this long (a web instance without a
+    /// request, a worker without a queue message) is frozen, its memory kept on the host,
+    /// compiled; demand (a request; a message in a queue it polls) thaws it.
+    pub idle_freeze: Option<Duration>,
     /// Hosts (`host` or `host:port`) its instances may send HTTP requests to; none by default.
     pub outbound_hosts: Vec<String>,
 }
@@ -591,12 +593,6 @@ fn role_spec(base: &Path, name: &str, role: RoleSection) -> Result<RoleSpec, Man
                 "a worker role has no endpoints (kind = \"web\" serves HTTP)",
             ));
         }
-        RoleKind::Worker if role.idle_freeze_ms.is_some() => {
-            return Err(ManifestError::invalid(
-                format!("roles.{name}.idle-freeze-ms"),
-                "applies to web roles only (a request thaws a frozen instance)",
-            ));
-        }
         _ => {}
     }
     if role.idle_freeze_ms == Some(0) {
@@ -617,7 +613,6 @@ fn role_spec(base: &Path, name: &str, role: RoleSection) -> Result<RoleSpec, Man
             .max_header_bytes
             .unwrap_or(DEFAULT_MAX_HEADER)
             .max(8192),
-        idle_freeze: role.idle_freeze_ms.map(Duration::from_millis),
     };
     for (i, h) in role.outbound_hosts.iter().enumerate() {
         if h.is_empty() || h.contains('/') || h.contains(char::is_whitespace) {
@@ -629,6 +624,7 @@ fn role_spec(base: &Path, name: &str, role: RoleSection) -> Result<RoleSpec, Man
     }
     Ok(RoleSpec {
         outbound_hosts: role.outbound_hosts,
+        idle_freeze: role.idle_freeze_ms.map(Duration::from_millis),
         web,
         name: name.to_string(),
         kind: role.kind,
@@ -748,10 +744,10 @@ mod tests {
             "{e}"
         );
         let e = error_of(&format!(
-            "{head}[roles.A]\nkind = \"worker\"\ncomponent = \"a\"\nidle-freeze-ms = 1000\n"
+            "{head}[roles.A]\nkind = \"worker\"\ncomponent = \"a\"\nidle-freeze-ms = 0\n"
         ));
         assert!(
-            e.contains("roles.A.idle-freeze-ms") && e.contains("web roles"),
+            e.contains("roles.A.idle-freeze-ms") && e.contains("over 0"),
             "{e}"
         );
         let e = error_of(head);

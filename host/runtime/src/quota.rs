@@ -289,6 +289,13 @@ mod tests {
     }
 }
 
+/// Milliseconds on the host's monotonic clock (since the first call).
+pub fn host_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(std::time::Instant::now);
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
 /// What an instance uses, published by its store as it runs (read by status and the log).
 #[derive(Debug, Default)]
 pub struct UsageCell {
@@ -307,6 +314,12 @@ pub struct UsageCell {
     /// Queue messages the instance received that had been delivered before (dequeue count
     /// over 1): the redeliveries at-least-once makes.
     pub redeliveries: std::sync::atomic::AtomicU64,
+    /// When the instance last had work: it started, or a queue read returned messages
+    /// ([`host_ms`]). A worker's scale to zero reads it.
+    pub last_active_ms: std::sync::atomic::AtomicU64,
+    /// The queues the instance reads: a message in one of them thaws it when it is frozen for
+    /// idleness.
+    pub polled: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// The stdout and stderr streams the guest holds now: a freeze is refused while it holds
     /// one, because no handle survives a thaw (the SDK releases wasi-libc's at `on-freeze`).
     pub stdio_held: std::sync::atomic::AtomicU32,

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ use crate::link::FaultPlan;
 use crate::manifest::{ComponentSource, Manifest, RoleKind};
 use crate::quota::Usage;
 use crate::quota::UsageCell;
-use crate::stop::{StopHandle, stop_signal};
+use crate::stop::{StopHandle, StopSignal, stop_signal};
 use crate::web::{WebRole, WebVersion};
 use crate::worker::{InstanceStatus, Phase, RolePre, RoleRuntime};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -260,6 +261,9 @@ impl InstanceSlot {
 struct WorkerPool {
     runtime: Mutex<Arc<RoleRuntime>>,
     slots: Mutex<BTreeMap<u32, Arc<InstanceSlot>>>,
+    /// Slots frozen for idleness (`idle-freeze-ms`): the snapshot, compiled, and the queues
+    /// whose messages thaw it.
+    warm: Mutex<BTreeMap<u32, (crate::worker::Resume, Vec<String>)>>,
 }
 
 impl WorkerPool {
@@ -267,6 +271,132 @@ impl WorkerPool {
         WorkerPool {
             runtime: Mutex::new(runtime),
             slots: Mutex::new(BTreeMap::new()),
+            warm: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Scale to zero with warm memory (`idle-freeze-ms`), every so often: thaws each slot
+    /// frozen for idleness whose queues hold messages, then freezes each instance that has
+    /// read queues but received no message for `after`. Each step holds the service's `ops`
+    /// (no scale, upgrade or freeze in between). Stops with the service, or at the first
+    /// refusal (the role cannot be frozen; a warning says why, and its instances run on).
+    async fn freeze_idle(
+        self: Arc<Self>,
+        after: Duration,
+        ops: Arc<tokio::sync::Mutex<()>>,
+        stop: StopSignal,
+    ) {
+        let every = (after / 4).clamp(Duration::from_millis(25), Duration::from_secs(5));
+        let after_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+        loop {
+            tokio::select! {
+                biased;
+                () = stop.requested() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+            let _op = ops.lock().await;
+            // The service may have stopped while this waited.
+            if stop.is_requested() {
+                return;
+            }
+            let runtime = self.runtime();
+            let has_messages = |q: &String| {
+                runtime
+                    .backend
+                    .get_queue_properties(&runtime.account, q)
+                    .is_ok_and(|m| m.approximate_message_count > 0)
+            };
+            let due: Vec<u32> = {
+                let warm = self.warm.lock().unwrap_or_else(|p| p.into_inner());
+                warm.iter()
+                    .filter(|(_, (_, queues))| queues.iter().any(has_messages))
+                    .map(|(i, _)| *i)
+                    .collect()
+            };
+            for index in due {
+                let resume = self
+                    .warm
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&index);
+                if let Some((resume, _)) = resume {
+                    tracing::debug!(role = %runtime.spec.name, index, "thawing on demand");
+                    let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+                    let restarts = slots.get(&index).map_or(0, |s| s.read().restarts);
+                    slots.insert(
+                        index,
+                        Self::spawn_from(&runtime, index, restarts, Some(resume)),
+                    );
+                }
+            }
+            let now = crate::quota::host_ms();
+            let idle: Vec<(u32, Arc<InstanceSlot>)> = self
+                .slots
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .filter(|(_, s)| {
+                    s.read().phase == Phase::Running
+                        && now.saturating_sub(s.usage.last_active_ms.load(Ordering::Relaxed))
+                            >= after_ms
+                        && !s
+                            .usage
+                            .polled
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .is_empty()
+                })
+                .map(|(i, s)| (*i, s.clone()))
+                .collect();
+            for (index, slot) in idle {
+                let id = format!("{}_IN_{index}", runtime.spec.name);
+                let queues: Vec<String> = slot
+                    .usage
+                    .polled
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .cloned()
+                    .collect();
+                let (component, monotonic_ns) = match slot.freeze.ask(&slot.stop).await {
+                    Ok(Ok(snapshot)) => snapshot,
+                    Ok(Err(reason)) => {
+                        tracing::warn!(instance = %id, %reason, "idle instances of this role stay running");
+                        return;
+                    }
+                    // It failed on the way; its supervisor recycles it.
+                    Err(_) => continue,
+                };
+                slot.stop().await;
+                let engine = runtime.engine.clone();
+                let compiled = tokio::task::spawn_blocking(move || {
+                    crate::freeze::compile_snapshot(&engine, &component)
+                })
+                .await;
+                match compiled {
+                    Ok(Ok(component)) => {
+                        tracing::debug!(instance = %id, "frozen while idle");
+                        let resume = crate::worker::Resume {
+                            component,
+                            monotonic_ns,
+                            snapshot_id: format!("idle:{id}"),
+                        };
+                        self.warm
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(index, (resume, queues));
+                    }
+                    // Nothing is lost but the instance's memory: it starts afresh.
+                    failed => {
+                        tracing::warn!(instance = %id, outcome = ?failed.map(|r| r.map(drop)), "its idle snapshot did not compile; starting it afresh");
+                        let restarts = slot.read().restarts;
+                        self.slots
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(index, Self::spawn(&runtime, index, restarts));
+                    }
+                }
+            }
         }
     }
 
@@ -322,6 +452,10 @@ impl WorkerPool {
     /// (gracefully, waiting for them).
     async fn scale(&self, n: u32) {
         let runtime = self.runtime();
+        self.warm
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|i, _| *i < n);
         let removed: Vec<Arc<InstanceSlot>> = {
             let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
             for index in 0..n {
@@ -339,6 +473,8 @@ impl WorkerPool {
     /// stops (within its grace period) before its replacement starts.
     async fn upgrade(&self, runtime: Arc<RoleRuntime>, batch: usize, progress: Progress<'_>) {
         *self.runtime.lock().unwrap_or_else(|p| p.into_inner()) = runtime.clone();
+        // Idle snapshots are of the old version: their slots start afresh in their domain.
+        self.warm.lock().unwrap_or_else(|p| p.into_inner()).clear();
         let indices: Vec<u32> = self
             .slots
             .lock()
@@ -462,7 +598,7 @@ pub struct Service {
     deployment_id: Mutex<String>,
     roles: Roles,
     /// Scale, upgrade and shutdown one at a time.
-    ops: tokio::sync::Mutex<()>,
+    ops: Arc<tokio::sync::Mutex<()>>,
     web_stop: StopHandle,
     web_signal: crate::stop::StopSignal,
     usage_task: Option<JoinHandle<()>>,
@@ -645,7 +781,7 @@ impl Service {
             shared,
             deployment_id: Mutex::new(deployment_id.clone()),
             roles: roles.clone(),
-            ops: tokio::sync::Mutex::new(()),
+            ops: Arc::new(tokio::sync::Mutex::new(())),
             web_stop,
             web_signal,
             usage_task: options
@@ -723,6 +859,13 @@ impl Service {
                     }
                 }
                 pool.scale(n).await;
+                if let Some(after) = runtime.spec.idle_freeze {
+                    tokio::spawn(pool.clone().freeze_idle(
+                        after,
+                        self.ops.clone(),
+                        self.web_signal.clone(),
+                    ));
+                }
                 RoleEntry::Worker(pool)
             }
         };
@@ -1075,6 +1218,11 @@ impl Service {
                     None => (0..).find(|i| !slots.contains_key(i)).unwrap_or(0),
                 };
                 let restarts = slots.get(&index).map_or(0, |s| s.read().restarts);
+                // Its idle snapshot, if it had one, is superseded.
+                pool.warm
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&index);
                 slots.insert(
                     index,
                     WorkerPool::spawn_from(&runtime, index, restarts, Some(resume)),

@@ -182,7 +182,7 @@ impl WebRole {
             }
         }
         web.scale(n);
-        if let Some(after) = web.current().role.spec.web.idle_freeze {
+        if let Some(after) = web.current().role.spec.idle_freeze {
             tokio::spawn(web.clone().freeze_idle(after));
         }
         web

@@ -499,6 +499,10 @@ impl RoleRuntime {
         let at = loop {
             if !stop.is_requested() {
                 set_phase(status, Phase::Running);
+                usage.last_active_ms.store(
+                    crate::quota::host_ms(),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
                 tracing::info!(instance = instance_id, "running");
                 match guarded(worker.call_run(&mut store), stop, grace, &mut deadline).await {
                     Err(Interrupted) => return Outcome::Stopped { interrupted: true },

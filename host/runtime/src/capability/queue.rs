@@ -131,6 +131,17 @@ impl QueueCtx {
         if let Ok(ms) = &r {
             let again = ms.iter().filter(|m| m.dequeue_count > 1).count() as u64;
             self.usage.redeliveries.fetch_add(again, Ordering::Relaxed);
+            if !ms.is_empty() {
+                self.usage
+                    .last_active_ms
+                    .store(crate::quota::host_ms(), Ordering::Relaxed);
+            }
+        }
+        {
+            let mut polled = self.usage.polled.lock().unwrap_or_else(|p| p.into_inner());
+            if !polled.contains(queue) {
+                polled.insert(queue.to_string());
+            }
         }
         Ok(r.map(|ms| ms.into_iter().map(message).collect())
             .map_err(to_wit_error))
