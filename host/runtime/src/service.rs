@@ -368,27 +368,19 @@ impl WorkerPool {
                     Err(_) => continue,
                 };
                 slot.stop().await;
-                let engine = runtime.engine.clone();
-                let compiled = tokio::task::spawn_blocking(move || {
-                    crate::freeze::compile_snapshot(&engine, &component)
-                })
-                .await;
-                match compiled {
-                    Ok(Ok(component)) => {
+                match crate::worker::Resume::for_idle(&runtime.engine, &id, component, monotonic_ns)
+                    .await
+                {
+                    Ok(resume) => {
                         tracing::debug!(instance = %id, "frozen while idle");
-                        let resume = crate::worker::Resume {
-                            component,
-                            monotonic_ns,
-                            snapshot_id: format!("idle:{id}"),
-                        };
                         self.warm
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
                             .insert(index, (resume, queues));
                     }
                     // Nothing is lost but the instance's memory: it starts afresh.
-                    failed => {
-                        tracing::warn!(instance = %id, outcome = ?failed.map(|r| r.map(drop)), "its idle snapshot did not compile; starting it afresh");
+                    Err(reason) => {
+                        tracing::warn!(instance = %id, %reason, "its idle snapshot did not compile; starting it afresh");
                         let restarts = slot.read().restarts;
                         self.slots
                             .lock()

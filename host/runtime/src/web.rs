@@ -851,18 +851,9 @@ impl WebRole {
                     }
                 };
                 let engine = self.current().role.engine.clone();
-                let compiled = tokio::task::spawn_blocking(move || {
-                    crate::freeze::compile_snapshot(&engine, &component)
-                })
-                .await;
-                match compiled {
-                    Ok(Ok(component)) => {
+                match Resume::for_idle(&engine, &id, component, monotonic_ns).await {
+                    Ok(resume) => {
                         tracing::debug!(instance = %id, "frozen while idle");
-                        let resume = Resume {
-                            component,
-                            monotonic_ns,
-                            snapshot_id: format!("idle:{id}"),
-                        };
                         self.warm
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
@@ -870,12 +861,7 @@ impl WebRole {
                         self.set_phase(index, generation, Phase::Frozen);
                     }
                     // Nothing is lost but the instance's memory: it starts afresh.
-                    failed => {
-                        let reason = match failed {
-                            Ok(Err(e)) => format!("{e:#}"),
-                            Err(e) => e.to_string(),
-                            Ok(Ok(_)) => String::new(),
-                        };
+                    Err(reason) => {
                         tracing::warn!(instance = %id, %reason, "its idle snapshot did not compile; starting it afresh");
                         self.restart_frozen(index);
                     }

@@ -178,6 +178,30 @@ pub struct Resume {
     pub snapshot_id: String,
 }
 
+impl Resume {
+    /// Compiles a snapshot taken for idleness (scale to zero) on a blocking thread: what
+    /// instance `id` resumes from when demand comes. The error says why it did not compile.
+    pub(crate) async fn for_idle(
+        engine: &Engine,
+        id: &str,
+        snapshot: Vec<u8>,
+        monotonic_ns: u64,
+    ) -> Result<Resume, String> {
+        let engine = engine.clone();
+        let compiled = tokio::task::spawn_blocking(move || {
+            crate::freeze::compile_snapshot(&engine, &snapshot)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("{e:#}"))?;
+        Ok(Resume {
+            component: compiled,
+            monotonic_ns,
+            snapshot_id: format!("idle:{id}"),
+        })
+    }
+}
+
 /// Everything the instances of one role share.
 pub struct RoleRuntime {
     /// The role.
