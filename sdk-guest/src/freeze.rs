@@ -8,7 +8,7 @@
 //! - the stdio streams, as handles fetched on first use (`println!`, `eprintln!`);
 //! - the environment variables, as a copy made on first use (`std::env::var`).
 //!
-//! [`reset_wasi_libc`] resets all three at the quiet point, so each is fetched afresh from the
+//! The SDK's `on-freeze` resets all three at the quiet point, so each is fetched afresh from the
 //! new host after the thaw. The stdio reset reaches into wasi-libc's descriptor table, whose
 //! layout is internal: it checks the layout first and, when it does not recognise it, leaves
 //! the streams alone; the host then sees a stream still held and refuses the freeze, naming

@@ -1,7 +1,7 @@
 //! # rolehost-sdk: write rolehost roles in Rust
 //!
 //! A role is a Wasm component built for `wasm32-wasip2`. This crate gives it the platform:
-//! storage ([`Container`]/[`Blob`], [`Queue`], [`Table`]), its [`env`]ironment, client-side
+//! storage ([`Container`]/[`Blob`], [`Queue`], [`Table`]), its [`env`](mod@env)ironment, client-side
 //! [`retry`] policies, the [`WorkerRole`] entry point with [`worker!`], and [`QueueProcessor`],
 //! the ready-made at-least-once worker loop.
 //!
