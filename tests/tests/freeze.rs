@@ -56,6 +56,20 @@ fn blob_text(
     Some(s)
 }
 
+/// Creates queue `queue`; the closure returned puts a message in it.
+fn feeder<'a>(
+    backend: &'a Arc<dyn Backend>,
+    account: &'a AccountName,
+    queue: &'a str,
+) -> impl Fn() + 'a {
+    backend.create_queue(account, queue, Vec::new()).unwrap();
+    move || {
+        backend
+            .put_message(account, queue, b"m", PutMessageOptions::default())
+            .unwrap();
+    }
+}
+
 fn latest(backend: &Arc<dyn Backend>, account: &AccountName) -> Option<u64> {
     blob_text(backend, account, "memcount", "latest")?
         .parse()
@@ -224,14 +238,7 @@ async fn a_service_freezes_an_instance_and_another_host_thaws_it_where_it_was() 
     );
     let backend: Arc<dyn Backend> = t.store.clone();
     let account = t.account.clone();
-    backend
-        .create_queue(&account, "memcount", Vec::new())
-        .unwrap();
-    let put = || {
-        backend
-            .put_message(&account, "memcount", b"m", PutMessageOptions::default())
-            .unwrap()
-    };
+    let put = feeder(&backend, &account, "memcount");
     let host_a = service_on(&t, &t.dir.path().join("host-a"), "d1", ("Counter", 1)).await;
     for _ in 0..3 {
         put();
@@ -332,14 +339,7 @@ async fn stdout_environment_files_and_time_work_after_a_thaw_into_another_instan
     );
     let backend: Arc<dyn Backend> = t.store.clone();
     let account = t.account.clone();
-    backend
-        .create_queue(&account, "stdlife", Vec::new())
-        .unwrap();
-    let put = || {
-        backend
-            .put_message(&account, "stdlife", b"m", PutMessageOptions::default())
-            .unwrap()
-    };
+    let put = feeder(&backend, &account, "stdlife");
     let report = |instance: &str| {
         blob_text(&backend, &account, "stdlife", instance).map(|r| stdlife_fields(&r))
     };
@@ -597,14 +597,7 @@ async fn idle_workers_freeze_and_a_message_in_their_queue_thaws_them_with_their_
     );
     let backend: Arc<dyn Backend> = t.store.clone();
     let account = t.account.clone();
-    backend
-        .create_queue(&account, "memcount", Vec::new())
-        .unwrap();
-    let put = || {
-        backend
-            .put_message(&account, "memcount", b"m", PutMessageOptions::default())
-            .unwrap()
-    };
+    let put = feeder(&backend, &account, "memcount");
     let host = service_on(&t, &t.dir.path().join("host"), "d1", ("Counter", 1)).await;
     let phase = || {
         host.status()

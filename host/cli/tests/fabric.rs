@@ -652,6 +652,14 @@ fn metrics_and_logs_follow_a_working_service_and_delete_can_purge_its_storage() 
     );
 }
 
+/// Service `icy`: a producer of increments, and a counter that counts them in memory (logging
+/// `counted <n>`), so its count shows whether its memory survived a freeze.
+const ICY: &str = "[service]\nname = \"icy\"\n\
+     [roles.Producer]\nkind = \"worker\"\ncomponent = \"{guest:producer}\"\n\
+     [roles.Producer.settings]\ninterval-ms = 100\n\
+     [roles.Counter]\nkind = \"worker\"\ncomponent = \"{guest:testbed}\"\ngrace-period-secs = 5\n\
+     [roles.Counter.settings]\nmode = \"memcount\"\nqueue = \"increments\"\n";
+
 /// The last `counted <n>` line `instance` logged.
 fn last_count(host: &Host, service: &str, instance: &str) -> Option<u64> {
     host.ok(&["logs", service, "--instance", instance])
@@ -665,14 +673,7 @@ fn a_frozen_worker_is_thawed_by_id_stays_frozen_across_a_restart_and_counts_on()
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("host");
     let mut host = Host::start(&data);
-    let svc = service_dir(
-        &dir.path().join("svc"),
-        "[service]\nname = \"icy\"\n\
-         [roles.Producer]\nkind = \"worker\"\ncomponent = \"{guest:producer}\"\n\
-         [roles.Producer.settings]\ninterval-ms = 100\n\
-         [roles.Counter]\nkind = \"worker\"\ncomponent = \"{guest:testbed}\"\ngrace-period-secs = 5\n\
-         [roles.Counter.settings]\nmode = \"memcount\"\nqueue = \"increments\"\n",
-    );
+    let svc = service_dir(&dir.path().join("svc"), ICY);
     host.ok(&["deploy", &svc]);
     let deadline = Instant::now() + Duration::from_secs(60);
     while last_count(&host, "icy", "Counter_IN_0").unwrap_or(0) < 3 {
@@ -781,14 +782,7 @@ fn a_worker_frozen_on_one_host_counts_on_where_another_host_with_its_own_data_di
     let dir = tempfile::tempdir().unwrap();
     let storage = dir.path().join("shared.redb");
     let shared = [std::ffi::OsStr::new("--storage"), storage.as_os_str()];
-    let svc = service_dir(
-        &dir.path().join("svc"),
-        "[service]\nname = \"icy\"\n\
-         [roles.Producer]\nkind = \"worker\"\ncomponent = \"{guest:producer}\"\n\
-         [roles.Producer.settings]\ninterval-ms = 100\n\
-         [roles.Counter]\nkind = \"worker\"\ncomponent = \"{guest:testbed}\"\ngrace-period-secs = 5\n\
-         [roles.Counter.settings]\nmode = \"memcount\"\nqueue = \"increments\"\n",
-    );
+    let svc = service_dir(&dir.path().join("svc"), ICY);
     let mut a = Host::start_with(&dir.path().join("host-a"), &shared);
     a.ok(&["deploy", &svc]);
     let deadline = Instant::now() + Duration::from_secs(60);

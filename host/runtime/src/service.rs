@@ -523,9 +523,15 @@ async fn stop_all(slots: &[Arc<InstanceSlot>]) {
     }
 }
 
-/// What a freeze or a thaw works on: a worker instance (or pool), or a web role and a slot.
-enum Found<W> {
-    Worker(W),
+/// A running role, by kind: what a scale or a thaw works on.
+enum Target {
+    Worker(Arc<WorkerPool>),
+    Web(Arc<WebRole>),
+}
+
+/// What a freeze works on: a worker instance, or a web role and a slot.
+enum Found {
+    Worker(Arc<InstanceSlot>),
     Web(Arc<WebRole>, usize),
 }
 
@@ -638,6 +644,7 @@ impl Shared {
                     deployment_id: deployment_id.to_string(),
                     engine: self.engine.clone(),
                     pre,
+                    linker: self.linker.clone(),
                     backend: self.backend.clone(),
                     account: self.account.clone(),
                     wakers: self.wakers.clone(),
@@ -935,24 +942,7 @@ impl Service {
             )));
         }
         let _op = self.ops.lock().await;
-        enum Target {
-            Worker(Arc<WorkerPool>),
-            Web(Arc<WebRole>),
-        }
-        let target = {
-            let roles = self.roles.lock().unwrap_or_else(|p| p.into_inner());
-            match roles.get(role) {
-                None => {
-                    return Err(RuntimeError::Unsupported(format!(
-                        "service {} has no role {role} (it has: {})",
-                        self.shared.name,
-                        roles.keys().cloned().collect::<Vec<_>>().join(", ")
-                    )));
-                }
-                Some(RoleEntry::Worker(pool)) => Target::Worker(pool.clone()),
-                Some(RoleEntry::Web { role, .. }) => Target::Web(role.clone()),
-            }
-        };
+        let target = self.target(role)?;
         tracing::info!(service = %self.shared.name, role, instances = n, "scaling");
         // Instances see the new count as soon as the change begins.
         self.shared.topology.set(role, n);
@@ -1163,19 +1153,7 @@ impl Service {
             )));
         }
         let _op = self.ops.lock().await;
-        let role = {
-            let roles = self.roles.lock().unwrap_or_else(|p| p.into_inner());
-            match roles.get(&header.role) {
-                Some(RoleEntry::Worker(pool)) => Found::Worker(pool.clone()),
-                Some(RoleEntry::Web { role, .. }) => Found::Web(role.clone(), 0),
-                None => {
-                    return Err(RuntimeError::Unsupported(format!(
-                        "service {} has no role {}",
-                        self.shared.name, header.role
-                    )));
-                }
-            }
-        };
+        let role = self.target(&header.role)?;
         let engine = self.shared.engine.clone();
         // Compiled snapshots are kept here: thawing the same snapshot again maps it.
         let cache = self.shared.data_dir.join("snapshots");
@@ -1197,11 +1175,11 @@ impl Service {
             .rsplit_once("_IN_")
             .and_then(|(_, n)| n.parse().ok());
         let (index, count) = match role {
-            Found::Web(web, _) => {
+            Target::Web(web) => {
                 let index = web.thaw(resume, wanted.map(|i| i as usize));
                 (index as u32, web.running_count())
             }
-            Found::Worker(pool) => {
+            Target::Worker(pool) => {
                 let runtime = pool.runtime();
                 let mut slots = pool.slots.lock().unwrap_or_else(|p| p.into_inner());
                 let free = |i: &u32| slots.get(i).is_none_or(|s| s.read().phase == Phase::Frozen);
@@ -1232,7 +1210,21 @@ impl Service {
         Ok(format!("{}_IN_{index}", header.role))
     }
 
-    fn find_instance(&self, instance_id: &str) -> Result<Found<Arc<InstanceSlot>>, RuntimeError> {
+    /// Role `role`, running; the error names the roles there are.
+    fn target(&self, role: &str) -> Result<Target, RuntimeError> {
+        let roles = self.roles.lock().unwrap_or_else(|p| p.into_inner());
+        match roles.get(role) {
+            None => Err(RuntimeError::Unsupported(format!(
+                "service {} has no role {role} (it has: {})",
+                self.shared.name,
+                roles.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))),
+            Some(RoleEntry::Worker(pool)) => Ok(Target::Worker(pool.clone())),
+            Some(RoleEntry::Web { role, .. }) => Ok(Target::Web(role.clone())),
+        }
+    }
+
+    fn find_instance(&self, instance_id: &str) -> Result<Found, RuntimeError> {
         let missing = || {
             RuntimeError::Unsupported(format!(
                 "service {} has no instance {instance_id}",

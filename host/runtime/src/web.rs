@@ -437,8 +437,10 @@ impl WebRole {
         // A thawed instance starts from its snapshot; any other from the role's component.
         let pre = match &resume {
             None => version.pre.instance_pre().clone(),
-            Some(r) => crate::instance::linker(&version.role.engine)
-                .and_then(|l| l.instantiate_pre(&r.component))
+            Some(r) => version
+                .role
+                .linker
+                .instantiate_pre(&r.component)
                 .map_err(|e| format!("linking the snapshot: {e:#}"))?,
         };
         let instance = pre
@@ -733,7 +735,8 @@ impl WebRole {
         wait: Duration,
     ) -> Result<(Vec<u8>, u64), String> {
         let id = self.id(index);
-        let (taken, waiting) = {
+        // The instance now if idle, else a receiver for it when its request ends.
+        let taken: Result<WebInstance, oneshot::Receiver<WebInstance>> = {
             let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
             let slot = slots
                 .get_mut(&index)
@@ -747,17 +750,17 @@ impl WebRole {
                 .iter()
                 .position(|i| i.index == index && i.generation == generation)
             {
-                Some(at) => (Some(idle.remove(at)), None),
+                Some(at) => Ok(idle.remove(at)),
                 None => {
                     let (tx, rx) = oneshot::channel();
                     slot.freezing = Some(tx);
-                    (None, Some(rx))
+                    Err(rx)
                 }
             }
         };
-        let instance = match (taken, waiting) {
-            (Some(instance), _) => instance,
-            (None, Some(mut rx)) => match tokio::time::timeout(wait, &mut rx).await {
+        let instance = match taken {
+            Ok(instance) => instance,
+            Err(mut rx) => match tokio::time::timeout(wait, &mut rx).await {
                 Ok(Ok(instance)) => instance,
                 Ok(Err(_)) => return Err(format!("{id} was replaced or removed; not frozen")),
                 Err(_) => {
@@ -779,7 +782,6 @@ impl WebRole {
                     ));
                 }
             },
-            (None, None) => unreachable!("an instance is either taken or waited for"),
         };
         self.freeze_taken(instance, true).await
     }

@@ -214,6 +214,8 @@ pub struct RoleRuntime {
     pub engine: Engine,
     /// The role's component, linked and ready to instantiate.
     pub pre: RolePre,
+    /// The service's linker: a thawed snapshot is linked with it.
+    pub linker: wasmtime::component::Linker<InstanceState>,
     /// Storage.
     pub backend: Arc<dyn Backend>,
     /// The service's account.
@@ -472,9 +474,7 @@ impl RoleRuntime {
         // A thawed incarnation starts from its snapshot; any other from the role's component.
         let instance_pre = match &resume {
             None => pre.instance_pre().clone(),
-            Some(r) => match crate::instance::linker(&self.engine)
-                .and_then(|l| l.instantiate_pre(&r.component))
-            {
+            Some(r) => match self.linker.instantiate_pre(&r.component) {
                 Ok(p) => p,
                 Err(e) => return Outcome::Recycle(format!("linking the snapshot: {e:#}")),
             },
