@@ -104,9 +104,19 @@ fn release_stdio() {
 /// readies wasi-libc for the freeze (see the module docs), after calling the function given,
 /// if any, to drop what the role holds (open files, streams). Use once per web role crate.
 ///
-/// ```ignore
-/// wasip2::http::proxy::export!(Hello);
+/// ```no_run
+/// // Next to the role's `wasip2::http::proxy::export!(Hello);`:
 /// rolehost_sdk::web_freezable!();
+/// # fn main() {}
+/// ```
+///
+/// With a function that drops what the role holds first:
+///
+/// ```no_run
+/// rolehost_sdk::web_freezable!(|| {
+///     // e.g. drop an open file kept in a static
+/// });
+/// # fn main() {}
 /// ```
 #[macro_export]
 macro_rules! web_freezable {

@@ -20,17 +20,19 @@ use rolehost_storage::{AccountName, Backend, RedbStore, StorageOptions};
 use wasmtime::Store;
 use wasmtime::component::Component;
 
+/// A store for a testbed instance in mode `mode`.
 fn store_for(
     engine: &wasmtime::Engine,
     backend: &Arc<dyn Backend>,
     account: &AccountName,
+    mode: &str,
 ) -> (Store<InstanceState>, StopHandle) {
     let info = InstanceInfo {
         service: "frozen".into(),
         role: "Counter".into(),
         instance_id: "Counter_IN_0".into(),
         deployment_id: "d1".into(),
-        settings: vec![("mode".into(), "memcount".into())],
+        settings: vec![("mode".into(), mode.into())],
         local_resources: Vec::new(),
         resumed_from: None,
     };
@@ -125,7 +127,7 @@ async fn a_worker_frozen_after_n_messages_goes_on_at_n_plus_1_on_a_new_engine() 
         .unwrap()
         .instantiate_pre(&component)
         .unwrap();
-    let (mut store, stop) = store_for(&engine_a, &backend, &account);
+    let (mut store, stop) = store_for(&engine_a, &backend, &account, "memcount");
     let instance = pre.instantiate_async(&mut store).await.unwrap();
     let worker = WorkerRole::new(&mut store, &instance).unwrap();
     worker
@@ -151,6 +153,7 @@ async fn a_worker_frozen_after_n_messages_goes_on_at_n_plus_1_on_a_new_engine() 
         raw_len: 0,
         payload_len: 0,
         payload_blake3: String::new(),
+        instrumented: false,
     };
     let file = freeze::encode(header, &snapshot).unwrap();
     drop(store);
@@ -172,18 +175,30 @@ async fn a_worker_frozen_after_n_messages_goes_on_at_n_plus_1_on_a_new_engine() 
             .contains("corrupt")
     );
 
-    // Host B: a brand-new engine compiles the snapshot; no on-start: its memory is the
-    // frozen instance's. One more message: the count goes on at 4.
+    // Host B: a brand-new engine compiles the snapshot (instrumented, as a thaw does); no
+    // on-start: its memory is the frozen instance's. One more message: the count goes on at 4.
     let (header, component_bytes) = freeze::decode(&file).expect("decoded");
     assert_eq!(header.deployment_id, "d1");
+    assert_eq!(component_bytes, snapshot);
     let engine_b = build_engine(&EngineOptions::default()).unwrap();
-    let component = Component::new(&engine_b, &component_bytes).unwrap();
+    let component = freeze::compile_snapshot(&engine_b, &component_bytes).unwrap();
     let pre = linker(&engine_b)
         .unwrap()
         .instantiate_pre(&component)
         .unwrap();
-    let (mut store, stop) = store_for(&engine_b, &backend, &account);
+    let (mut store, stop) = store_for(&engine_b, &backend, &account, "memcount");
     let instance = pre.instantiate_async(&mut store).await.unwrap();
+    // Before it runs, the thawed instance is the frozen one exactly: every byte of its memory,
+    // its memory's size and its globals, so capturing it again gives the same snapshot.
+    let again = freeze::capture(&original, &mut store, instance)
+        .await
+        .expect("captured again");
+    assert!(
+        again == snapshot,
+        "a capture of the thawed instance differs from the snapshot ({} and {} bytes)",
+        again.len(),
+        snapshot.len()
+    );
     let worker = WorkerRole::new(&mut store, &instance).unwrap();
     put(1);
     run_until(&worker, &mut store, &stop, &backend, &account, 4).await;
@@ -192,6 +207,78 @@ async fn a_worker_frozen_after_n_messages_goes_on_at_n_plus_1_on_a_new_engine() 
         Some(4),
         "the count went on from the snapshot"
     );
+}
+
+/// Runs a testbed in mode `pattern` until it wrote its verdict, then stops it.
+async fn run_pattern(
+    store: &mut Store<InstanceState>,
+    worker: &WorkerRole,
+    stop: &StopHandle,
+    backend: &Arc<dyn Backend>,
+    account: &AccountName,
+) {
+    let run = worker.rolehost_platform_worker().call_run(&mut *store);
+    let watch = async {
+        while blob_text(backend, account, "pattern", "verdict").is_none() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop.request();
+    };
+    let (ran, ()) =
+        tokio::time::timeout(Duration::from_secs(60), async { tokio::join!(run, watch) })
+            .await
+            .expect("the pattern run ended in time");
+    ran.expect("run").expect("run ok");
+}
+
+/// Every byte of a heap of awkward runs of zeros and non-zeros (testbed mode `pattern`) is
+/// where it was after a freeze and a thaw on a new engine: the snapshot's data segments leave
+/// out runs of zeros, and none of what they keep may move or go missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_byte_of_a_heap_with_runs_of_zeros_survives_a_thaw() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend: Arc<dyn Backend> =
+        Arc::new(RedbStore::open(dir.path().join("s.redb"), StorageOptions::default()).unwrap());
+    let account = AccountName::new("frozen").unwrap();
+    let original = std::fs::read(rolehost_tests::guest("testbed")).unwrap();
+    let verdict = || blob_text(&backend, &account, "pattern", "verdict");
+    let engine_a = build_engine(&EngineOptions::default()).unwrap();
+    let instrumented = freeze::instrument(&original).expect("instrumented");
+    let component = Component::new(&engine_a, &instrumented).unwrap();
+    let pre = linker(&engine_a)
+        .unwrap()
+        .instantiate_pre(&component)
+        .unwrap();
+    let (mut store, stop) = store_for(&engine_a, &backend, &account, "pattern");
+    let instance = pre.instantiate_async(&mut store).await.unwrap();
+    let worker = WorkerRole::new(&mut store, &instance).unwrap();
+    worker
+        .rolehost_platform_worker()
+        .call_on_start(&mut store)
+        .await
+        .unwrap()
+        .unwrap();
+    run_pattern(&mut store, &worker, &stop, &backend, &account).await;
+    assert_eq!(verdict().as_deref(), Some("filled 3145728"));
+    let snapshot = freeze::capture(&original, &mut store, instance)
+        .await
+        .expect("captured");
+    drop(store);
+    backend
+        .delete_blob(&account, "pattern", "verdict", &Default::default(), None)
+        .unwrap();
+
+    let engine_b = build_engine(&EngineOptions::default()).unwrap();
+    let component = freeze::compile_snapshot(&engine_b, &snapshot).unwrap();
+    let pre = linker(&engine_b)
+        .unwrap()
+        .instantiate_pre(&component)
+        .unwrap();
+    let (mut store, stop) = store_for(&engine_b, &backend, &account, "pattern");
+    let instance = pre.instantiate_async(&mut store).await.unwrap();
+    let worker = WorkerRole::new(&mut store, &instance).unwrap();
+    run_pattern(&mut store, &worker, &stop, &backend, &account).await;
+    assert_eq!(verdict().as_deref(), Some("intact 3145728"));
 }
 
 /// Starts the service of `t` on its store, with local resources under `data`, deployment id

@@ -21,6 +21,10 @@
 //! - `cpu-alloc`: builds, sorts, hashes and formats `items` (default 2,000,000) values.
 //!
 //! - `heap`: fills `heap-mib` MiB (64) of memory with cache-like text and waits (freeze bench).
+//! - `pattern`: fills `pattern-kib` KiB (3072) with runs of bytes and runs of zeros of awkward
+//!   lengths (a byte, around a 4 KiB page, past a 64 KiB Wasm page) the first time it runs, and
+//!   checks every byte of it each later time (after a thaw); writes `filled <bytes>`, `intact
+//!   <bytes>` or `differs at <offset>` to blob `pattern/verdict`, then waits for a stop.
 //! - `memcount`: counts the messages of queue `queue` (`memcount`) in memory (a static), logs
 //!   `counted <n>` and writes the count to blob `memcount/latest` after each: continuity across
 //!   a freeze and thaw shows.
@@ -55,6 +59,24 @@ use rolehost_sdk::{Container, PutOptions, QueueProcessor, WorkerRole, env};
 
 struct Testbed {
     mode: String,
+}
+
+/// `size` bytes of alternating runs: non-zero bytes (which depend on their offset) and zeros,
+/// their lengths cycling through values around the sizes a snapshot works with.
+fn pattern(size: usize) -> Vec<u8> {
+    const BYTES: [usize; 6] = [1, 7, 5000, 4096, 300, 9000];
+    const ZEROS: [usize; 10] = [1, 3, 4095, 4096, 4097, 8191, 12288, 65536, 70000, 100];
+    let mut out = vec![0u8; size];
+    let (mut at, mut i) = (0, 0);
+    while at < size {
+        let end = (at + BYTES[i % BYTES.len()]).min(size);
+        for (p, b) in out[at..end].iter_mut().enumerate() {
+            *b = ((at + p) * 31 % 255 + 1) as u8;
+        }
+        at = end + ZEROS[i % ZEROS.len()];
+        i += 1;
+    }
+    out
 }
 
 fn setting_u64(name: &str, default: u64) -> u64 {
@@ -128,6 +150,31 @@ impl WorkerRole for Testbed {
                         }
                     }
                 }
+                while !env::wait_for_stop(Duration::from_secs(3600)) {}
+                Ok(())
+            }
+            "pattern" => {
+                static PATTERN: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+                let size = setting_u64("pattern-kib", 3072) as usize * 1024;
+                let verdict = {
+                    let mut kept = PATTERN.lock().map_err(|e| e.to_string())?;
+                    let expected = pattern(size);
+                    if kept.is_empty() {
+                        *kept = expected;
+                        format!("filled {size}")
+                    } else {
+                        match kept.iter().zip(&expected).position(|(a, b)| a != b) {
+                            None if kept.len() == size => format!("intact {size}"),
+                            None => format!("differs in length: {}", kept.len()),
+                            Some(at) => format!("differs at {at}"),
+                        }
+                    }
+                };
+                let out = Container::new("pattern");
+                out.create_if_not_exists().map_err(|e| e.to_string())?;
+                out.blob("verdict")
+                    .put(verdict.as_bytes())
+                    .map_err(|e| e.to_string())?;
                 while !env::wait_for_stop(Duration::from_secs(3600)) {}
                 Ok(())
             }

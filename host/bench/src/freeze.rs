@@ -97,6 +97,7 @@ async fn suite(mib: u64, original: &[u8], bed: &crate::runtime::Bed) {
         raw_len: 0,
         payload_len: 0,
         payload_blake3: String::new(),
+        instrumented: false,
     };
     let file = freeze::encode(header, &snapshot).expect("encode");
     let freeze_time = started.elapsed();

@@ -1,6 +1,7 @@
 //! Freeze and thaw: an instance's linear memory and globals captured into a snapshot (a
-//! component whose data segments hold the memory, made by wasmtime-wizer), stored compressed
-//! in a self-checking file, and instantiated again later, here or on another host.
+//! component whose data segments hold the memory), stored compressed in a self-checking
+//! file, and instantiated again later, here or on another host. wasmtime-wizer rewrites the
+//! component's structure; [`splice`] writes the memory into it.
 //!
 //! An instance can be frozen only when it runs the *instrumented* component
 //! ([`instrument`]): wizer adds an export (`wasmtime:wizer/access`) through which the host
@@ -8,11 +9,13 @@
 //! wasmtime's tables, not in linear memory), so a freeze happens only at a quiet point: a
 //! worker after its `run` returned, holding no handle.
 //!
-//! The snapshot file: `RHSNAP02`, the header's length (u32, little endian), the header
+//! The snapshot file: `RHSNAP03`, the header's length (u32, little endian), the header
 //! (JSON: who the instance was, its deployment, sizes, the payload's BLAKE3 digest), and the
-//! payload (the snapshot component, zstd). A thaw checks all of it before anything starts.
-//! BLAKE3 rather than SHA-256 (format 01): a thaw on the host that compiled the snapshot
-//! before takes a few milliseconds, and hashing the payload was most of them.
+//! payload (the snapshot component, instrumented, zstd). A thaw checks all of it before
+//! anything starts. BLAKE3 rather than SHA-256 (format 01): a thaw on the host that compiled
+//! the snapshot before takes a few milliseconds, and hashing the payload was most of them.
+//! Format 02 files (payload not instrumented) are still read: instrumenting a 64 MiB snapshot
+//! at the thaw took 87 ms, which is why the freeze does it now, on the small shape.
 
 use std::future::Future;
 
@@ -21,8 +24,13 @@ use wasmtime::Store;
 use wasmtime::component::{Instance, WasmList};
 use wasmtime_wizer::{ComponentInstanceState, Wizer};
 
-/// The first bytes of every snapshot file.
-pub const MAGIC: &[u8; 8] = b"RHSNAP02";
+mod splice;
+
+/// The first bytes of every snapshot file written now: format 03, whose payload is
+/// instrumented already.
+pub const MAGIC: &[u8; 8] = b"RHSNAP03";
+/// Format 02, still read: the same frame, with a payload that a thaw instruments.
+const MAGIC_02: &[u8; 8] = b"RHSNAP02";
 /// Largest header a snapshot may have.
 const MAX_HEADER: usize = 1 << 20;
 /// zstd level: a freeze stops the instance until its snapshot is packed, so speed first. On a
@@ -40,6 +48,9 @@ pub enum FreezeError {
     /// Reading the instance's state failed.
     #[error("reading the instance's state failed: {0}")]
     Capture(String),
+    /// Writing the memories into the snapshot failed.
+    #[error("writing the snapshot failed: {0}")]
+    Splice(#[from] splice::SpliceError),
     /// Not a snapshot file at all.
     #[error("not a rolehost snapshot (it does not start with {:?})", std::str::from_utf8(MAGIC).unwrap_or(""))]
     NotASnapshot,
@@ -77,6 +88,10 @@ pub struct SnapshotHeader {
     pub payload_len: u64,
     /// BLAKE3 digest of the payload, hex.
     pub payload_blake3: String,
+    /// Whether the payload is instrumented (format 03) or is to be instrumented when it is
+    /// compiled (format 02). Set by [`encode`] and [`header`] from the file's format.
+    #[serde(skip)]
+    pub instrumented: bool,
 }
 
 /// Where [`compile`] keeps the compiled snapshot of `header` in cache directory `dir`.
@@ -84,14 +99,13 @@ pub fn cache_file(dir: &std::path::Path, header: &SnapshotHeader) -> std::path::
     dir.join(format!("{}.freezable.cwasm", header.payload_blake3))
 }
 
-/// Compiles a snapshot component, instrumented like the role's own (so the thawed instance
-/// can be frozen again: wizer's output drops the instrumentation).
+/// Compiles a snapshot component made by [`capture`] (instrumented already, so the thawed
+/// instance can be frozen again).
 pub fn compile_snapshot(
     engine: &wasmtime::Engine,
     snapshot: &[u8],
 ) -> wasmtime::Result<wasmtime::component::Component> {
-    let instrumented = instrument(snapshot).map_err(wasmtime::Error::new)?;
-    wasmtime::component::Component::new(engine, &instrumented)
+    wasmtime::component::Component::new(engine, snapshot)
 }
 
 /// Instruments a component so instances of it can be frozen.
@@ -103,11 +117,13 @@ pub fn instrument(component: &[u8]) -> Result<Vec<u8>, FreezeError> {
 }
 
 /// Reads an instance's state through wizer's accessor export, recording the first error
-/// instead of panicking (the trait's methods cannot fail).
+/// instead of panicking (the trait's methods cannot fail). wizer is shown empty memories;
+/// the real ones are kept, in the order wizer asked for them, for [`splice`].
 struct Access<'a, T: 'static> {
     store: &'a mut Store<T>,
     instance: Instance,
     error: Option<String>,
+    memories: Vec<WasmList<u8>>,
 }
 
 impl<T: Send> Access<'_, T> {
@@ -160,18 +176,13 @@ impl<T: Send> ComponentInstanceState for Access<'_, T> {
         func: &str,
         contents: impl FnOnce(&[u8]) + Send,
     ) {
-        let mut contents = Some(contents);
-        self.call(instance, func, |store, list: WasmList<u8>| {
-            if let Some(c) = contents.take() {
-                c(list.as_le_slice(&*store));
-            }
-        })
-        .await;
-        // An error left the callback unused: give wizer an empty image (discarded by
-        // `capture`, which sees the error).
-        if let Some(c) = contents.take() {
-            c(&[]);
-        }
+        // The list is a view of the guest's memory (no copy); wizer gets an empty one, and
+        // an error is seen by `capture`.
+        let list = self
+            .call(instance, func, |_, list: WasmList<u8>| Some(list))
+            .await;
+        self.memories.extend(list);
+        contents(&[]);
     }
 
     fn call_func_ret_s32(
@@ -208,7 +219,13 @@ impl<T: Send> ComponentInstanceState for Access<'_, T> {
 }
 
 /// Captures `instance` (of the component instrumented from `original`) into a snapshot
-/// component: its memories and globals as they are now. The instance goes on running.
+/// component: its memories and globals as they are now. The instance goes on running (with
+/// its memory a page larger: wizer's accessor grows it to return the memory's bounds).
+///
+/// wizer rewrites the component from empty memories (globals, start functions and its own
+/// instrumentation removed: the structure); that shape is instrumented again, and
+/// [`splice::splice`] copies the memories into it, once. The snapshot is thus instrumented
+/// itself: it compiles as it is, and an instance of it can be frozen again.
 pub async fn capture<T: Send>(
     original: &[u8],
     store: &mut Store<T>,
@@ -225,17 +242,27 @@ pub async fn capture<T: Send>(
         store,
         instance,
         error: None,
+        memories: Vec::new(),
     };
-    let snapshot = wizer
+    let shape = wizer
         .snapshot_component(&cx, &mut access)
         .await
         .map_err(|e| FreezeError::Capture(format!("{e:#}")));
     access.store.set_hostcall_fuel(hostcall_fuel);
-    let snapshot = snapshot?;
-    match access.error {
-        Some(e) => Err(FreezeError::Capture(e)),
-        None => Ok(snapshot),
+    let shape = shape?;
+    if let Some(e) = access.error {
+        return Err(FreezeError::Capture(e));
     }
+    // Instrumented while it is small (a few milliseconds), so a thaw compiles the snapshot as
+    // it is, and the thawed instance can be frozen again.
+    let shape = instrument(&shape)?;
+    let store = &*access.store;
+    let memories: Vec<&[u8]> = access
+        .memories
+        .iter()
+        .map(|list| list.as_le_slice(store))
+        .collect();
+    Ok(splice::splice(&shape, &memories)?)
 }
 
 /// zstd with a worker per core: a freeze stops the instance until its snapshot is packed.
@@ -255,6 +282,7 @@ pub fn encode(mut header: SnapshotHeader, component: &[u8]) -> Result<Vec<u8>, F
     header.raw_len = component.len() as u64;
     header.payload_len = payload.len() as u64;
     header.payload_blake3 = blake3::hash(&payload).to_hex().to_string();
+    header.instrumented = true;
     let head = serde_json::to_vec(&header).map_err(|e| FreezeError::Capture(e.to_string()))?;
     let mut out = Vec::with_capacity(MAGIC.len() + 4 + head.len() + payload.len());
     out.extend_from_slice(MAGIC);
@@ -266,9 +294,11 @@ pub fn encode(mut header: SnapshotHeader, component: &[u8]) -> Result<Vec<u8>, F
 
 /// Reads a snapshot file's header only, checking the frame (for listings).
 pub fn header(file: &[u8]) -> Result<(SnapshotHeader, &[u8]), FreezeError> {
-    if file.len() < MAGIC.len() || &file[..MAGIC.len()] != MAGIC {
-        return Err(FreezeError::NotASnapshot);
-    }
+    let instrumented = match file.get(..MAGIC.len()) {
+        Some(m) if m == MAGIC => true,
+        Some(m) if m == MAGIC_02 => false,
+        _ => return Err(FreezeError::NotASnapshot),
+    };
     let rest = &file[MAGIC.len()..];
     let len_bytes: [u8; 4] = rest
         .get(..4)
@@ -284,8 +314,9 @@ pub fn header(file: &[u8]) -> Result<(SnapshotHeader, &[u8]), FreezeError> {
             rest.len().saturating_sub(4)
         ))
     })?;
-    let header: SnapshotHeader = serde_json::from_slice(head)
+    let mut header: SnapshotHeader = serde_json::from_slice(head)
         .map_err(|e| FreezeError::Corrupt(format!("the header does not parse: {e}")))?;
+    header.instrumented = instrumented;
     let payload = &rest[4 + len..];
     if (payload.len() as u64) < header.payload_len {
         return Err(FreezeError::Truncated(format!(
@@ -365,7 +396,10 @@ pub fn compile(
             }
         }
     }
-    let component = unpack(header, payload).map_err(wasmtime::Error::new)?;
+    let mut component = unpack(header, payload).map_err(wasmtime::Error::new)?;
+    if !header.instrumented {
+        component = instrument(&component).map_err(wasmtime::Error::new)?;
+    }
     let compiled = compile_snapshot(engine, &component)?;
     if let Some(path) = path {
         // The thaw does not wait for the write.
@@ -405,6 +439,7 @@ mod tests {
             raw_len: 0,
             payload_len: 0,
             payload_blake3: String::new(),
+            instrumented: false,
         }
     }
 
@@ -427,5 +462,12 @@ mod tests {
         assert!(e.contains("corrupt") && e.contains("BLAKE3"), "{e}");
         let e = decode(b"GIF89a....").unwrap_err().to_string();
         assert!(e.contains("not a rolehost snapshot"), "{e}");
+        // Format 03 payloads are instrumented; format 02 ones (same frame) are read as not.
+        assert!(h.instrumented);
+        let mut old = file.clone();
+        old[..8].copy_from_slice(MAGIC_02);
+        let (h, back) = decode(&old).unwrap();
+        assert!(!h.instrumented);
+        assert_eq!(back, body);
     }
 }

@@ -1126,6 +1126,7 @@ impl Service {
             raw_len: 0,
             payload_len: 0,
             payload_blake3: String::new(),
+            instrumented: false,
         };
         crate::freeze::encode(header, &component)
             .map_err(|e| RuntimeError::Unsupported(e.to_string()))
