@@ -209,6 +209,48 @@ async fn a_worker_frozen_after_n_messages_goes_on_at_n_plus_1_on_a_new_engine() 
     );
 }
 
+/// A snapshot file of format 02, written by an earlier rolehost (its payload not
+/// instrumented), still thaws: it is instrumented when compiled, and goes on counting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_file_of_format_02_still_thaws_and_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend: Arc<dyn Backend> =
+        Arc::new(RedbStore::open(dir.path().join("s.redb"), StorageOptions::default()).unwrap());
+    let account = AccountName::new("frozen").unwrap();
+    let put = feeder(&backend, &account, "memcount");
+    let file = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/memcount-rhsnap02.snap"),
+    )
+    .unwrap();
+    assert_eq!(&file[..8], b"RHSNAP02");
+    let (header, payload) = freeze::check(&file).expect("checked");
+    assert!(!header.instrumented);
+    assert_eq!(header.deployment_id, "d1");
+
+    let engine = build_engine(&EngineOptions::default()).unwrap();
+    let component = freeze::compile(&engine, &header, payload, None).expect("compiled");
+    let pre = linker(&engine)
+        .unwrap()
+        .instantiate_pre(&component)
+        .unwrap();
+    let (mut store, stop) = store_for(&engine, &backend, &account, "memcount");
+    let instance = pre.instantiate_async(&mut store).await.unwrap();
+    assert!(
+        instance
+            .get_export(&mut store, None, "wasmtime:wizer/access")
+            .is_some(),
+        "instrumented when compiled (so it can be frozen again)"
+    );
+    let worker = WorkerRole::new(&mut store, &instance).unwrap();
+    put();
+    run_until(&worker, &mut store, &stop, &backend, &account, 4).await;
+    assert_eq!(
+        latest(&backend, &account),
+        Some(4),
+        "the count went on from 3"
+    );
+}
+
 /// Runs a testbed in mode `pattern` until it wrote its verdict, then stops it.
 async fn run_pattern(
     store: &mut Store<InstanceState>,
