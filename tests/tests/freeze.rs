@@ -440,6 +440,51 @@ async fn a_service_freezes_an_instance_and_another_host_thaws_it_where_it_was() 
     host_b.shutdown().await;
 }
 
+/// An instance whose memory is at its VM size's cap can be frozen: the page wizer's accessor
+/// grows the memory by is allowed past the cap for the capture. Thawed, it runs again at its
+/// cap, with its memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_at_its_memory_cap_freezes_and_thaws() {
+    use rolehost_runtime::worker::Phase;
+    let t = rolehost_tests::prepare(
+        r#"
+        [service]
+        name = "full"
+        [roles.Full]
+        kind = "worker"
+        component = "{guest:testbed}"
+        [roles.Full.settings]
+        mode = "memfull"
+        [roles.Full.limits]
+        memory-mb = 32
+        "#,
+    );
+    let backend: Arc<dyn Backend> = t.store.clone();
+    let account = t.account.clone();
+    let report = || blob_text(&backend, &account, "memfull", "Full_IN_0");
+    let host = service_on(&t, &t.dir.path().join("host"), "d1", ("Full", 1)).await;
+    rolehost_tests::wait_for(Duration::from_secs(30), "the first run at the cap", || {
+        (report()? == "run 1: full").then_some(())
+    })
+    .await;
+    let file = host.freeze("Full_IN_0").await.expect("frozen at its cap");
+    let frozen = host
+        .status()
+        .into_iter()
+        .find(|s| s.instance_id == "Full_IN_0")
+        .unwrap();
+    assert_eq!(frozen.phase, Phase::Frozen);
+    assert_eq!(frozen.restarts, 0);
+    host.thaw(&file, "s1").await.expect("thawed");
+    rolehost_tests::wait_for(
+        Duration::from_secs(30),
+        "the second run, at the cap again",
+        || (report()? == "run 2: full").then_some(()),
+    )
+    .await;
+    host.shutdown().await;
+}
+
 /// The fields of a `stdlife` report (`key=value` separated by spaces).
 fn stdlife_fields(report: &str) -> std::collections::BTreeMap<String, String> {
     report

@@ -40,6 +40,9 @@
 //! - `membomb`: allocates without limit (infallibly): aborts when memory runs out.
 //! - `memtry`: allocates with `try_reserve` until refused, writes blob `memtry/<instance id>`
 //!   with how far it got, then keeps running.
+//! - `memfull`: grows its memory a Wasm page at a time until refused (at its cap), then writes
+//!   `run <n>: full` to blob `memfull/<instance id>` (`n` counts its runs, in memory) and waits
+//!   for a stop.
 //! - `stackoverflow`: recurses without end.
 //! - `flood`: prints to stdout as fast as it can.
 //! - `diskfill`: writes 64 KiB chunks into its first local resource until a write fails,
@@ -273,6 +276,19 @@ impl WorkerRole for Testbed {
                 }
             }
             "memtry" => memtry(),
+            "memfull" => {
+                static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                // What the report needs is allocated first: at the cap, nothing more can be.
+                let c = Container::new("memfull");
+                c.create_if_not_exists().map_err(|e| e.to_string())?;
+                let blob = c.blob(env::instance_id());
+                let report = format!("run {n}: full");
+                while core::arch::wasm32::memory_grow(0, 1) != usize::MAX {}
+                blob.put(report.as_bytes()).map_err(|e| e.to_string())?;
+                while !env::wait_for_stop(Duration::from_secs(3600)) {}
+                Ok(())
+            }
             "idle" => {
                 while !env::wait_for_stop(Duration::from_secs(3600)) {}
                 Ok(())

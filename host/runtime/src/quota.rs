@@ -82,6 +82,11 @@ impl Limits {
 
 /// The memory and table limiter of one instance. Remembers a refused growth, so that an
 /// instance that then aborts is reported as having hit its memory quota.
+/// What a freeze's capture may grow a memory by past its cap: wizer's accessor grows it by one
+/// Wasm page to return the memory's bounds, so an instance at its cap could not be frozen
+/// otherwise. The page is the host's, not the guest's: the snapshot leaves it out.
+pub const FREEZE_HEADROOM: usize = 64 << 10;
+
 #[derive(Debug)]
 pub struct MemoryLimiter {
     cap: usize,
@@ -89,6 +94,9 @@ pub struct MemoryLimiter {
     pub current: usize,
     /// The last growth refused, in bytes asked for.
     pub refused: Option<usize>,
+    /// Bytes allowed past the cap, for the host's own needs: a freeze's capture sets it to
+    /// [`FREEZE_HEADROOM`] while it runs.
+    pub headroom: usize,
     /// Where the size is published as it grows (status and metrics read it).
     usage: Option<std::sync::Arc<UsageCell>>,
 }
@@ -100,6 +108,7 @@ impl MemoryLimiter {
             cap: usize::try_from(cap).unwrap_or(usize::MAX),
             current: 0,
             refused: None,
+            headroom: 0,
             usage: None,
         }
     }
@@ -123,7 +132,7 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
         desired: usize,
         _max: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.cap {
+        if desired > self.cap.saturating_add(self.headroom) {
             self.refused = Some(desired);
             return Ok(false);
         }
@@ -262,6 +271,16 @@ mod tests {
         assert!(!l.memory_growing(1 << 20, 2 << 20, None).unwrap());
         assert_eq!(l.refused, Some(2 << 20));
         assert_eq!(l.current, 1 << 20);
+        // A freeze's headroom lets one page past the cap, and no more.
+        l.headroom = FREEZE_HEADROOM;
+        assert!(
+            !l.memory_growing(1 << 20, (1 << 20) + 2 * FREEZE_HEADROOM, None)
+                .unwrap()
+        );
+        assert!(
+            l.memory_growing(1 << 20, (1 << 20) + FREEZE_HEADROOM, None)
+                .unwrap()
+        );
     }
 
     #[test]

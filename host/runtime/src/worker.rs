@@ -135,8 +135,10 @@ pub(crate) async fn capture_quiet(
         )));
     }
     let monotonic_ns = store.data().monotonic_now();
-    crate::freeze::capture(source, store, instance)
-        .await
+    store.data_mut().limiter.headroom = crate::quota::FREEZE_HEADROOM;
+    let captured = crate::freeze::capture(source, store, instance).await;
+    store.data_mut().limiter.headroom = 0;
+    captured
         .map(|snapshot| (snapshot, monotonic_ns))
         .map_err(|e| FreezeFailure::Refused(e.to_string()))
 }
