@@ -577,14 +577,26 @@ impl WebRole {
             }
         };
         let this = self.clone();
-        let task = tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut work = Box::pin(async move {
             let (index, generation) = (instance.index, instance.generation);
-            let call = instance.proxy.wasi_http_incoming_handler().call_handle(
-                &mut instance.store,
-                req,
-                out,
-            );
-            let outcome = tokio::time::timeout(timeout, call).await;
+            // Most handlers finish in their first poll: the timer is armed only for one that
+            // does not (its deadline still counts from the start), sparing the others a timer
+            // registered and removed.
+            let outcome = {
+                let mut call =
+                    std::pin::pin!(instance.proxy.wasi_http_incoming_handler().call_handle(
+                        &mut instance.store,
+                        req,
+                        out
+                    ));
+                let first =
+                    std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx)));
+                match first.await {
+                    std::task::Poll::Ready(result) => Ok(result),
+                    std::task::Poll::Pending => tokio::time::timeout_at(deadline, call).await,
+                }
+            };
             instance
                 .store
                 .data()
@@ -612,7 +624,19 @@ impl WebRole {
                 }
             }
         });
-        match rx.await {
+        // The handler runs here until it answers. One that goes on after its answer (a body
+        // it is still writing) goes on in a task of its own, so the answer can be sent; one
+        // that finishes first (the usual case) costs no task.
+        let mut rx = rx;
+        let (answer, ended) = tokio::select! {
+            biased;
+            ended = &mut work => (rx.await, Some(ended)),
+            answer = &mut rx => {
+                tokio::spawn(work);
+                (answer, None)
+            }
+        };
+        match answer {
             Ok(Ok(resp)) => resp,
             Ok(Err(code)) => {
                 tracing::debug!(?code, "the guest answered with an error");
@@ -621,8 +645,8 @@ impl WebRole {
                     "the role failed to answer\n",
                 )
             }
-            Err(_) => match task.await {
-                Ok(Err(Failure::TimedOut)) => text(
+            Err(_) => match ended {
+                Some(Err(Failure::TimedOut)) => text(
                     StatusCode::GATEWAY_TIMEOUT,
                     "the role did not answer in time\n",
                 ),
