@@ -150,6 +150,30 @@ async fn a_handler_that_loops_gets_504_and_its_instance_is_recycled() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_returns_without_answering_gets_500_at_once() {
+    let mut t = web_service("forgetful", 1, "request-timeout-ms = 30000");
+    t.start().await;
+    let a = addr(&t);
+    let started = Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(10), http_get(a, "/forget"))
+        .await
+        .expect("an answer, not a hang")
+        .unwrap();
+    assert_eq!(r.status, 500, "{r:?}");
+    assert_eq!(r.body, "the role returned without answering\n");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered without waiting for the request timeout: {:?}",
+        started.elapsed()
+    );
+    // The instance did nothing wrong by the host's rules: it serves on.
+    let r = http_get(a, "/").await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(who(&r.body).1, 2);
+    t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_smuggling_requests_never_reach_the_guest() {
     let mut t = web_service("malformed", 1, "");
     t.start().await;

@@ -8,7 +8,8 @@
 //! answers `fetched <status>: <body>` or `fetch failed: <error>`; `/store?name=N` streams the
 //! request body into blob `uploads/N` (4 MiB blocks; the body is never whole in memory) and
 //! answers `stored <bytes> bytes`; `/cache?key=K` looks K up in an in-memory cache (`K: miss`
-//! the first time, `K: hit` after). Freezable (`rolehost_sdk::web_freezable!`).
+//! the first time, `K: hit` after); `/forget` returns without answering, keeping its
+//! response-outparam (the host must answer for it). Freezable (`rolehost_sdk::web_freezable!`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -29,6 +30,11 @@ impl wasip2::exports::http::incoming_handler::Guest for Hello {
             .and_then(|v| v.parse::<u64>().ok())
         {
             std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
+        if path == "/forget" {
+            // Returns without answering and without dropping the response-outparam.
+            std::mem::forget(out);
+            return;
         }
         if path == "/spin" {
             let mut x: u64 = 1;

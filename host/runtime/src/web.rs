@@ -630,10 +630,12 @@ impl WebRole {
         let mut rx = rx;
         let (answer, ended) = tokio::select! {
             biased;
-            ended = &mut work => (rx.await, Some(ended)),
+            // An answer is sent during the call, so it is there now or never will be (a guest
+            // that returned keeping its response-outparam must not hang the client).
+            ended = &mut work => (rx.try_recv().map_err(|_| ()), Some(ended)),
             answer = &mut rx => {
                 tokio::spawn(work);
-                (answer, None)
+                (answer.map_err(|_| ()), None)
             }
         };
         match answer {
@@ -650,6 +652,13 @@ impl WebRole {
                     StatusCode::GATEWAY_TIMEOUT,
                     "the role did not answer in time\n",
                 ),
+                Some(Ok(())) => {
+                    tracing::warn!(role = %version.role.spec.name, "the handler returned without answering");
+                    text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "the role returned without answering\n",
+                    )
+                }
                 _ => text(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "the role failed to answer\n",
