@@ -18,7 +18,7 @@ use rolehost_storage::blob::GetBlobOptions;
 use rolehost_storage::queue::PutMessageOptions;
 use rolehost_storage::{AccountName, Backend, RedbStore, StorageOptions};
 use wasmtime::Store;
-use wasmtime::component::Component;
+use wasmtime::component::{Component, Instance};
 
 /// A store for a testbed instance in mode `mode`.
 fn store_for(
@@ -78,66 +78,88 @@ fn latest(backend: &Arc<dyn Backend>, account: &AccountName) -> Option<u64> {
         .ok()
 }
 
-/// Runs `worker.run` until `n` messages were counted, then asks it to stop.
+/// Runs `worker.run` until `done` says so, then asks it to stop.
 async fn run_until(
     worker: &WorkerRole,
     store: &mut Store<InstanceState>,
     stop: &StopHandle,
-    backend: &Arc<dyn Backend>,
-    account: &AccountName,
-    n: u64,
+    done: impl Fn() -> bool,
 ) {
     let run = worker.rolehost_platform_worker().call_run(&mut *store);
-    let feed = async {
-        while latest(backend, account) != Some(n) {
+    let watch = async {
+        while !done() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         stop.request();
     };
     let (ran, ()) =
-        tokio::time::timeout(Duration::from_secs(60), async { tokio::join!(run, feed) })
+        tokio::time::timeout(Duration::from_secs(60), async { tokio::join!(run, watch) })
             .await
-            .expect("the worker counted in time");
+            .expect("the run got where it was waited for in time");
     ran.expect("run").expect("run ok");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_frozen_after_n_messages_goes_on_at_n_plus_1_on_a_new_engine() {
+/// A fresh storage database and the account the tests use.
+fn storage() -> (tempfile::TempDir, Arc<dyn Backend>, AccountName) {
     let dir = tempfile::tempdir().unwrap();
     let backend: Arc<dyn Backend> =
         Arc::new(RedbStore::open(dir.path().join("s.redb"), StorageOptions::default()).unwrap());
-    let account = AccountName::new("frozen").unwrap();
-    backend
-        .create_queue(&account, "memcount", Vec::new())
-        .unwrap();
-    let put = |k: usize| {
-        for _ in 0..k {
-            backend
-                .put_message(&account, "memcount", b"m", PutMessageOptions::default())
-                .unwrap();
-        }
-    };
-    let original = std::fs::read(rolehost_tests::guest("testbed")).unwrap();
+    (dir, backend, AccountName::new("frozen").unwrap())
+}
 
-    // Host A: the instrumented component, 3 messages, then a stop (the quiet point).
-    let engine_a = build_engine(&EngineOptions::default()).unwrap();
-    let instrumented = freeze::instrument(&original).expect("instrumented");
-    let component = Component::new(&engine_a, &instrumented).unwrap();
-    let pre = linker(&engine_a)
-        .unwrap()
-        .instantiate_pre(&component)
-        .unwrap();
-    let (mut store, stop) = store_for(&engine_a, &backend, &account, "memcount");
+/// An instance of `component` on `engine`, as testbed mode `mode`; nothing called yet.
+async fn instance_of(
+    engine: &wasmtime::Engine,
+    component: &Component,
+    backend: &Arc<dyn Backend>,
+    account: &AccountName,
+    mode: &str,
+) -> (Store<InstanceState>, StopHandle, Instance, WorkerRole) {
+    let pre = linker(engine).unwrap().instantiate_pre(component).unwrap();
+    let (mut store, stop) = store_for(engine, backend, account, mode);
     let instance = pre.instantiate_async(&mut store).await.unwrap();
     let worker = WorkerRole::new(&mut store, &instance).unwrap();
+    (store, stop, instance, worker)
+}
+
+/// Host A: an instance of the instrumented testbed (`original`) in mode `mode` on an engine
+/// of its own, started (on-start called).
+async fn started_instrumented(
+    original: &[u8],
+    backend: &Arc<dyn Backend>,
+    account: &AccountName,
+    mode: &str,
+) -> (Store<InstanceState>, StopHandle, Instance, WorkerRole) {
+    let engine = build_engine(&EngineOptions::default()).unwrap();
+    let instrumented = freeze::instrument(original).expect("instrumented");
+    let component = Component::new(&engine, &instrumented).unwrap();
+    let (mut store, stop, instance, worker) =
+        instance_of(&engine, &component, backend, account, mode).await;
     worker
         .rolehost_platform_worker()
         .call_on_start(&mut store)
         .await
         .unwrap()
         .unwrap();
-    put(3);
-    run_until(&worker, &mut store, &stop, &backend, &account, 3).await;
+    (store, stop, instance, worker)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_frozen_after_n_messages_goes_on_at_n_plus_1_on_a_new_engine() {
+    let (_dir, backend, account) = storage();
+    let put = feeder(&backend, &account, "memcount");
+    let original = std::fs::read(rolehost_tests::guest("testbed")).unwrap();
+
+    // Host A: the instrumented component, 3 messages, then a stop (the quiet point).
+    let (mut store, stop, instance, worker) =
+        started_instrumented(&original, &backend, &account, "memcount").await;
+    for _ in 0..3 {
+        put();
+    }
+    run_until(&worker, &mut store, &stop, || {
+        latest(&backend, &account) == Some(3)
+    })
+    .await;
     let snapshot = freeze::capture(&original, &mut store, instance)
         .await
         .expect("captured");
@@ -182,12 +204,8 @@ async fn a_worker_frozen_after_n_messages_goes_on_at_n_plus_1_on_a_new_engine() 
     assert_eq!(component_bytes, snapshot);
     let engine_b = build_engine(&EngineOptions::default()).unwrap();
     let component = freeze::compile_snapshot(&engine_b, &component_bytes).unwrap();
-    let pre = linker(&engine_b)
-        .unwrap()
-        .instantiate_pre(&component)
-        .unwrap();
-    let (mut store, stop) = store_for(&engine_b, &backend, &account, "memcount");
-    let instance = pre.instantiate_async(&mut store).await.unwrap();
+    let (mut store, stop, instance, worker) =
+        instance_of(&engine_b, &component, &backend, &account, "memcount").await;
     // Before it runs, the thawed instance is the frozen one exactly: every byte of its memory,
     // its memory's size and its globals, so capturing it again gives the same snapshot.
     let again = freeze::capture(&original, &mut store, instance)
@@ -199,24 +217,19 @@ async fn a_worker_frozen_after_n_messages_goes_on_at_n_plus_1_on_a_new_engine() 
         again.len(),
         snapshot.len()
     );
-    let worker = WorkerRole::new(&mut store, &instance).unwrap();
-    put(1);
-    run_until(&worker, &mut store, &stop, &backend, &account, 4).await;
-    assert_eq!(
-        latest(&backend, &account),
-        Some(4),
-        "the count went on from the snapshot"
-    );
+    // The count goes on at 4 (run_until fails the test if it never gets there).
+    put();
+    run_until(&worker, &mut store, &stop, || {
+        latest(&backend, &account) == Some(4)
+    })
+    .await;
 }
 
 /// A snapshot file of format 02, written by an earlier rolehost (its payload not
 /// instrumented), still thaws: it is instrumented when compiled, and goes on counting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_file_of_format_02_still_thaws_and_goes_on() {
-    let dir = tempfile::tempdir().unwrap();
-    let backend: Arc<dyn Backend> =
-        Arc::new(RedbStore::open(dir.path().join("s.redb"), StorageOptions::default()).unwrap());
-    let account = AccountName::new("frozen").unwrap();
+    let (_dir, backend, account) = storage();
     let put = feeder(&backend, &account, "memcount");
     let file = std::fs::read(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/memcount-rhsnap02.snap"),
@@ -229,48 +242,20 @@ async fn a_snapshot_file_of_format_02_still_thaws_and_goes_on() {
 
     let engine = build_engine(&EngineOptions::default()).unwrap();
     let component = freeze::compile(&engine, &header, payload, None).expect("compiled");
-    let pre = linker(&engine)
-        .unwrap()
-        .instantiate_pre(&component)
-        .unwrap();
-    let (mut store, stop) = store_for(&engine, &backend, &account, "memcount");
-    let instance = pre.instantiate_async(&mut store).await.unwrap();
+    let (mut store, stop, instance, worker) =
+        instance_of(&engine, &component, &backend, &account, "memcount").await;
     assert!(
         instance
             .get_export(&mut store, None, "wasmtime:wizer/access")
             .is_some(),
         "instrumented when compiled (so it can be frozen again)"
     );
-    let worker = WorkerRole::new(&mut store, &instance).unwrap();
+    // The count goes on at 4 (run_until fails the test if it never gets there).
     put();
-    run_until(&worker, &mut store, &stop, &backend, &account, 4).await;
-    assert_eq!(
-        latest(&backend, &account),
-        Some(4),
-        "the count went on from 3"
-    );
-}
-
-/// Runs a testbed in mode `pattern` until it wrote its verdict, then stops it.
-async fn run_pattern(
-    store: &mut Store<InstanceState>,
-    worker: &WorkerRole,
-    stop: &StopHandle,
-    backend: &Arc<dyn Backend>,
-    account: &AccountName,
-) {
-    let run = worker.rolehost_platform_worker().call_run(&mut *store);
-    let watch = async {
-        while blob_text(backend, account, "pattern", "verdict").is_none() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        stop.request();
-    };
-    let (ran, ()) =
-        tokio::time::timeout(Duration::from_secs(60), async { tokio::join!(run, watch) })
-            .await
-            .expect("the pattern run ended in time");
-    ran.expect("run").expect("run ok");
+    run_until(&worker, &mut store, &stop, || {
+        latest(&backend, &account) == Some(4)
+    })
+    .await;
 }
 
 /// Every byte of a heap of awkward runs of zeros and non-zeros (testbed mode `pattern`) is
@@ -278,29 +263,12 @@ async fn run_pattern(
 /// out runs of zeros, and none of what they keep may move or go missing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_byte_of_a_heap_with_runs_of_zeros_survives_a_thaw() {
-    let dir = tempfile::tempdir().unwrap();
-    let backend: Arc<dyn Backend> =
-        Arc::new(RedbStore::open(dir.path().join("s.redb"), StorageOptions::default()).unwrap());
-    let account = AccountName::new("frozen").unwrap();
+    let (_dir, backend, account) = storage();
     let original = std::fs::read(rolehost_tests::guest("testbed")).unwrap();
     let verdict = || blob_text(&backend, &account, "pattern", "verdict");
-    let engine_a = build_engine(&EngineOptions::default()).unwrap();
-    let instrumented = freeze::instrument(&original).expect("instrumented");
-    let component = Component::new(&engine_a, &instrumented).unwrap();
-    let pre = linker(&engine_a)
-        .unwrap()
-        .instantiate_pre(&component)
-        .unwrap();
-    let (mut store, stop) = store_for(&engine_a, &backend, &account, "pattern");
-    let instance = pre.instantiate_async(&mut store).await.unwrap();
-    let worker = WorkerRole::new(&mut store, &instance).unwrap();
-    worker
-        .rolehost_platform_worker()
-        .call_on_start(&mut store)
-        .await
-        .unwrap()
-        .unwrap();
-    run_pattern(&mut store, &worker, &stop, &backend, &account).await;
+    let (mut store, stop, instance, worker) =
+        started_instrumented(&original, &backend, &account, "pattern").await;
+    run_until(&worker, &mut store, &stop, || verdict().is_some()).await;
     assert_eq!(verdict().as_deref(), Some("filled 3145728"));
     let snapshot = freeze::capture(&original, &mut store, instance)
         .await
@@ -312,14 +280,9 @@ async fn every_byte_of_a_heap_with_runs_of_zeros_survives_a_thaw() {
 
     let engine_b = build_engine(&EngineOptions::default()).unwrap();
     let component = freeze::compile_snapshot(&engine_b, &snapshot).unwrap();
-    let pre = linker(&engine_b)
-        .unwrap()
-        .instantiate_pre(&component)
-        .unwrap();
-    let (mut store, stop) = store_for(&engine_b, &backend, &account, "pattern");
-    let instance = pre.instantiate_async(&mut store).await.unwrap();
-    let worker = WorkerRole::new(&mut store, &instance).unwrap();
-    run_pattern(&mut store, &worker, &stop, &backend, &account).await;
+    let (mut store, stop, _, worker) =
+        instance_of(&engine_b, &component, &backend, &account, "pattern").await;
+    run_until(&worker, &mut store, &stop, || verdict().is_some()).await;
     assert_eq!(verdict().as_deref(), Some("intact 3145728"));
 }
 
