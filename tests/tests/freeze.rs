@@ -448,6 +448,48 @@ async fn an_instance_at_its_memory_cap_freezes_and_thaws() {
     host.shutdown().await;
 }
 
+/// At wasm32's 4 GiB maximum (a Large VM size's cap) there is no page left for wizer's
+/// accessor: the freeze is refused before anything runs, saying so, and the instance goes on
+/// with its memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_at_the_wasm32_maximum_is_refused_a_freeze_and_goes_on() {
+    use rolehost_runtime::worker::Phase;
+    let t = rolehost_tests::prepare(
+        r#"
+        [service]
+        name = "huge"
+        [roles.Huge]
+        kind = "worker"
+        component = "{guest:testbed}"
+        vm-size = "Large"
+        [roles.Huge.settings]
+        mode = "memfull"
+        "#,
+    );
+    let backend: Arc<dyn Backend> = t.store.clone();
+    let account = t.account.clone();
+    let report = || blob_text(&backend, &account, "memfull", "Huge_IN_0");
+    let host = service_on(&t, &t.dir.path().join("host"), "d1", ("Huge", 1)).await;
+    rolehost_tests::wait_for(Duration::from_secs(60), "the first run at 4 GiB", || {
+        (report()? == "run 1: full").then_some(())
+    })
+    .await;
+    let refused = host.freeze("Huge_IN_0").await.unwrap_err().to_string();
+    assert!(refused.contains("4 GiB"), "{refused}");
+    rolehost_tests::wait_for(Duration::from_secs(30), "the second run", || {
+        (report()? == "run 2: full").then_some(())
+    })
+    .await;
+    let s = host
+        .status()
+        .into_iter()
+        .find(|s| s.instance_id == "Huge_IN_0")
+        .unwrap();
+    assert_eq!(s.phase, Phase::Running);
+    assert_eq!(s.restarts, 0, "the refusal recycled nothing");
+    host.shutdown().await;
+}
+
 /// The fields of a `stdlife` report (`key=value` separated by spaces).
 fn stdlife_fields(report: &str) -> std::collections::BTreeMap<String, String> {
     report

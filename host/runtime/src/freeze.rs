@@ -48,6 +48,9 @@ pub enum FreezeError {
     /// Reading the instance's state failed.
     #[error("reading the instance's state failed: {0}")]
     Capture(String),
+    /// Reading the instance's state trapped in the instance: it may not be usable after.
+    #[error("reading the instance's state trapped: {0}")]
+    Trapped(String),
     /// Writing the memories into the snapshot failed.
     #[error("writing the snapshot failed: {0}")]
     Splice(#[from] splice::SpliceError),
@@ -123,6 +126,8 @@ struct Access<'a, T: 'static> {
     store: &'a mut Store<T>,
     instance: Instance,
     error: Option<String>,
+    /// The error was a trap inside the instance (which may then not be entered again).
+    trapped: bool,
     memories: Vec<WasmList<u8>>,
 }
 
@@ -152,10 +157,10 @@ impl<T: Send> Access<'_, T> {
                 .instance
                 .get_typed_func::<(), (R,)>(&mut *self.store, f)
                 .map_err(|e| format!("{export}#{func}: {e:#}"))?;
-            let (ret,) = typed
-                .call_async(&mut *self.store, ())
-                .await
-                .map_err(|e| format!("{export}#{func}: {e:#}"))?;
+            let (ret,) = typed.call_async(&mut *self.store, ()).await.map_err(|e| {
+                self.trapped = e.downcast_ref::<wasmtime::Trap>().is_some();
+                format!("{export}#{func}: {e:#}")
+            })?;
             Ok::<_, String>(use_ret(&mut *self.store, ret))
         }
         .await;
@@ -242,6 +247,7 @@ pub async fn capture<T: Send>(
         store,
         instance,
         error: None,
+        trapped: false,
         memories: Vec::new(),
     };
     let shape = wizer
@@ -251,7 +257,11 @@ pub async fn capture<T: Send>(
     access.store.set_hostcall_fuel(hostcall_fuel);
     let shape = shape?;
     if let Some(e) = access.error {
-        return Err(FreezeError::Capture(e));
+        return Err(if access.trapped {
+            FreezeError::Trapped(e)
+        } else {
+            FreezeError::Capture(e)
+        });
     }
     // Instrumented while it is small (a few milliseconds), so a thaw compiles the snapshot as
     // it is, and the thawed instance can be frozen again.

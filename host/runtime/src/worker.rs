@@ -134,13 +134,26 @@ pub(crate) async fn capture_quiet(
              rolehost_sdk::env::log instead, which holds no handle"
         )));
     }
+    // wizer's accessor grows the memory by a page to read it: past the VM size's cap that
+    // page is allowed (the headroom), past wasm32's maximum nothing can give it.
+    let memory = store.data().limiter.current as u64;
+    if memory + crate::quota::FREEZE_HEADROOM as u64 > crate::quota::WASM32_MAX_MEMORY {
+        return Err(FreezeFailure::Refused(format!(
+            "its memory is at wasm32's 4 GiB maximum ({memory} bytes), and reading it for a \
+             snapshot takes one more 64 KiB page"
+        )));
+    }
     let monotonic_ns = store.data().monotonic_now();
     store.data_mut().limiter.headroom = crate::quota::FREEZE_HEADROOM;
     let captured = crate::freeze::capture(source, store, instance).await;
     store.data_mut().limiter.headroom = 0;
     captured
         .map(|snapshot| (snapshot, monotonic_ns))
-        .map_err(|e| FreezeFailure::Refused(e.to_string()))
+        .map_err(|e| match e {
+            // A trap may leave the instance unable to run again: it is recycled.
+            crate::freeze::FreezeError::Trapped(_) => FreezeFailure::Failed(e.to_string()),
+            e => FreezeFailure::Refused(e.to_string()),
+        })
 }
 
 /// What an `on-freeze` call (bounded by the grace period) means for the freeze.
