@@ -150,6 +150,36 @@ async fn a_handler_that_loops_gets_504_and_its_instance_is_recycled() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_hangs_up_mid_request_costs_no_instance() {
+    let mut t = web_service("hangup", 1, "");
+    t.start().await;
+    let a = addr(&t);
+    // The client goes away while its request runs; the handler finishes anyway.
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut s = tokio::net::TcpStream::connect(a).await.unwrap();
+        s.write_all(b"GET /slow?ms=500 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The one instance serves the next request, with its memory (request 2).
+    let r = tokio::time::timeout(Duration::from_secs(10), http_get(a, "/"))
+        .await
+        .expect("an answer")
+        .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        who(&r.body).1,
+        2,
+        "the same instance, after the hung-up request"
+    );
+    let s = t.status_of("Web");
+    assert_eq!(s.restarts, 0);
+    t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_that_returns_without_answering_gets_500_at_once() {
     let mut t = web_service("forgetful", 1, "request-timeout-ms = 30000");
     t.start().await;

@@ -85,6 +85,58 @@ enum Failure {
     Trapped,
 }
 
+/// A request's handler, run where it is polled until it ends; dropped or detached before
+/// that, it finishes in a task of its own. A handler owns its instance: dropping it half-way
+/// would lose the instance from its slot.
+struct FinishOnDrop<F: Future + Send + 'static>(Option<std::pin::Pin<Box<F>>>)
+where
+    F::Output: Send;
+
+impl<F: Future + Send + 'static> FinishOnDrop<F>
+where
+    F::Output: Send,
+{
+    /// Lets the handler finish in a task of its own.
+    fn detach(&mut self) {
+        if let Some(work) = self.0.take() {
+            // Only when shutting down is there no runtime: the instance goes with it.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(work);
+            }
+        }
+    }
+}
+
+impl<F: Future + Send + 'static> Future for FinishOnDrop<F>
+where
+    F::Output: Send,
+{
+    type Output = F::Output;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let Some(work) = self.0.as_mut() else {
+            // Polled after it was detached or ended: never, by construction.
+            return std::task::Poll::Pending;
+        };
+        let out = work.as_mut().poll(cx);
+        if out.is_ready() {
+            self.0 = None;
+        }
+        out
+    }
+}
+
+impl<F: Future + Send + 'static> Drop for FinishOnDrop<F>
+where
+    F::Output: Send,
+{
+    fn drop(&mut self) {
+        self.detach();
+    }
+}
+
 /// A web role's instances and the queue in front of them.
 pub struct WebRole {
     /// The version new instances run.
@@ -578,7 +630,7 @@ impl WebRole {
         };
         let this = self.clone();
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut work = Box::pin(async move {
+        let work = Box::pin(async move {
             let (index, generation) = (instance.index, instance.generation);
             // Most handlers finish in their first poll: the timer is armed only for one that
             // does not (its deadline still counts from the start), sparing the others a timer
@@ -627,6 +679,9 @@ impl WebRole {
         // The handler runs here until it answers. One that goes on after its answer (a body
         // it is still writing) goes on in a task of its own, so the answer can be sent; one
         // that finishes first (the usual case) costs no task.
+        // If the client hangs up, hyper drops this future: the guard then lets the handler
+        // finish in a task of its own, so its instance goes back (or is recycled) as usual.
+        let mut work = FinishOnDrop(Some(work));
         let mut rx = rx;
         let (answer, ended) = tokio::select! {
             biased;
@@ -634,7 +689,7 @@ impl WebRole {
             // that returned keeping its response-outparam must not hang the client).
             ended = &mut work => (rx.try_recv().map_err(|_| ()), Some(ended)),
             answer = &mut rx => {
-                tokio::spawn(work);
+                work.detach();
                 (answer.map_err(|_| ()), None)
             }
         };
