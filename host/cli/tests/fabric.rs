@@ -255,6 +255,56 @@ fn instance_of(body: &str) -> String {
         .to_string()
 }
 
+/// A management call runs to its end when its client hangs up: a freeze asked for while the
+/// web instance is busy, whose client goes away before the request ends, still freezes it.
+#[test]
+fn a_freeze_whose_client_hangs_up_still_freezes_the_instance() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(&dir.path().join("host"));
+    let svc = web_service(&dir.path().join("svc"), "hangup", 1, "v1");
+    host.ok(&["deploy", &svc]);
+    host.wait_running("hangup", "Web", 1);
+    let addr = host.endpoint("hangup", "Web");
+    let slow = std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(rolehost_tests::http_get(addr, "/slow?ms=1500"))
+            .unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    {
+        let token = std::fs::read_to_string(host.dir.join("management.token")).unwrap();
+        let api = host.url();
+        let api = api.strip_prefix("http://").unwrap();
+        let mut s = std::net::TcpStream::connect(api).unwrap();
+        write!(
+            s,
+            "POST /v1/services/hangup/instances/Web_IN_0/freeze HTTP/1.1\r\nHost: x\r\n\
+             Authorization: Bearer {token}\r\nContent-Length: 0\r\n\r\n"
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+    } // hung up while the freeze waits for the request in flight
+    let r = slow.join().unwrap();
+    assert_eq!(r.status, 200, "the request in flight finished whole");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = host.ok(&["status"]);
+        if status
+            .lines()
+            .any(|l| l.contains("Web_IN_0") && l.contains("frozen"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not frozen:\n{status}\n{}",
+            host.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn a_web_role_scales_1_to_8_to_2_under_load_without_a_failed_request() {
     let dir = tempfile::tempdir().unwrap();

@@ -140,7 +140,15 @@ pub async fn serve(fabric: Arc<Fabric>, listener: TcpListener, token: String, st
             let service = service_fn(move |req| {
                 let fabric = fabric.clone();
                 let token = token.clone();
-                async move { Ok::<_, Infallible>(handle(fabric, &token, req).await) }
+                // A call runs to its end in a task of its own, even when its client hangs up
+                // (hyper then drops this future): a web freeze dropped half-way would lose the
+                // instance it took, a scale the record it had not written yet.
+                let call = tokio::spawn(async move { handle(fabric, &token, req).await });
+                async move {
+                    Ok::<_, Infallible>(call.await.unwrap_or_else(|e| {
+                        error(500, format!("the call failed inside the host: {e}"))
+                    }))
+                }
             });
             if let Err(e) = http1::Builder::new()
                 .serve_connection(hyper_util_io(stream), service)
