@@ -405,9 +405,10 @@ async fn a_service_freezes_an_instance_and_another_host_thaws_it_where_it_was() 
 
 /// An instance whose memory is at its VM size's cap can be frozen: the page wizer's accessor
 /// grows the memory by is allowed past the cap for the capture. Thawed, it runs again at its
-/// cap, with its memory.
+/// cap, with its memory. At wasm32's 4 GiB maximum (a Large VM size's cap) there is no page
+/// to add: the freeze is refused before anything runs, saying so, and the instance goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_instance_at_its_memory_cap_freezes_and_thaws() {
+async fn a_memory_at_its_cap_freezes_and_one_at_the_wasm32_maximum_is_refused() {
     use rolehost_runtime::worker::Phase;
     let t = rolehost_tests::prepare(
         r#"
@@ -420,44 +421,6 @@ async fn an_instance_at_its_memory_cap_freezes_and_thaws() {
         mode = "memfull"
         [roles.Full.limits]
         memory-mb = 32
-        "#,
-    );
-    let backend: Arc<dyn Backend> = t.store.clone();
-    let account = t.account.clone();
-    let report = || blob_text(&backend, &account, "memfull", "Full_IN_0");
-    let host = service_on(&t, &t.dir.path().join("host"), "d1", ("Full", 1)).await;
-    rolehost_tests::wait_for(Duration::from_secs(30), "the first run at the cap", || {
-        (report()? == "run 1: full").then_some(())
-    })
-    .await;
-    let file = host.freeze("Full_IN_0").await.expect("frozen at its cap");
-    let frozen = host
-        .status()
-        .into_iter()
-        .find(|s| s.instance_id == "Full_IN_0")
-        .unwrap();
-    assert_eq!(frozen.phase, Phase::Frozen);
-    assert_eq!(frozen.restarts, 0);
-    host.thaw(&file, "s1").await.expect("thawed");
-    rolehost_tests::wait_for(
-        Duration::from_secs(30),
-        "the second run, at the cap again",
-        || (report()? == "run 2: full").then_some(()),
-    )
-    .await;
-    host.shutdown().await;
-}
-
-/// At wasm32's 4 GiB maximum (a Large VM size's cap) there is no page left for wizer's
-/// accessor: the freeze is refused before anything runs, saying so, and the instance goes on
-/// with its memory.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_instance_at_the_wasm32_maximum_is_refused_a_freeze_and_goes_on() {
-    use rolehost_runtime::worker::Phase;
-    let t = rolehost_tests::prepare(
-        r#"
-        [service]
-        name = "huge"
         [roles.Huge]
         kind = "worker"
         component = "{guest:testbed}"
@@ -468,25 +431,42 @@ async fn an_instance_at_the_wasm32_maximum_is_refused_a_freeze_and_goes_on() {
     );
     let backend: Arc<dyn Backend> = t.store.clone();
     let account = t.account.clone();
-    let report = || blob_text(&backend, &account, "memfull", "Huge_IN_0");
-    let host = service_on(&t, &t.dir.path().join("host"), "d1", ("Huge", 1)).await;
-    rolehost_tests::wait_for(Duration::from_secs(60), "the first run at 4 GiB", || {
-        (report()? == "run 1: full").then_some(())
-    })
-    .await;
+    let reported = |id: &str, what: &str| {
+        let id = id.to_string();
+        let what = what.to_string();
+        let (backend, account) = (backend.clone(), account.clone());
+        async move {
+            rolehost_tests::wait_for(Duration::from_secs(60), &format!("{id}: {what}"), || {
+                (blob_text(&backend, &account, "memfull", &id)? == what).then_some(())
+            })
+            .await
+        }
+    };
+    let state = |host: &rolehost_runtime::service::Service, id: &str| {
+        let s = host
+            .status()
+            .into_iter()
+            .find(|s| s.instance_id == id)
+            .unwrap();
+        (s.phase, s.restarts)
+    };
+    let host = service_on(&t, &t.dir.path().join("host"), "d1", ("Full", 1)).await;
+    reported("Full_IN_0", "run 1: full").await;
+    reported("Huge_IN_0", "run 1: full").await;
+
+    let file = host.freeze("Full_IN_0").await.expect("frozen at its cap");
+    assert_eq!(state(&host, "Full_IN_0"), (Phase::Frozen, 0));
+    host.thaw(&file, "s1").await.expect("thawed");
+    reported("Full_IN_0", "run 2: full").await;
+
     let refused = host.freeze("Huge_IN_0").await.unwrap_err().to_string();
     assert!(refused.contains("4 GiB"), "{refused}");
-    rolehost_tests::wait_for(Duration::from_secs(30), "the second run", || {
-        (report()? == "run 2: full").then_some(())
-    })
-    .await;
-    let s = host
-        .status()
-        .into_iter()
-        .find(|s| s.instance_id == "Huge_IN_0")
-        .unwrap();
-    assert_eq!(s.phase, Phase::Running);
-    assert_eq!(s.restarts, 0, "the refusal recycled nothing");
+    reported("Huge_IN_0", "run 2: full").await;
+    assert_eq!(
+        state(&host, "Huge_IN_0"),
+        (Phase::Running, 0),
+        "the refusal recycled nothing"
+    );
     host.shutdown().await;
 }
 
