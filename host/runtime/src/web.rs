@@ -678,9 +678,9 @@ impl WebRole {
         });
         // The handler runs here until it answers. One that goes on after its answer (a body
         // it is still writing) goes on in a task of its own, so the answer can be sent; one
-        // that finishes first (the usual case) costs no task.
-        // If the client hangs up, hyper drops this future: the guard then lets the handler
-        // finish in a task of its own, so its instance goes back (or is recycled) as usual.
+        // that finishes first (the usual case) costs no task. If the client hangs up, hyper
+        // drops this future, and the guard lets the handler finish in a task of its own too:
+        // its instance goes back (or is recycled) as usual.
         let mut work = FinishOnDrop(Some(work));
         let mut rx = rx;
         let (answer, ended) = tokio::select! {
