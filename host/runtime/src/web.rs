@@ -85,17 +85,14 @@ enum Failure {
     Trapped,
 }
 
-/// A request's handler, run where it is polled until it ends; dropped or detached before
-/// that, it finishes in a task of its own. A handler owns its instance: dropping it half-way
-/// would lose the instance from its slot.
-struct FinishOnDrop<F: Future + Send + 'static>(Option<std::pin::Pin<Box<F>>>)
-where
-    F::Output: Send;
+/// A request's handler: it owns its instance, and ends by putting it back or recycling it.
+type Handler = std::pin::Pin<Box<dyn Future<Output = Result<(), Failure>> + Send>>;
 
-impl<F: Future + Send + 'static> FinishOnDrop<F>
-where
-    F::Output: Send,
-{
+/// A handler run where it is polled until it ends; dropped or detached before that, it
+/// finishes in a task of its own (dropping it half-way would lose the instance from its slot).
+struct FinishOnDrop(Option<Handler>);
+
+impl FinishOnDrop {
     /// Lets the handler finish in a task of its own.
     fn detach(&mut self) {
         if let Some(work) = self.0.take() {
@@ -107,15 +104,12 @@ where
     }
 }
 
-impl<F: Future + Send + 'static> Future for FinishOnDrop<F>
-where
-    F::Output: Send,
-{
-    type Output = F::Output;
+impl Future for FinishOnDrop {
+    type Output = Result<(), Failure>;
     fn poll(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<F::Output> {
+    ) -> std::task::Poll<Self::Output> {
         let Some(work) = self.0.as_mut() else {
             // Polled after it was detached or ended: never, by construction.
             return std::task::Poll::Pending;
@@ -128,13 +122,34 @@ where
     }
 }
 
-impl<F: Future + Send + 'static> Drop for FinishOnDrop<F>
-where
-    F::Output: Send,
-{
+impl Drop for FinishOnDrop {
     fn drop(&mut self) {
         self.detach();
     }
+}
+
+/// One unit of a counter while it lives: a request waiting in [`WebRole::acquire`], or a thaw
+/// on demand until its instance exists (or failed to start).
+struct Counted(Arc<AtomicU64>);
+
+impl Counted {
+    fn new(counter: &Arc<AtomicU64>) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Counted(counter.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What a slot's next instance thaws from; `covering` counts it among the thaws on demand in
+/// progress until that instance exists.
+struct Thaw {
+    resume: Resume,
+    covering: Option<Counted>,
 }
 
 /// A web role's instances and the queue in front of them.
@@ -155,7 +170,7 @@ pub struct WebRole {
     warm: Mutex<Vec<(usize, Resume)>>,
     /// Requests waiting in [`WebRole::acquire`], and thaws on demand not yet running: a
     /// waiting request thaws a slot only while thaws do not already cover the waiters.
-    waiters: AtomicU64,
+    waiters: Arc<AtomicU64>,
     thawing: Arc<AtomicU64>,
 }
 
@@ -221,7 +236,7 @@ impl WebRole {
             generations: AtomicU64::new(0),
             metrics: WebMetrics::default(),
             warm: Mutex::new(Vec::new()),
-            waiters: AtomicU64::new(0),
+            waiters: Arc::new(AtomicU64::new(0)),
             thawing: Arc::new(AtomicU64::new(0)),
         });
         {
@@ -428,7 +443,7 @@ impl WebRole {
         generation: u64,
         first: bool,
         delay: Duration,
-        mut resume: Option<Resume>,
+        mut thaw: Option<Thaw>,
     ) {
         tokio::spawn(async move {
             let recycle_backoff = self.current().role.spec.recycle_backoff;
@@ -447,10 +462,12 @@ impl WebRole {
                 if !self.is_current(index, generation) {
                     return;
                 }
-                match self
-                    .new_instance(index, generation, first, resume.take())
-                    .await
-                {
+                // A thaw's covering ends with this attempt (once the instance is idle).
+                let (resume, _covering) = match thaw.take() {
+                    Some(t) => (Some(t.resume), t.covering),
+                    None => (None, None),
+                };
+                match self.new_instance(index, generation, first, resume).await {
                     Ok(instance) => {
                         if self.is_current(index, generation) {
                             self.set_phase(index, generation, Phase::Running);
@@ -630,7 +647,7 @@ impl WebRole {
         };
         let this = self.clone();
         let deadline = tokio::time::Instant::now() + timeout;
-        let work = Box::pin(async move {
+        let work: Handler = Box::pin(async move {
             let (index, generation) = (instance.index, instance.generation);
             // Most handlers finish in their first poll: the timer is armed only for one that
             // does not (its deadline still counts from the start), sparing the others a timer
@@ -736,14 +753,7 @@ impl WebRole {
 
     /// Waits for an idle instance and takes it.
     async fn acquire(self: &Arc<Self>) -> WebInstance {
-        struct Waiting<'a>(&'a AtomicU64);
-        impl Drop for Waiting<'_> {
-            fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::Relaxed);
-            }
-        }
-        self.waiters.fetch_add(1, Ordering::Relaxed);
-        let _waiting = Waiting(&self.waiters);
+        let _waiting = Counted::new(&self.waiters);
         loop {
             // Register for a wake-up before looking, so a release in between is not missed.
             let returned = self.returned.notified();
@@ -763,19 +773,8 @@ impl WebRole {
             };
             if let Some((index, resume)) = warm {
                 tracing::debug!(instance = %self.id(index), "thawing on demand");
-                self.thawing.fetch_add(1, Ordering::Relaxed);
-                self.thaw(resume, Some(index));
-                let (web, thawing) = (Arc::downgrade(self), self.thawing.clone());
-                tokio::spawn(async move {
-                    // Covered until its instance runs (or failed to start).
-                    while let Some(web) = web.upgrade()
-                        && web.phase(index) == Some(Phase::Starting)
-                    {
-                        drop(web);
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                    thawing.fetch_sub(1, Ordering::Relaxed);
-                });
+                let covering = Some(Counted::new(&self.thawing));
+                self.thaw_into(Thaw { resume, covering }, Some(index));
             }
             returned.await;
         }
@@ -962,14 +961,6 @@ impl WebRole {
         }
     }
 
-    /// The phase of slot `index`.
-    fn phase(&self, index: usize) -> Option<Phase> {
-        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        slots
-            .get(&index)
-            .map(|s| s.status.lock().unwrap_or_else(|p| p.into_inner()).phase)
-    }
-
     /// Gives a frozen slot a fresh instance (no snapshot).
     fn restart_frozen(self: &Arc<Self>, index: usize) {
         let version = self.current();
@@ -1025,6 +1016,16 @@ impl WebRole {
     /// first free slot, and returns the slot's index. Its instance starts at once, from the
     /// snapshot, with fresh local resources, and takes requests once it runs.
     pub fn thaw(self: &Arc<Self>, resume: Resume, wanted: Option<usize>) -> usize {
+        self.thaw_into(
+            Thaw {
+                resume,
+                covering: None,
+            },
+            wanted,
+        )
+    }
+
+    fn thaw_into(self: &Arc<Self>, thaw: Thaw, wanted: Option<usize>) -> usize {
         let version = self.current();
         let mut warm = self.warm.lock().unwrap_or_else(|p| p.into_inner());
         let (index, generation) = {
@@ -1059,7 +1060,7 @@ impl WebRole {
         drop(warm);
         self.drop_stale_idle();
         self.clone()
-            .spawn_instance(index, generation, true, Duration::ZERO, Some(resume));
+            .spawn_instance(index, generation, true, Duration::ZERO, Some(thaw));
         index
     }
 
