@@ -321,12 +321,7 @@ impl WorkerPool {
                     .remove(&index);
                 if let Some((resume, _)) = resume {
                     tracing::debug!(role = %runtime.spec.name, index, "thawing on demand");
-                    let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-                    let restarts = slots.get(&index).map_or(0, |s| s.read().restarts);
-                    slots.insert(
-                        index,
-                        Self::spawn_from(&runtime, index, restarts, Some(resume)),
-                    );
+                    self.thaw(resume, Some(index));
                 }
             }
             let now = crate::quota::host_ms();
@@ -397,6 +392,39 @@ impl WorkerPool {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Thaws a snapshot into slot `wanted` when that is free or frozen, else the first free
+    /// slot (its restart count carried over); returns the slot's index.
+    fn thaw(&self, resume: crate::worker::Resume, wanted: Option<u32>) -> u32 {
+        let runtime = self.runtime();
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let free = |i: &u32| slots.get(i).is_none_or(|s| s.read().phase == Phase::Frozen);
+        let index = match wanted.filter(free) {
+            Some(i) => i,
+            None => (0..).find(|i| !slots.contains_key(i)).unwrap_or(0),
+        };
+        let restarts = slots.get(&index).map_or(0, |s| s.read().restarts);
+        // Its idle snapshot, if it had one, is superseded.
+        self.warm
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&index);
+        slots.insert(
+            index,
+            Self::spawn_from(&runtime, index, restarts, Some(resume)),
+        );
+        index
+    }
+
+    /// Instances running or able to (every slot not frozen).
+    fn running_count(&self) -> usize {
+        self.slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|s| s.read().phase != Phase::Frozen)
+            .count()
     }
 
     fn spawn(runtime: &Arc<RoleRuntime>, index: u32, restarts: u32) -> Arc<InstanceSlot> {
@@ -1180,30 +1208,7 @@ impl Service {
                 let index = web.thaw(resume, wanted.map(|i| i as usize));
                 (index as u32, web.running_count())
             }
-            Target::Worker(pool) => {
-                let runtime = pool.runtime();
-                let mut slots = pool.slots.lock().unwrap_or_else(|p| p.into_inner());
-                let free = |i: &u32| slots.get(i).is_none_or(|s| s.read().phase == Phase::Frozen);
-                let index = match wanted.filter(free) {
-                    Some(i) => i,
-                    None => (0..).find(|i| !slots.contains_key(i)).unwrap_or(0),
-                };
-                let restarts = slots.get(&index).map_or(0, |s| s.read().restarts);
-                // Its idle snapshot, if it had one, is superseded.
-                pool.warm
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&index);
-                slots.insert(
-                    index,
-                    WorkerPool::spawn_from(&runtime, index, restarts, Some(resume)),
-                );
-                let count = slots
-                    .values()
-                    .filter(|s| s.read().phase != Phase::Frozen)
-                    .count();
-                (index, count)
-            }
+            Target::Worker(pool) => (pool.thaw(resume, wanted), pool.running_count()),
         };
         self.shared
             .topology
