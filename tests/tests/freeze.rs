@@ -286,6 +286,17 @@ async fn every_byte_of_a_heap_with_runs_of_zeros_survives_a_thaw() {
     assert_eq!(verdict().as_deref(), Some("intact 3145728"));
 }
 
+/// The status of instance `id` of `host`'s service.
+fn status_of(
+    host: &rolehost_runtime::service::Service,
+    id: &str,
+) -> rolehost_runtime::worker::InstanceStatus {
+    host.status()
+        .into_iter()
+        .find(|s| s.instance_id == id)
+        .unwrap_or_else(|| panic!("no instance {id}"))
+}
+
 /// Starts the service of `t` on its store, with local resources under `data`, deployment id
 /// `deployment` and `instances` instances of role `role`.
 async fn service_on(
@@ -355,21 +366,13 @@ async fn a_service_freezes_an_instance_and_another_host_thaws_it_where_it_was() 
         (blob_text(&backend, &account, "hold-stdout", "Holder_IN_0")? == "2").then_some(())
     })
     .await;
-    let holder = host_a
-        .status()
-        .into_iter()
-        .find(|s| s.instance_id == "Holder_IN_0")
-        .unwrap();
+    let holder = status_of(&host_a, "Holder_IN_0");
     assert_eq!(holder.phase, Phase::Running);
     assert_eq!(holder.restarts, 0, "a refused freeze recycles nothing");
 
     // The counter freezes: frozen in the status, its messages wait.
     let file = host_a.freeze("Counter_IN_0").await.expect("frozen");
-    let frozen = host_a
-        .status()
-        .into_iter()
-        .find(|s| s.instance_id == "Counter_IN_0")
-        .unwrap();
+    let frozen = status_of(&host_a, "Counter_IN_0");
     assert_eq!(frozen.phase, Phase::Frozen);
     put();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -443,11 +446,7 @@ async fn a_memory_at_its_cap_freezes_and_one_at_the_wasm32_maximum_is_refused() 
         }
     };
     let state = |host: &rolehost_runtime::service::Service, id: &str| {
-        let s = host
-            .status()
-            .into_iter()
-            .find(|s| s.instance_id == id)
-            .unwrap();
+        let s = status_of(host, id);
         (s.phase, s.restarts)
     };
     let host = service_on(&t, &t.dir.path().join("host"), "d1", ("Full", 1)).await;
@@ -623,11 +622,7 @@ async fn a_web_instance_keeps_its_cache_across_a_freeze_taken_between_requests()
     let slow = slow.await.unwrap().unwrap();
     assert_eq!(slow.status, 200, "{slow:?}");
     assert!(slow.body.contains("hello from Web_IN_0"), "{slow:?}");
-    let frozen = host_a
-        .status()
-        .into_iter()
-        .find(|s| s.instance_id == "Web_IN_0")
-        .unwrap();
+    let frozen = status_of(&host_a, "Web_IN_0");
     assert_eq!(frozen.phase, Phase::Frozen);
 
     // A web role without the web-freeze export is refused, and goes on serving.
