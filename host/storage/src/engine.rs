@@ -208,10 +208,49 @@ impl Engine {
         clock: Arc<dyn Clock>,
         id_seed: Option<u64>,
     ) -> Result<Self, StorageError> {
-        let db = Database::builder()
-            .set_cache_size(cache_bytes)
-            .create(path)?;
-        let ids = Self::prepare(&db, &*clock, id_seed)?;
+        let shown = path.display().to_string();
+        // redb panics on some garbage (unreachable code while it reads its own header): a
+        // damaged file is named and refused, never a host panic.
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let db = Database::builder()
+                .set_cache_size(cache_bytes)
+                .create(path)
+                .map_err(|e| match e {
+                    redb::DatabaseError::DatabaseAlreadyOpen => StorageError::InUse(shown.clone()),
+                    redb::DatabaseError::Storage(redb::StorageError::Corrupted(detail)) => {
+                        StorageError::Damaged {
+                            path: shown.clone(),
+                            detail,
+                        }
+                    }
+                    // "Not a redb database", and other data redb cannot read.
+                    redb::DatabaseError::Storage(redb::StorageError::Io(e))
+                        if e.kind() == std::io::ErrorKind::InvalidData =>
+                    {
+                        StorageError::Damaged {
+                            path: shown.clone(),
+                            detail: e.to_string(),
+                        }
+                    }
+                    e => StorageError::from(e),
+                })?;
+            let ids = Self::prepare(&db, &*clock, id_seed)?;
+            Ok::<_, StorageError>((db, ids))
+        }));
+        let (db, ids) = match opened {
+            Ok(r) => r?,
+            Err(panic) => {
+                let detail = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "redb panicked reading it".into());
+                return Err(StorageError::Damaged {
+                    path: shown,
+                    detail,
+                });
+            }
+        };
         let db = Arc::new(db);
         let (sender, receiver) = mpsc::channel::<Request>();
         let thread_db = db.clone();

@@ -35,6 +35,19 @@ pub enum StorageError {
     /// An operation panicked inside the committer; the whole batch was aborted.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The database file is not a storage database, or is damaged past what redb repairs.
+    #[error(
+        "{path} is damaged or is not a rolehost storage database ({detail}); restore it from a backup or move it away"
+    )]
+    Damaged {
+        /// The file.
+        path: String,
+        /// What redb said.
+        detail: String,
+    },
+    /// Another process has the database open.
+    #[error("{0} is open in another process (is another rolehost using it?)")]
+    InUse(String),
 }
 
 impl StorageError {
@@ -110,7 +123,7 @@ impl fmt::Display for NameKind {
     }
 }
 
-/// A name broke the naming rules of `../shared/design/storage-semantics.md`.
+/// A name broke Azure Storage's naming rules (see [`crate::names`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum NameError {

@@ -1,7 +1,7 @@
 //! rolehost's storage: Blob, Queue and Table with Azure Storage semantics, on redb.
 //!
 //! Roles share nothing but storage, so this crate is the ground everything else stands on. It
-//! follows `shared/design/storage-semantics.md` (names, limits, error codes) and knows nothing
+//! follows Azure Storage's documented semantics (names, limits, error codes) and knows nothing
 //! of Wasm or async: the runtime calls it from a blocking context.
 //!
 //! # Layout
@@ -68,11 +68,22 @@ impl AccountName {
         Ok(AccountName(name))
     }
 
+    /// The host's own account, where it keeps what no tenant may read or change (snapshots).
+    /// Its name starts with `$`, which no account name may ([`names::check_account`]): no
+    /// service is named so, no client can address it, and its keys share no prefix with any
+    /// tenant's.
+    pub fn host() -> Self {
+        AccountName(HOST_ACCOUNT.to_string())
+    }
+
     /// The name.
     pub fn as_str(&self) -> &str {
         &self.0
     }
 }
+
+/// The name of [`AccountName::host`].
+pub const HOST_ACCOUNT: &str = "$rolehost";
 
 impl std::fmt::Display for AccountName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -344,3 +344,48 @@ fn entity_group_transactions_are_all_or_nothing() {
         .unwrap_err();
     assert!(invalid.to_string().starts_with("1:"), "{invalid}");
 }
+
+/// Large entities end a page by its size: one query page (one host call for a guest) stays
+/// near `MAX_PAGE_BYTES` however large the entities, and the continuation reaches them all.
+#[test]
+fn a_page_of_large_entities_is_bounded_in_bytes() {
+    let f = setup();
+    let (s, a) = (&f.store, &f.acct);
+    // 20 entities of 480 KiB stored (15 properties of 32 Ki ASCII characters, 64 KiB each
+    // as UTF-16, the limit).
+    let big = "x".repeat(32 * 1024);
+    for i in 0..20 {
+        let mut entity = Entity::new("p", format!("r{i:02}"));
+        for j in 0..15 {
+            entity = entity.with(format!("P{j}"), EdmValue::String(big.clone()));
+        }
+        s.execute(a, "Orders", TableOp::Insert(entity)).unwrap();
+    }
+    let mut query = Query::default();
+    let mut seen = 0;
+    let mut pages = 0;
+    loop {
+        let page = s.query_entities(a, "Orders", &query).unwrap();
+        let bytes: usize = page
+            .entities
+            .iter()
+            .flat_map(|e| e.properties.values())
+            .map(|v| match v {
+                EdmValue::String(s) => s.len(),
+                _ => 0,
+            })
+            .sum();
+        assert!(
+            bytes <= MAX_PAGE_BYTES + (1 << 20),
+            "a page of {bytes} bytes"
+        );
+        seen += page.entities.len();
+        pages += 1;
+        match page.continuation {
+            Some(c) => query.continuation = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(seen, 20);
+    assert!(pages >= 3, "{pages} pages");
+}

@@ -211,14 +211,18 @@ fn lex(input: &str) -> Result<Vec<Token>, TableError> {
 }
 
 fn parse_hex(s: &str) -> Result<Vec<u8>, TableError> {
-    if !s.len().is_multiple_of(2) {
+    // Bytes, not chars: `X'0é0'` has an even byte length and a `é` across a pair, which a
+    // `&s[i..i + 2]` slice would panic on.
+    let digit = |b: u8| (b as char).to_digit(16);
+    let bytes = s.as_bytes();
+    if !bytes.len().is_multiple_of(2) {
         return Err(err("binary literal needs an even number of hex digits"));
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| {
-            u8::from_str_radix(&s[i..i + 2], 16)
-                .map_err(|_| err(format!("bad binary literal {s:?}")))
+    bytes
+        .chunks_exact(2)
+        .map(|pair| match (digit(pair[0]), digit(pair[1])) {
+            (Some(hi), Some(lo)) => Ok((hi * 16 + lo) as u8),
+            _ => Err(err(format!("bad binary literal {s:?}"))),
         })
         .collect()
 }

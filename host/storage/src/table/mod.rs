@@ -19,6 +19,11 @@ pub const MAX_PAGE_ENTITIES: u32 = 1000;
 /// Most entities one query page examines before it returns (possibly empty) with a continuation,
 /// as Azure's 5-second page limit does: one call's work is bounded whatever the filter.
 pub const MAX_SCAN_PER_PAGE: usize = 10_000;
+/// Bytes of entities (as stored) after which a page ends with a continuation: 1,000 entities
+/// of 1 MiB each made one query page, and so one host call, about 1 GiB. Azure bounds its
+/// pages by time; a size bound is what protects a host's memory. A page is at most this plus
+/// one entity.
+pub const MAX_PAGE_BYTES: usize = 4 << 20;
 /// Most operations in an entity group transaction.
 pub const MAX_BATCH_OPERATIONS: usize = 100;
 

@@ -366,6 +366,7 @@ impl TableStore for RedbStore {
             Bound::Unbounded => false,
         };
         let mut out = Vec::new();
+        let mut out_bytes = 0usize;
         let mut continuation = None;
         let rows = entities.range((a, t, start.0.as_str(), start.1.as_str())..)?;
         for (scanned, entry) in rows.enumerate() {
@@ -377,7 +378,7 @@ impl TableStore for RedbStore {
             if fixed.is_some() && past_hi(&range.rk_hi, rk) {
                 break;
             }
-            if out.len() == top || scanned == MAX_SCAN_PER_PAGE {
+            if out.len() == top || scanned == MAX_SCAN_PER_PAGE || out_bytes >= MAX_PAGE_BYTES {
                 continuation = Some((pk.to_string(), rk.to_string()));
                 break;
             }
@@ -395,6 +396,7 @@ impl TableStore for RedbStore {
                     },
                     None => e,
                 };
+                out_bytes += v.value().len();
                 out.push(e);
             }
         }
