@@ -9,7 +9,9 @@
 //! request body into blob `uploads/N` (4 MiB blocks; the body is never whole in memory) and
 //! answers `stored <bytes> bytes`; `/cache?key=K` looks K up in an in-memory cache (`K: miss`
 //! the first time, `K: hit` after); `/forget` returns without answering, keeping its
-//! response-outparam (the host must answer for it). Freezable (`rolehost_sdk::web_freezable!`).
+//! response-outparam (the host must answer for it); `/stall` answers with a first line of its
+//! body and then never writes or finishes the rest (for 60 s: the host must end it).
+//! Freezable (`rolehost_sdk::web_freezable!`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -34,6 +36,17 @@ impl wasip2::exports::http::incoming_handler::Guest for Hello {
         if path == "/forget" {
             // Returns without answering and without dropping the response-outparam.
             std::mem::forget(out);
+            return;
+        }
+        if path == "/stall" {
+            let response = OutgoingResponse::new(Fields::new());
+            let outgoing = response.body().expect("body");
+            let stream = outgoing.write().expect("stream");
+            ResponseOutparam::set(out, Ok(response));
+            let _ = stream.blocking_write_and_flush(b"first line\n");
+            std::thread::sleep(std::time::Duration::from_secs(60));
+            drop(stream);
+            let _ = OutgoingBody::finish(outgoing, None);
             return;
         }
         if path == "/spin" {

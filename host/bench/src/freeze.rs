@@ -97,9 +97,8 @@ async fn suite(mib: u64, original: &[u8], bed: &crate::runtime::Bed) {
         raw_len: 0,
         payload_len: 0,
         payload_blake3: String::new(),
-        instrumented: false,
     };
-    let file = freeze::encode(header, &snapshot).expect("encode");
+    let file = freeze::encode(header, &snapshot, &bench_key()).expect("encode");
     let freeze_time = started.elapsed();
     eprintln!(
         "  ({mib} MiB freeze: on-freeze {} ms, capture {} ms, pack {} ms)",
@@ -128,7 +127,7 @@ async fn suite(mib: u64, original: &[u8], bed: &crate::runtime::Bed) {
     Component::new(&engine_b, &instrumented).expect("compile on host B");
     let cold = thaw(&engine_b, &file, cache.path(), &backend, mib).await;
     line(&format!("thaw_cold_{key}_ms"), ms(cold));
-    let (h, _) = freeze::check(&file).expect("check");
+    let (h, _) = freeze::check(&file, &bench_key()).expect("check");
     let cwasm = freeze::cache_file(cache.path(), &h);
     while !cwasm.is_file() {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -144,6 +143,11 @@ async fn suite(mib: u64, original: &[u8], bed: &crate::runtime::Bed) {
     line(&format!("thaw_warm_{key}_slowest_ms"), ms(slowest));
 }
 
+/// The key both hosts of the bench sign and check with.
+fn bench_key() -> freeze::SnapshotKey {
+    freeze::SnapshotKey::from_bytes([42; 32])
+}
+
 /// A thaw as `Service::thaw` does it: the file checked, the snapshot compiled (or mapped from
 /// `cache`), an instance made; how long it took.
 async fn thaw(
@@ -154,7 +158,7 @@ async fn thaw(
     mib: u64,
 ) -> Duration {
     let started = Instant::now();
-    let (h, payload) = freeze::check(file).expect("check");
+    let (h, payload) = freeze::check(file, &bench_key()).expect("check");
     let checked = started.elapsed();
     let component = freeze::compile(engine, &h, payload, Some(cache)).expect("compile");
     let compiled = started.elapsed();

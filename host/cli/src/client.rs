@@ -173,13 +173,13 @@ impl Client {
             return Ok(sha);
         }
         let total = bytes.len();
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(4);
         let what_owned = what.to_string();
         let feeder = tokio::spawn(async move {
             const CHUNK: usize = 1 << 20;
             let mut last_shown = 0;
             for (i, chunk) in bytes.chunks(CHUNK).enumerate() {
-                if tx.send(Bytes::copy_from_slice(chunk)).is_err() {
+                if tx.send(Bytes::copy_from_slice(chunk)).await.is_err() {
                     return;
                 }
                 let sent = (i * CHUNK + chunk.len()) * 100 / total.max(1);

@@ -2,7 +2,7 @@
 //! logs, stop, start, delete.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use std::fmt::Write as _;
 
@@ -17,30 +17,21 @@ use rolehost_runtime::fabric::{
 use rolehost_runtime::manifest::Manifest;
 use rolehost_runtime::service;
 
-use crate::client::{Client, HostArgs, default_host_data_dir};
+use crate::client::{Client, HostArgs};
 
 /// Runs a host until Ctrl-C or SIGTERM.
 pub(crate) async fn serve(
-    data_dir: Option<PathBuf>,
-    storage: Option<PathBuf>,
+    options: FabricOptions,
     listen: SocketAddr,
-    max_instances: u32,
     mut signals: crate::StopSignals,
 ) -> anyhow::Result<()> {
-    let data_dir = data_dir.unwrap_or_else(default_host_data_dir);
+    let data_dir = options.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let progress = |line: String| eprintln!("rolehost: {line}");
-    let fabric = Fabric::open(
-        FabricOptions {
-            data_dir: data_dir.clone(),
-            storage,
-            max_instances,
-        },
-        &progress,
-    )
-    .await
-    .context("opening the host's data directory")?;
+    let fabric = Fabric::open(options, &progress)
+        .await
+        .context("opening the host's data directory")?;
     let token = api::ensure_token(fabric.data_dir()).context("making the management token")?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await

@@ -76,6 +76,11 @@ enum Command {
         /// it share their services' storage (a snapshot frozen on one thaws on the other).
         #[arg(long, value_name = "FILE", env = "ROLEHOST_STORAGE")]
         storage: Option<PathBuf>,
+        /// The key snapshots are signed with (made, mode 0600, the first time), when not
+        /// `<data-dir>/snapshot.key`. Hosts that share storage must share it to thaw each
+        /// other's snapshots; a snapshot it did not sign is never thawed.
+        #[arg(long, value_name = "FILE", env = "ROLEHOST_SNAPSHOT_KEY")]
+        snapshot_key: Option<PathBuf>,
         /// Address of the management API (keep it on loopback: the token is its only guard).
         #[arg(long, default_value = client::DEFAULT_LISTEN)]
         listen: std::net::SocketAddr,
@@ -133,8 +138,9 @@ enum Command {
         host: client::HostArgs,
     },
     /// Freeze an instance of a running service: at its quiet point (a worker's run returned, a
-    /// web instance between requests) its memory is captured into a snapshot, kept in the
-    /// service's storage (any host sharing it can thaw it); its local resources are discarded.
+    /// web instance between requests) its memory is captured into a snapshot, signed and kept
+    /// in the host's own snapshot store (no guest can reach it; any host sharing its storage
+    /// and snapshot key can thaw it); its local resources are discarded.
     /// Prints the snapshot's id.
     Freeze {
         /// The service.
@@ -234,11 +240,18 @@ fn main() -> anyhow::Result<()> {
             Command::Serve {
                 data_dir,
                 storage,
+                snapshot_key,
                 listen,
                 max_instances,
             } => {
                 let signals = StopSignals::install()?;
-                fabric_cmd::serve(data_dir, storage, listen, max_instances, signals).await
+                let options = rolehost_runtime::fabric::FabricOptions {
+                    data_dir: data_dir.unwrap_or_else(client::default_host_data_dir),
+                    storage,
+                    max_instances,
+                    snapshot_key,
+                };
+                fabric_cmd::serve(options, listen, signals).await
             }
             Command::Deploy {
                 path,

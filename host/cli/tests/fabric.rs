@@ -2,181 +2,17 @@
 //! `rolehost serve`, services deployed, scaled and upgraded with the CLI under HTTP load,
 //! refused deployments, the management token, and a restart of the host.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// A `rolehost serve` process on a data directory; stopped with SIGTERM when dropped.
-struct Host {
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl Host {
-    fn start(dir: &Path) -> Host {
-        Host::start_with(dir, &[])
-    }
-
-    /// [`Host::start`] with more `serve` arguments.
-    fn start_with(dir: &Path, more: &[&std::ffi::OsStr]) -> Host {
-        let _ = std::fs::remove_file(dir.join("management.url"));
-        let child = Command::new(env!("CARGO_BIN_EXE_rolehost"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--max-instances",
-                "64",
-                "--data-dir",
-            ])
-            .arg(dir)
-            .args(more)
-            .env("RUST_LOG", "info")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(dir.with_extension("log")).unwrap())
-            .spawn()
-            .expect("starting rolehost serve");
-        let host = Host {
-            dir: dir.to_path_buf(),
-            child: Some(child),
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !dir.join("management.url").exists() {
-            assert!(
-                Instant::now() < deadline,
-                "the host did not come up: {}",
-                host.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        host
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.with_extension("log")).unwrap_or_default()
-    }
-
-    fn url(&self) -> String {
-        std::fs::read_to_string(self.dir.join("management.url")).unwrap()
-    }
-
-    /// Runs a client command against this host.
-    fn cli(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_rolehost"))
-            .args(args)
-            .env("ROLEHOST_HOST_DATA_DIR", &self.dir)
-            .env_remove("ROLEHOST_HOST")
-            .env_remove("ROLEHOST_TOKEN")
-            .output()
-            .expect("running rolehost")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.cli(args);
-        assert!(
-            out.status.success(),
-            "rolehost {args:?} failed:\n{}\nhost log:\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.log()
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// `GET path` on the management API with the host's token; the body.
-    fn api_get(&self, path: &str) -> String {
-        let token = std::fs::read_to_string(self.dir.join("management.token")).unwrap();
-        let api: SocketAddr = self.url().strip_prefix("http://").unwrap().parse().unwrap();
-        let raw = format!(
-            "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
-        );
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let r = rt
-            .block_on(rolehost_tests::http_request(api, raw.as_bytes()))
-            .unwrap();
-        assert_eq!(r.status, 200, "{path}: {}", r.body);
-        r.body
-    }
-
-    fn status(&self) -> serde_json::Value {
-        serde_json::from_str(&self.ok(&["status", "--json"])).unwrap()
-    }
-
-    /// The first endpoint of `role` of `service`.
-    fn endpoint(&self, service: &str, role: &str) -> SocketAddr {
-        let st = self.status();
-        let svc = st
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["name"] == service)
-            .unwrap();
-        let r = svc["roles"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["name"] == role)
-            .unwrap();
-        r["endpoints"][0].as_str().unwrap().parse().unwrap()
-    }
-
-    /// Instances of `role` in state running.
-    fn running(&self, service: &str, role: &str) -> usize {
-        let st = self.status();
-        let Some(svc) = st.as_array().unwrap().iter().find(|s| s["name"] == service) else {
-            return 0;
-        };
-        svc["instances"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|i| i["role"] == role && i["state"] == "running")
-            .count()
-    }
-
-    fn wait_running(&self, service: &str, role: &str, n: usize) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let now = self.running(service, role);
-            if now == n {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{role}: {now} running, not {n}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let pid = i32::try_from(child.id()).unwrap();
-            // SAFETY: sending a signal to our own child process.
-            #[allow(unsafe_code)]
-            let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
-            assert_eq!(rc, 0);
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while child.try_wait().unwrap().is_none() {
-                assert!(Instant::now() < deadline, "the host did not stop");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
+use common::{Host, service_dir};
 
 /// A service directory: a web role running hello-web with a `version` setting.
 fn web_service(dir: &Path, name: &str, instances: u32, version: &str) -> String {
@@ -188,17 +24,6 @@ fn web_service(dir: &Path, name: &str, instances: u32, version: &str) -> String 
              [roles.Web.settings]\nversion = \"{version}\"\n"
         ),
     )
-}
-
-/// A service directory holding `manifest` (`{guest:NAME}` stands for a guest's component).
-fn service_dir(dir: &Path, manifest: &str) -> String {
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(
-        dir.join("rolehost.toml"),
-        rolehost_tests::with_guests(manifest),
-    )
-    .unwrap();
-    dir.display().to_string()
 }
 
 /// What the load generator saw.
@@ -772,7 +597,7 @@ fn a_frozen_worker_is_thawed_by_id_stays_frozen_across_a_restart_and_counts_on()
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    // A corrupt file is refused, naming it.
+    // A corrupt file is refused: its signature no longer matches.
     let mut bad = std::fs::read(&file).unwrap();
     let last = bad.len() - 1;
     bad[last] ^= 0xff;
@@ -781,7 +606,7 @@ fn a_frozen_worker_is_thawed_by_id_stays_frozen_across_a_restart_and_counts_on()
     let out = host.cli(&["thaw", bad_path.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("corrupt"),
+        String::from_utf8_lossy(&out.stderr).contains("signature does not match"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -844,11 +669,30 @@ fn a_worker_frozen_on_one_host_counts_on_where_another_host_with_its_own_data_di
     let n = last_count(&a, "icy", "Counter_IN_0").unwrap();
     a.stop();
 
-    // Host B: another process, its own data directory, the same storage. The same service
-    // deployed there has the same deployment id, so the snapshot (read from the shared
-    // storage by its id) thaws, next to B's own fresh Counter_IN_0, and counts on at n+1.
-    let b = Host::start_with(&dir.path().join("host-b"), &shared);
+    // Host B: another process, its own data directory, the same storage, but a snapshot key
+    // of its own: A's snapshot is refused, saying how hosts share a key.
+    let mut b = Host::start_with(&dir.path().join("host-b"), &shared);
     b.ok(&["deploy", &svc]);
+    let out = b.cli(&["thaw", &id]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--snapshot-key"),
+        "{err}"
+    );
+    b.stop();
+
+    // With A's key, the same service deployed there has the same deployment id, so the
+    // snapshot (read from the shared storage by its id) thaws, next to B's own fresh
+    // Counter_IN_0, and counts on at n+1.
+    let key = dir.path().join("host-a").join("snapshot.key");
+    let with_key = [
+        shared[0],
+        shared[1],
+        std::ffi::OsStr::new("--snapshot-key"),
+        key.as_os_str(),
+    ];
+    let b = Host::start_with(&dir.path().join("host-b"), &with_key);
+    b.wait_running("icy", "Counter", 1);
     let out = b.ok(&["thaw", &id]);
     assert!(out.contains("thawed Counter_IN_1"), "{out}");
     let deadline = Instant::now() + Duration::from_secs(60);

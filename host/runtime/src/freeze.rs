@@ -9,13 +9,14 @@
 //! wasmtime's tables, not in linear memory), so a freeze happens only at a quiet point: a
 //! worker after its `run` returned, holding no handle.
 //!
-//! The snapshot file: `RHSNAP03`, the header's length (u32, little endian), the header
-//! (JSON: who the instance was, its deployment, sizes, the payload's BLAKE3 digest), and the
-//! payload (the snapshot component, instrumented, zstd). A thaw checks all of it before
-//! anything starts. BLAKE3 rather than SHA-256 (format 01): a thaw on the host that compiled
-//! the snapshot before takes a few milliseconds, and hashing the payload was most of them.
-//! Format 02 files (payload not instrumented) are still read: instrumenting a 64 MiB snapshot
-//! at the thaw took 87 ms, which is why the freeze does it now, on the small shape.
+//! The snapshot file: `RHSNAP04`, the header's length (u32, little endian), the header
+//! (JSON: who the instance was, its deployment, sizes, the payload's BLAKE3 digest), a
+//! 32-byte signature, and the payload (the snapshot component, instrumented, zstd). The
+//! signature is a keyed BLAKE3 ([`SnapshotKey`], a host secret) over everything else: a
+//! snapshot holds code and memory that will run inside a service with its storage account,
+//! so only files this host (or one sharing its key) wrote are thawed. A thaw checks all of it
+//! before anything starts, and unpacks with a hard bound ([`SnapshotHeader::check_size`]).
+//! Formats 01-03 carried no signature and are refused, saying so.
 
 use std::future::Future;
 
@@ -26,13 +27,18 @@ use wasmtime_wizer::{ComponentInstanceState, Wizer};
 
 mod splice;
 
-/// The first bytes of every snapshot file written now: format 03, whose payload is
-/// instrumented already.
-pub const MAGIC: &[u8; 8] = b"RHSNAP03";
-/// Format 02, still read: the same frame, with a payload that a thaw instruments.
-const MAGIC_02: &[u8; 8] = b"RHSNAP02";
-/// Largest header a snapshot may have.
+/// The first bytes of every snapshot file: format 04, signed, payload instrumented.
+pub const MAGIC: &[u8; 8] = b"RHSNAP04";
+/// Formats written by earlier rolehosts: unsigned, so never thawed.
+const UNSIGNED_FORMATS: [&[u8; 8]; 3] = [b"RHSNAP01", b"RHSNAP02", b"RHSNAP03"];
+/// Largest header a snapshot may have: its settings are the role's (bounded by the
+/// manifest), everything else is a few hundred bytes.
 const MAX_HEADER: usize = 1 << 20;
+/// Bytes of the signature.
+const SIGNATURE_BYTES: usize = 32;
+/// Most bytes a thaw reserves before it has seen them decompress: the rest grows as the
+/// stream proves itself, so a header that lies about its size costs nothing up front.
+const UNPACK_RESERVE: usize = 64 << 20;
 /// zstd level: a freeze stops the instance until its snapshot is packed, so speed first. On a
 /// 64 MiB heap (`rolehost-bench freeze`) level 1 packs in about 64 ms to 4.5 MiB, level 3 in
 /// about 86 ms to 4.1 MiB; negative levels were no faster and three times larger.
@@ -63,6 +69,54 @@ pub enum FreezeError {
     /// Its bytes are not what its header says.
     #[error("the snapshot is corrupt: {0}")]
     Corrupt(String),
+    /// Written by an earlier rolehost, without a signature.
+    #[error(
+        "the snapshot is of format {0}, which carries no host signature, so it cannot be trusted; freeze the instance again with this rolehost"
+    )]
+    Unsigned(String),
+    /// The signature does not match: altered, or written by a host with another key.
+    #[error(
+        "the snapshot's signature does not match this host's snapshot key: it was altered, or written by a host with another key (hosts that share storage must share the key: rolehost serve --snapshot-key FILE)"
+    )]
+    BadSignature,
+    /// Larger than the role it would thaw into could ever have made.
+    #[error("the snapshot is too large: {0}")]
+    TooLarge(String),
+}
+
+/// The host secret that signs snapshots (keyed BLAKE3). Hosts that thaw each other's
+/// snapshots share it; see [`crate::secret`] for how it is kept.
+#[derive(Clone)]
+pub struct SnapshotKey([u8; 32]);
+
+impl std::fmt::Debug for SnapshotKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SnapshotKey(..)")
+    }
+}
+
+impl SnapshotKey {
+    /// A key of these bytes.
+    pub fn from_bytes(key: [u8; 32]) -> SnapshotKey {
+        SnapshotKey(key)
+    }
+
+    /// A fresh random key (a host without a key file: tests, `rolehost run`).
+    pub fn random() -> std::io::Result<SnapshotKey> {
+        crate::secret::random().map(SnapshotKey)
+    }
+
+    /// The key in file `path`, made the first time (0600; a file others can read is refused).
+    pub fn open(path: &std::path::Path) -> Result<SnapshotKey, crate::secret::SecretError> {
+        crate::secret::read_or_create(path).map(SnapshotKey)
+    }
+
+    fn sign(&self, framed: &[u8], payload: &[u8]) -> [u8; SIGNATURE_BYTES] {
+        let mut h = blake3::Hasher::new_keyed(&self.0);
+        h.update(framed);
+        h.update(payload);
+        *h.finalize().as_bytes()
+    }
 }
 
 /// What a snapshot says about the instance it came from.
@@ -89,12 +143,85 @@ pub struct SnapshotHeader {
     pub raw_len: u64,
     /// Size of the compressed payload.
     pub payload_len: u64,
-    /// BLAKE3 digest of the payload, hex.
+    /// BLAKE3 digest of the payload, hex: names the snapshot (its id, its compiled copy).
     pub payload_blake3: String,
-    /// Whether the payload is instrumented (format 03) or is to be instrumented when it is
-    /// compiled (format 02). Set by [`encode`] and [`header`] from the file's format.
-    #[serde(skip)]
-    pub instrumented: bool,
+}
+
+impl SnapshotHeader {
+    /// Checks every field's shape, so nothing later trusts a length, slices a digest or
+    /// formats an id from a field that is not what it claims.
+    fn check_shape(&self) -> Result<(), FreezeError> {
+        let bad = |what: String| Err(FreezeError::Corrupt(what));
+        if !is_hex(&self.payload_blake3, 64) {
+            return bad(format!(
+                "its payload digest {:?} is not 64 hex digits",
+                self.payload_blake3
+            ));
+        }
+        if rolehost_storage::names::check_account(&self.service).is_err() {
+            return bad(format!("{:?} is not a service name", self.service));
+        }
+        if !crate::manifest::valid_role_name(&self.role) {
+            return bad(format!("{:?} is not a role name", self.role));
+        }
+        let index = self
+            .instance_id
+            .strip_prefix(&self.role)
+            .and_then(|rest| rest.strip_prefix("_IN_"))
+            .and_then(|n| n.parse::<u32>().ok());
+        if index.is_none() {
+            return bad(format!(
+                "instance id {:?} is not an instance of role {}",
+                self.instance_id, self.role
+            ));
+        }
+        let id_char = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+        if self.deployment_id.is_empty()
+            || self.deployment_id.len() > 64
+            || !self.deployment_id.bytes().all(id_char)
+        {
+            return bad(format!("{:?} is not a deployment id", self.deployment_id));
+        }
+        Ok(())
+    }
+
+    /// The slot index in its instance id (checked by [`header`]).
+    pub fn slot(&self) -> Option<u32> {
+        self.instance_id.rsplit_once("_IN_")?.1.parse().ok()
+    }
+
+    /// Refuses a snapshot larger than `max_raw` bytes unpacked: the most a role can make is
+    /// its component plus each of its memories at the VM size's cap.
+    pub fn check_size(&self, max_raw: u64) -> Result<(), FreezeError> {
+        if self.raw_len > max_raw {
+            return Err(FreezeError::TooLarge(format!(
+                "it says it unpacks to {} bytes, and role {} can make at most {max_raw}",
+                self.raw_len, self.role
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Linear memories a component defines (in all its core modules): with the VM size's cap,
+/// bounds what a snapshot of it can hold.
+pub fn memories_defined(component: &[u8]) -> usize {
+    let mut n = 0usize;
+    for payload in wasmparser::Parser::new(0).parse_all(component) {
+        match payload {
+            Ok(wasmparser::Payload::MemorySection(s)) => n += s.count() as usize,
+            Ok(_) => {}
+            // A component that was compiled is well formed; count what was read.
+            Err(_) => break,
+        }
+    }
+    n.max(1)
 }
 
 /// Where [`compile`] keeps the compiled snapshot of `header` in cache directory `dir`.
@@ -285,30 +412,49 @@ fn compress(data: &[u8]) -> std::io::Result<Vec<u8>> {
     c.compress(data)
 }
 
-/// Packs a snapshot component with its header into a snapshot file (compressed).
-pub fn encode(mut header: SnapshotHeader, component: &[u8]) -> Result<Vec<u8>, FreezeError> {
+/// Packs a snapshot component with its header into a snapshot file (compressed), signed
+/// with `key`.
+pub fn encode(
+    mut header: SnapshotHeader,
+    component: &[u8],
+    key: &SnapshotKey,
+) -> Result<Vec<u8>, FreezeError> {
     let payload =
         compress(component).map_err(|e| FreezeError::Capture(format!("compressing: {e}")))?;
     header.raw_len = component.len() as u64;
     header.payload_len = payload.len() as u64;
     header.payload_blake3 = blake3::hash(&payload).to_hex().to_string();
-    header.instrumented = true;
+    header.check_shape()?;
     let head = serde_json::to_vec(&header).map_err(|e| FreezeError::Capture(e.to_string()))?;
-    let mut out = Vec::with_capacity(MAGIC.len() + 4 + head.len() + payload.len());
+    let mut out =
+        Vec::with_capacity(MAGIC.len() + 4 + head.len() + SIGNATURE_BYTES + payload.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&(head.len() as u32).to_le_bytes());
     out.extend_from_slice(&head);
+    let signature = key.sign(&out, &payload);
+    out.extend_from_slice(&signature);
     out.extend_from_slice(&payload);
     Ok(out)
 }
 
-/// Reads a snapshot file's header only, checking the frame (for listings).
-pub fn header(file: &[u8]) -> Result<(SnapshotHeader, &[u8]), FreezeError> {
-    let instrumented = match file.get(..MAGIC.len()) {
-        Some(m) if m == MAGIC => true,
-        Some(m) if m == MAGIC_02 => false,
+/// A snapshot file cut into its parts (frame checked, nothing authenticated yet).
+struct Parts<'a> {
+    framed: &'a [u8],
+    header: SnapshotHeader,
+    signature: &'a [u8],
+    payload: &'a [u8],
+}
+
+fn parts(file: &[u8]) -> Result<Parts<'_>, FreezeError> {
+    match file.get(..MAGIC.len()) {
+        Some(m) if m == MAGIC => {}
+        Some(m) if UNSIGNED_FORMATS.iter().any(|u| m == *u) => {
+            return Err(FreezeError::Unsigned(
+                String::from_utf8_lossy(m).into_owned(),
+            ));
+        }
         _ => return Err(FreezeError::NotASnapshot),
-    };
+    }
     let rest = &file[MAGIC.len()..];
     let len_bytes: [u8; 4] = rest
         .get(..4)
@@ -318,16 +464,20 @@ pub fn header(file: &[u8]) -> Result<(SnapshotHeader, &[u8]), FreezeError> {
     if len > MAX_HEADER {
         return Err(FreezeError::Corrupt(format!("a header of {len} bytes")));
     }
-    let head = rest.get(4..4 + len).ok_or_else(|| {
+    let head_end = MAGIC.len() + 4 + len;
+    let head = file.get(MAGIC.len() + 4..head_end).ok_or_else(|| {
         FreezeError::Truncated(format!(
             "the header is cut short ({} of {len} bytes)",
             rest.len().saturating_sub(4)
         ))
     })?;
-    let mut header: SnapshotHeader = serde_json::from_slice(head)
+    let header: SnapshotHeader = serde_json::from_slice(head)
         .map_err(|e| FreezeError::Corrupt(format!("the header does not parse: {e}")))?;
-    header.instrumented = instrumented;
-    let payload = &rest[4 + len..];
+    header.check_shape()?;
+    let signature = file
+        .get(head_end..head_end + SIGNATURE_BYTES)
+        .ok_or_else(|| FreezeError::Truncated("no signature".into()))?;
+    let payload = &file[head_end + SIGNATURE_BYTES..];
     if (payload.len() as u64) < header.payload_len {
         return Err(FreezeError::Truncated(format!(
             "{} of {} payload bytes",
@@ -342,27 +492,53 @@ pub fn header(file: &[u8]) -> Result<(SnapshotHeader, &[u8]), FreezeError> {
             header.payload_len
         )));
     }
-    Ok((header, payload))
+    Ok(Parts {
+        framed: &file[..head_end],
+        header,
+        signature,
+        payload,
+    })
 }
 
-/// Checks a snapshot file whole (its frame, and its payload against the header's digest)
-/// without unpacking it: the header and the compressed payload.
-pub fn check(file: &[u8]) -> Result<(SnapshotHeader, &[u8]), FreezeError> {
-    let (header, payload) = header(file)?;
-    let actual = blake3::hash(payload).to_hex().to_string();
-    if actual != header.payload_blake3 {
-        return Err(FreezeError::Corrupt(format!(
-            "the payload's BLAKE3 digest is {actual}, the header says {}",
-            header.payload_blake3
-        )));
+/// Reads a snapshot file's header, checking its frame and the shape of every field, but
+/// not its signature: for a file this host has just written, never to decide what to run.
+pub fn header(file: &[u8]) -> Result<(SnapshotHeader, &[u8]), FreezeError> {
+    let p = parts(file)?;
+    Ok((p.header, p.payload))
+}
+
+/// Checks a snapshot file whole (its frame, every header field, and its signature over all
+/// of it) without unpacking it: the header and the compressed payload.
+pub fn check<'a>(
+    file: &'a [u8],
+    key: &SnapshotKey,
+) -> Result<(SnapshotHeader, &'a [u8]), FreezeError> {
+    let p = parts(file)?;
+    let expected = key.sign(p.framed, p.payload);
+    // Constant time: the comparison says nothing about where a forgery went wrong.
+    let differs = expected
+        .iter()
+        .zip(p.signature)
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+    if differs != 0 {
+        return Err(FreezeError::BadSignature);
     }
-    Ok((header, payload))
+    Ok((p.header, p.payload))
 }
 
-/// Unpacks a checked payload into the snapshot component.
+/// Unpacks a checked payload into the snapshot component: streamed, and never past the
+/// header's `raw_len` (which the caller bounded with [`SnapshotHeader::check_size`]), so a
+/// payload that expands further is refused after reading one byte too many.
 fn unpack(header: &SnapshotHeader, payload: &[u8]) -> Result<Vec<u8>, FreezeError> {
-    let limit = usize::try_from(header.raw_len).unwrap_or(usize::MAX);
-    let component = zstd::bulk::decompress(payload, limit)
+    use std::io::Read;
+    let reserve = usize::try_from(header.raw_len)
+        .unwrap_or(usize::MAX)
+        .min(UNPACK_RESERVE);
+    let mut component = Vec::with_capacity(reserve);
+    zstd::stream::read::Decoder::new(payload)
+        .map_err(|e| FreezeError::Corrupt(format!("decompressing: {e}")))?
+        .take(header.raw_len.saturating_add(1))
+        .read_to_end(&mut component)
         .map_err(|e| FreezeError::Corrupt(format!("decompressing: {e}")))?;
     if component.len() as u64 != header.raw_len {
         return Err(FreezeError::Corrupt(format!(
@@ -374,14 +550,20 @@ fn unpack(header: &SnapshotHeader, payload: &[u8]) -> Result<Vec<u8>, FreezeErro
     Ok(component)
 }
 
-/// Checks and unpacks a snapshot file: its header and the snapshot component.
-pub fn decode(file: &[u8]) -> Result<(SnapshotHeader, Vec<u8>), FreezeError> {
-    let (header, payload) = check(file)?;
+/// Checks and unpacks a snapshot file: its header and the snapshot component, refused when
+/// it says it unpacks to more than `max_raw` bytes.
+pub fn decode(
+    file: &[u8],
+    key: &SnapshotKey,
+    max_raw: u64,
+) -> Result<(SnapshotHeader, Vec<u8>), FreezeError> {
+    let (header, payload) = check(file, key)?;
+    header.check_size(max_raw)?;
     let component = unpack(&header, payload)?;
     Ok((header, component))
 }
 
-/// Compiles a checked snapshot ([`check`]) for `engine`. With `cache` (a directory of this
+/// Compiles a checked snapshot ([`check`], [`SnapshotHeader::check_size`]) for `engine`. With `cache` (a directory of this
 /// host), the compiled code is kept as `<sha>.cwasm`, written on a thread of its own after the
 /// first thaw; later thaws of the same snapshot map it instead of unpacking and compiling (the
 /// warm path: memory pages in lazily, copy-on-write).
@@ -406,10 +588,7 @@ pub fn compile(
             }
         }
     }
-    let mut component = unpack(header, payload).map_err(wasmtime::Error::new)?;
-    if !header.instrumented {
-        component = instrument(&component).map_err(wasmtime::Error::new)?;
-    }
+    let component = unpack(header, payload).map_err(wasmtime::Error::new)?;
     let compiled = compile_snapshot(engine, &component)?;
     if let Some(path) = path {
         // The thaw does not wait for the write.
@@ -438,7 +617,7 @@ mod tests {
 
     fn header_for_test() -> SnapshotHeader {
         SnapshotHeader {
-            service: "s".into(),
+            service: "svc".into(),
             role: "R".into(),
             instance_id: "R_IN_0".into(),
             deployment_id: "d1".into(),
@@ -449,35 +628,117 @@ mod tests {
             raw_len: 0,
             payload_len: 0,
             payload_blake3: String::new(),
-            instrumented: false,
         }
+    }
+
+    fn key() -> SnapshotKey {
+        SnapshotKey::from_bytes([7; 32])
     }
 
     #[test]
     fn files_round_trip_and_damage_is_named() {
         let body = vec![7u8; 100_000];
-        let file = encode(header_for_test(), &body).unwrap();
+        let file = encode(header_for_test(), &body, &key()).unwrap();
         assert!(file.len() < 1_000, "compressed: {}", file.len());
-        let (h, back) = decode(&file).unwrap();
+        let (h, back) = decode(&file, &key(), 1 << 20).unwrap();
         assert_eq!(back, body);
         assert_eq!(h.deployment_id, "d1");
-        let e = decode(&file[..file.len() - 3]).unwrap_err().to_string();
+        let e = decode(&file[..file.len() - 3], &key(), 1 << 20)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("truncated"), "{e}");
-        let e = decode(&file[..10]).unwrap_err().to_string();
+        let e = decode(&file[..10], &key(), 1 << 20)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("truncated"), "{e}");
         let mut bad = file.clone();
         let last = bad.len() - 1;
         bad[last] ^= 0xff;
-        let e = decode(&bad).unwrap_err().to_string();
-        assert!(e.contains("corrupt") && e.contains("BLAKE3"), "{e}");
-        let e = decode(b"GIF89a....").unwrap_err().to_string();
+        let e = decode(&bad, &key(), 1 << 20).unwrap_err().to_string();
+        assert!(e.contains("signature does not match"), "{e}");
+        let e = decode(b"GIF89a....", &key(), 1 << 20)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not a rolehost snapshot"), "{e}");
-        // Format 03 payloads are instrumented; format 02 ones (same frame) are read as not.
-        assert!(h.instrumented);
+        // Another host's key: refused, naming the way to share one.
+        let other = SnapshotKey::from_bytes([8; 32]);
+        let e = decode(&file, &other, 1 << 20).unwrap_err().to_string();
+        assert!(e.contains("--snapshot-key"), "{e}");
+        // Larger than the role could make: refused before anything is unpacked.
+        let e = decode(&file, &key(), 99_999).unwrap_err().to_string();
+        assert!(e.contains("too large") && e.contains("100000"), "{e}");
+        // Earlier formats carry no signature.
         let mut old = file.clone();
-        old[..8].copy_from_slice(MAGIC_02);
-        let (h, back) = decode(&old).unwrap();
-        assert!(!h.instrumented);
-        assert_eq!(back, body);
+        old[..8].copy_from_slice(b"RHSNAP03");
+        let e = decode(&old, &key(), 1 << 20).unwrap_err().to_string();
+        assert!(
+            e.contains("format RHSNAP03") && e.contains("no host signature"),
+            "{e}"
+        );
+    }
+
+    /// A file re-framed around a rewritten header (what a guest could do to a file it could
+    /// reach): the signature no longer matches, whatever the header now says.
+    #[test]
+    fn a_rewritten_header_is_refused() {
+        let file = encode(header_for_test(), b"code and memory", &key()).unwrap();
+        let (mut h, payload) = header(&file).unwrap();
+        h.service = "victim".into();
+        h.deployment_id = "0123456789abcdef".into();
+        let head = serde_json::to_vec(&h).unwrap();
+        let signature = &file[file.len() - payload.len() - SIGNATURE_BYTES..][..SIGNATURE_BYTES];
+        let mut forged = MAGIC.to_vec();
+        forged.extend_from_slice(&(head.len() as u32).to_le_bytes());
+        forged.extend_from_slice(&head);
+        forged.extend_from_slice(signature);
+        forged.extend_from_slice(payload);
+        assert_eq!(header(&forged).unwrap().0.service, "victim");
+        assert!(matches!(
+            check(&forged, &key()),
+            Err(FreezeError::BadSignature)
+        ));
+    }
+
+    /// A header that lies about its unpacked size, in either direction, is refused without
+    /// allocating what it claims (the lie that used to abort the host: a raw length of 2^60).
+    #[test]
+    fn a_lying_raw_length_allocates_nothing_and_is_refused() {
+        let body = vec![1u8; 4096];
+        for raw_len in [u64::MAX, 1 << 60, 4095, 4097] {
+            let mut h = header_for_test();
+            let payload = compress(&body).unwrap();
+            h.raw_len = raw_len;
+            h.payload_len = payload.len() as u64;
+            h.payload_blake3 = blake3::hash(&payload).to_hex().to_string();
+            let e = unpack(&h, &payload).unwrap_err().to_string();
+            assert!(
+                e.contains("decompressed where the header says"),
+                "{raw_len}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn header_fields_of_the_wrong_shape_are_refused() {
+        let mut cases: Vec<(SnapshotHeader, &str)> = Vec::new();
+        let mut h = header_for_test();
+        h.payload_blake3 = "abc".into();
+        cases.push((h, "64 hex digits"));
+        let mut h = header_for_test();
+        h.instance_id = "Other_IN_3".into();
+        cases.push((h, "not an instance of role R"));
+        let mut h = header_for_test();
+        h.instance_id = "R_IN_4000000000000".into();
+        cases.push((h, "not an instance of role R"));
+        let mut h = header_for_test();
+        h.service = "../x".into();
+        cases.push((h, "not a service name"));
+        for (mut h, want) in cases {
+            if h.payload_blake3.is_empty() {
+                h.payload_blake3 = "0".repeat(64);
+            }
+            let e = h.check_shape().unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+        }
     }
 }

@@ -23,6 +23,12 @@ const MAX_LINE: usize = 16 * 1024;
 pub(crate) const LINES_PER_SEC: f64 = 200.0;
 /// Lines an instance may log in a burst above [`LINES_PER_SEC`].
 pub(crate) const LINE_BURST: f64 = 1000.0;
+/// Bytes per second an instance may log (stdout, stderr and `env::log` together): lines of up
+/// to 16 KiB made a line budget alone worth 3 MiB/s an instance; this keeps a host of many
+/// noisy instances to a log it can write.
+pub(crate) const BYTES_PER_SEC: f64 = 64.0 * 1024.0;
+/// Bytes an instance may log in a burst above [`BYTES_PER_SEC`].
+pub(crate) const BYTE_BURST: f64 = 1024.0 * 1024.0;
 
 /// Which stream.
 #[derive(Clone, Copy, Debug)]
@@ -31,10 +37,11 @@ pub(crate) enum Stream {
     Stderr,
 }
 
-/// The log budget of one instance: a token bucket of lines.
+/// The log budget of one instance: token buckets of lines and of bytes.
 #[derive(Debug)]
 pub(crate) struct LineBudget {
     tokens: f64,
+    bytes: f64,
     last: Instant,
 }
 
@@ -42,30 +49,53 @@ impl LineBudget {
     pub(crate) fn new() -> Arc<Mutex<LineBudget>> {
         Arc::new(Mutex::new(LineBudget {
             tokens: LINE_BURST,
+            bytes: BYTE_BURST,
             last: Instant::now(),
         }))
     }
 
-    /// Spends `lines` at `now`; returns how long the writer must wait before writing again
-    /// (zero while within the budget).
-    fn spend(&mut self, lines: f64, now: Instant) -> Duration {
+    /// Spends `lines` and `bytes` at `now`; returns how long the writer must wait before
+    /// writing again (zero while within both budgets).
+    fn spend(&mut self, lines: f64, bytes: f64, now: Instant) -> Duration {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * LINES_PER_SEC).min(LINE_BURST) - lines;
-        if self.tokens >= 0.0 {
+        self.bytes = (self.bytes + elapsed * BYTES_PER_SEC).min(BYTE_BURST) - bytes;
+        let owed = (-self.tokens / LINES_PER_SEC).max(-self.bytes / BYTES_PER_SEC);
+        if owed <= 0.0 {
             Duration::ZERO
         } else {
-            Duration::from_secs_f64(-self.tokens / LINES_PER_SEC)
+            Duration::from_secs_f64(owed)
         }
     }
 
-    /// Spends `lines` of a shared budget; see [`LineBudget::spend`].
-    pub(crate) fn charge(budget: &Mutex<LineBudget>, lines: f64) -> Duration {
+    /// Spends `lines` and `bytes` of a shared budget; see [`LineBudget::spend`].
+    pub(crate) fn charge(budget: &Mutex<LineBudget>, lines: f64, bytes: usize) -> Duration {
         budget
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .spend(lines, Instant::now())
+            .spend(lines, bytes as f64, Instant::now())
     }
+}
+
+/// `text` with every control character but a tab written as an escape (`\n`, `\r`,
+/// `\u{1b}`): a guest's line stays one line of the host's log, and cannot forge another
+/// line or drive the operator's terminal.
+pub(crate) fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(|c| c.is_control() && c != '\t') {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\t' => out.push(c),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// Lines a [`LogHub`] keeps for `rolehost logs` without `--follow`.
@@ -266,7 +296,8 @@ struct LineWriter {
 impl LineWriter {
     fn emit(&mut self) {
         let text = String::from_utf8_lossy(&self.line);
-        let text = text.trim_end_matches(['\n', '\r']);
+        let text = escape_controls(text.trim_end_matches(['\n', '\r']));
+        let text = &*text;
         let target = &self.out.target;
         let instance = &*target.instance;
         let stream = match self.out.stream {
@@ -317,7 +348,7 @@ impl AsyncWrite for LineWriter {
         }
         self.emitted = 0;
         self.push(buf);
-        let owed = LineBudget::charge(&self.out.budget, f64::from(self.emitted));
+        let owed = LineBudget::charge(&self.out.budget, f64::from(self.emitted), buf.len());
         if !owed.is_zero() {
             self.wait = Some(Box::pin(tokio::time::sleep(owed)));
         }
@@ -354,18 +385,40 @@ mod tests {
         let mut b = budget.lock().unwrap();
         let start = Instant::now();
         assert_eq!(
-            b.spend(LINE_BURST, start),
+            b.spend(LINE_BURST, 0.0, start),
             Duration::ZERO,
             "the burst is free"
         );
         // 200 more lines at once: a second's worth of rate to wait.
-        let wait = b.spend(LINES_PER_SEC, start);
+        let wait = b.spend(LINES_PER_SEC, 0.0, start);
         assert!((wait.as_secs_f64() - 1.0).abs() < 1e-6, "{wait:?}");
         // After waiting it out, one line owes 5 ms.
-        let wait = b.spend(1.0, start + Duration::from_secs(1));
+        let wait = b.spend(1.0, 0.0, start + Duration::from_secs(1));
         assert!(
             (wait.as_secs_f64() - 1.0 / LINES_PER_SEC).abs() < 1e-6,
             "{wait:?}"
+        );
+    }
+
+    /// Few lines, many bytes (16 KiB lines): the byte budget is what makes the writer wait.
+    #[test]
+    fn long_lines_are_charged_by_their_bytes() {
+        let budget = LineBudget::new();
+        let mut b = budget.lock().unwrap();
+        let start = Instant::now();
+        assert_eq!(b.spend(1.0, BYTE_BURST, start), Duration::ZERO);
+        // Four 16 KiB lines past the burst: a second of the byte rate, far more than four
+        // lines of the line rate.
+        let wait = b.spend(4.0, 4.0 * 16384.0, start);
+        assert!((wait.as_secs_f64() - 1.0).abs() < 1e-6, "{wait:?}");
+    }
+
+    #[test]
+    fn control_characters_cannot_forge_a_log_line() {
+        assert_eq!(escape_controls("plain\ttext"), "plain\ttext");
+        assert_eq!(
+            escape_controls("ok\n2026-12-03T00:00:00Z  INFO rolehost: fake\r\u{1b}[2J"),
+            "ok\\n2026-12-03T00:00:00Z  INFO rolehost: fake\\r\\u{1b}[2J"
         );
     }
 }

@@ -12,6 +12,7 @@
 pub mod bindings;
 pub mod build;
 pub mod capability;
+pub mod conn;
 pub mod engine;
 pub mod error;
 pub mod fabric;
@@ -20,6 +21,7 @@ pub mod instance;
 pub mod link;
 pub mod manifest;
 pub mod quota;
+pub mod secret;
 pub mod service;
 pub mod stop;
 pub mod verify;

@@ -32,7 +32,11 @@
 //! request-timeout-ms = 30000    # a handler running longer is interrupted: 504
 //! max-queued-requests = 100     # requests waiting for an idle instance; more get 503
 //! max-body-bytes = 67108864     # larger request bodies get 413
-//! max-header-bytes = 65536      # larger request heads get 431
+//! max-header-bytes = 65536      # larger request heads get 431 (8192..=1048576)
+//! max-connections = 1024        # per endpoint; at the cap the quietest idle one makes room
+//! header-timeout-ms = 10000     # a request head must arrive within this of its first byte
+//! idle-timeout-ms = 60000       # no byte moved while no handler runs: closed
+//! handshake-timeout-ms = 10000  # a TLS handshake
 //! idle-freeze-ms = 60000        # scale to zero: freeze an instance idle this long (memory
 //!                               # kept warm on the host); a request (web) or a message in a
 //!                               # queue it reads (worker) thaws it
@@ -72,6 +76,51 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 pub const DEFAULT_RECYCLE_BACKOFF: Duration = Duration::from_secs(1);
 /// Most instances of one role on one host.
 pub const MAX_INSTANCES: u32 = 10_000;
+/// Longest grace period: a stop waits this long at most per instance, and durations past
+/// it overflowed the host's clock arithmetic (a stop panicked at `u64::MAX` seconds).
+pub const MAX_GRACE: Duration = Duration::from_secs(3600);
+/// Longest first recycle backoff (backoffs double up to a minute from there).
+pub const MAX_RECYCLE_BACKOFF: Duration = Duration::from_secs(600);
+/// Longest request timeout of a web role.
+pub const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Longest idle time before an idle instance is frozen.
+pub const MAX_IDLE_FREEZE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Most requests waiting in front of one web role: each holds a connection and its head.
+pub const MAX_QUEUED_LIMIT: usize = 100_000;
+/// Largest request body limit (Azure's largest single Put Blob).
+pub const MAX_BODY_LIMIT: u64 = 5000 << 20;
+/// Smallest request head limit: hyper's read buffer is at least 8 KiB.
+pub const MIN_HEADER_LIMIT: usize = 8 << 10;
+/// Largest request head limit: each connection may hold this much before its request runs.
+pub const MAX_HEADER_LIMIT: usize = 1 << 20;
+/// Most settings of one role; each goes into every instance's environment and snapshot.
+pub const MAX_SETTINGS: usize = 256;
+/// Longest setting name and value, in bytes.
+pub const MAX_SETTING_BYTES: usize = 64 << 10;
+/// Most local resources of one role.
+pub const MAX_LOCAL_RESOURCES: usize = 64;
+/// Most endpoints of one web role.
+pub const MAX_ENDPOINTS: usize = 16;
+/// Most entries of a role's outbound allow-list.
+pub const MAX_OUTBOUND_HOSTS: usize = 256;
+/// Largest local storage override, in MB (1 TiB).
+pub const MAX_LOCAL_STORAGE_MB: u64 = 1 << 20;
+
+/// Refuses `value` (at `key`) outside `range`, naming both.
+fn within<T: PartialOrd + std::fmt::Display>(
+    key: String,
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<T, ManifestError> {
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(ManifestError::invalid(
+            key,
+            format!("{value} is outside {}..={}", range.start(), range.end()),
+        ))
+    }
+}
 
 /// A parsed, validated manifest with paths resolved against its directory.
 #[derive(Clone, Debug, PartialEq)]
@@ -192,6 +241,9 @@ pub struct WebSpec {
     pub max_body_bytes: u64,
     /// Largest request head (request line and headers); a larger one gets 431.
     pub max_header_bytes: usize,
+    /// Each endpoint's connection cap and deadlines (`max-connections`,
+    /// `header-timeout-ms`, `idle-timeout-ms`, `handshake-timeout-ms`).
+    pub connections: crate::conn::ConnLimits,
 }
 
 /// Default request timeout of web roles.
@@ -290,6 +342,10 @@ struct RoleSection {
     max_queued_requests: Option<usize>,
     max_body_bytes: Option<u64>,
     max_header_bytes: Option<usize>,
+    max_connections: Option<usize>,
+    header_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    handshake_timeout_ms: Option<u64>,
     idle_freeze_ms: Option<u64>,
     #[serde(default)]
     outbound_hosts: Vec<String>,
@@ -405,7 +461,7 @@ impl Manifest {
     }
 }
 
-fn valid_role_name(name: &str) -> bool {
+pub(crate) fn valid_role_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars.next().is_some_and(|c| c.is_ascii_alphabetic())
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
@@ -451,6 +507,18 @@ fn role_spec(base: &Path, name: &str, role: RoleSection) -> Result<RoleSpec, Man
             )
         })?,
     };
+    within(key("settings"), role.settings.len(), 0..=MAX_SETTINGS)?;
+    within(
+        key("local-resources"),
+        role.local_resources.len(),
+        0..=MAX_LOCAL_RESOURCES,
+    )?;
+    within(key("endpoints"), role.endpoints.len(), 0..=MAX_ENDPOINTS)?;
+    within(
+        key("outbound-hosts"),
+        role.outbound_hosts.len(),
+        0..=MAX_OUTBOUND_HOSTS,
+    )?;
     let mut settings = Vec::with_capacity(role.settings.len());
     for (k, v) in role.settings {
         let value = match v {
@@ -468,6 +536,12 @@ fn role_spec(base: &Path, name: &str, role: RoleSection) -> Result<RoleSpec, Man
                 ));
             }
         };
+        if k.len() > MAX_SETTING_BYTES || value.len() > MAX_SETTING_BYTES {
+            return Err(ManifestError::invalid(
+                format!("roles.{name}.settings.{k:.64}"),
+                format!("a setting's name and value are at most {MAX_SETTING_BYTES} bytes each"),
+            ));
+        }
         settings.push((k, value));
     }
     let mut limits = Limits::of(vm_size);
@@ -493,7 +567,8 @@ fn role_spec(base: &Path, name: &str, role: RoleSection) -> Result<RoleSpec, Man
         limits.memory_bytes = mb << 20;
     }
     if let Some(mb) = role.limits.local_storage_mb {
-        limits.local_storage_bytes = mb.saturating_mul(1 << 20);
+        let mb = within(key("limits.local-storage-mb"), mb, 1..=MAX_LOCAL_STORAGE_MB)?;
+        limits.local_storage_bytes = mb << 20;
     }
     if let Some(budget) = role.limits.call_fuel_budget {
         if budget == 0 {
@@ -601,18 +676,72 @@ fn role_spec(base: &Path, name: &str, role: RoleSection) -> Result<RoleSpec, Man
             "must be over 0 (leave it out to keep idle instances running)",
         ));
     }
+    let millis = |k: &str, v: Option<u64>, max: Duration| {
+        v.map(|ms| within(key(k), ms, 1..=max.as_millis() as u64).map(Duration::from_millis))
+            .transpose()
+    };
     let web = WebSpec {
         endpoints,
-        request_timeout: role
-            .request_timeout_ms
-            .map_or(DEFAULT_REQUEST_TIMEOUT, Duration::from_millis),
-        max_queued_requests: role.max_queued_requests.unwrap_or(DEFAULT_MAX_QUEUED),
-        max_body_bytes: role.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY),
-        // hyper's smallest read buffer is 8 KiB.
-        max_header_bytes: role
-            .max_header_bytes
-            .unwrap_or(DEFAULT_MAX_HEADER)
-            .max(8192),
+        request_timeout: millis(
+            "request-timeout-ms",
+            role.request_timeout_ms,
+            MAX_REQUEST_TIMEOUT,
+        )?
+        .unwrap_or(DEFAULT_REQUEST_TIMEOUT),
+        max_queued_requests: within(
+            key("max-queued-requests"),
+            role.max_queued_requests.unwrap_or(DEFAULT_MAX_QUEUED),
+            0..=MAX_QUEUED_LIMIT,
+        )?,
+        max_body_bytes: within(
+            key("max-body-bytes"),
+            role.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY),
+            0..=MAX_BODY_LIMIT,
+        )?,
+        max_header_bytes: within(
+            key("max-header-bytes"),
+            role.max_header_bytes.unwrap_or(DEFAULT_MAX_HEADER),
+            MIN_HEADER_LIMIT..=MAX_HEADER_LIMIT,
+        )?,
+        connections: {
+            use crate::conn;
+            let limit = conn::MAX_CONN_TIMEOUT;
+            conn::ConnLimits {
+                max_connections: within(
+                    key("max-connections"),
+                    role.max_connections
+                        .unwrap_or(conn::DEFAULT_MAX_CONNECTIONS),
+                    1..=conn::MAX_CONNECTIONS_LIMIT,
+                )?,
+                header_timeout: millis("header-timeout-ms", role.header_timeout_ms, limit)?
+                    .unwrap_or(conn::DEFAULT_HEADER_TIMEOUT),
+                idle_timeout: millis("idle-timeout-ms", role.idle_timeout_ms, limit)?
+                    .unwrap_or(conn::DEFAULT_IDLE_TIMEOUT),
+                handshake_timeout: millis(
+                    "handshake-timeout-ms",
+                    role.handshake_timeout_ms,
+                    limit,
+                )?
+                .unwrap_or(conn::DEFAULT_HANDSHAKE_TIMEOUT),
+            }
+        },
+    };
+    let idle_freeze = millis("idle-freeze-ms", role.idle_freeze_ms, MAX_IDLE_FREEZE)?;
+    let grace_period = match role.grace_period_secs {
+        None => DEFAULT_GRACE,
+        Some(s) => Duration::from_secs(within(
+            key("grace-period-secs"),
+            s,
+            0..=MAX_GRACE.as_secs(),
+        )?),
+    };
+    let recycle_backoff = match role.recycle_backoff_ms {
+        None => DEFAULT_RECYCLE_BACKOFF,
+        Some(ms) => Duration::from_millis(within(
+            key("recycle-backoff-ms"),
+            ms,
+            0..=MAX_RECYCLE_BACKOFF.as_millis() as u64,
+        )?),
     };
     for (i, h) in role.outbound_hosts.iter().enumerate() {
         if h.is_empty() || h.contains('/') || h.contains(char::is_whitespace) {
@@ -624,7 +753,7 @@ fn role_spec(base: &Path, name: &str, role: RoleSection) -> Result<RoleSpec, Man
     }
     Ok(RoleSpec {
         outbound_hosts: role.outbound_hosts,
-        idle_freeze: role.idle_freeze_ms.map(Duration::from_millis),
+        idle_freeze,
         web,
         name: name.to_string(),
         kind: role.kind,
@@ -632,12 +761,8 @@ fn role_spec(base: &Path, name: &str, role: RoleSection) -> Result<RoleSpec, Man
         instances: role.instances,
         vm_size,
         limits,
-        grace_period: role
-            .grace_period_secs
-            .map_or(DEFAULT_GRACE, Duration::from_secs),
-        recycle_backoff: role
-            .recycle_backoff_ms
-            .map_or(DEFAULT_RECYCLE_BACKOFF, Duration::from_millis),
+        grace_period,
+        recycle_backoff,
         settings,
         local_resources,
     })

@@ -382,12 +382,16 @@ pub struct UsageCell {
     /// ([`host_ms`]). A worker's scale to zero reads it.
     pub last_active_ms: std::sync::atomic::AtomicU64,
     /// The queues the instance reads: a message in one of them thaws it when it is frozen for
-    /// idleness.
+    /// idleness. At most [`MAX_POLLED_QUEUES`], each one a read succeeded on.
     pub polled: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// The stdout and stderr streams the guest holds now: a freeze is refused while it holds
     /// one, because no handle survives a thaw (the SDK releases wasi-libc's at `on-freeze`).
     pub stdio_held: std::sync::atomic::AtomicU32,
 }
+
+/// Most queues an instance's reads are remembered for (scale to zero watches them): a worker
+/// reads a handful; a guest calling with ever new names must not grow host memory.
+pub const MAX_POLLED_QUEUES: usize = 64;
 
 /// A reading of [`UsageCell`] with the quotas it is measured against.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

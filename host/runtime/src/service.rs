@@ -163,6 +163,21 @@ pub async fn prepare_worker(
     }
 }
 
+/// The most bytes a snapshot of `runtime`'s role can unpack to: its component and each of
+/// its memories at the VM size's cap (what a thaw will allocate at most).
+fn max_snapshot_len(runtime: &RoleRuntime) -> u64 {
+    let source = runtime.freeze_source.as_ref().map_or(0, |s| s.len());
+    let memories = runtime
+        .freeze_source
+        .as_ref()
+        .map_or(1, |s| crate::freeze::memories_defined(s));
+    (source as u64)
+        // Instrumentation and the data segments' framing.
+        .saturating_add(1 << 20)
+        .saturating_mul(2)
+        .saturating_add((memories as u64).saturating_mul(runtime.spec.limits.memory_bytes))
+}
+
 /// How to run a service.
 #[derive(Default)]
 pub struct ServiceOptions {
@@ -190,6 +205,12 @@ pub struct ServiceOptions {
     /// Instances (ids) that start frozen: their slots show frozen and run nothing until a
     /// snapshot is thawed into them. A host restarting keeps its frozen instances so.
     pub frozen: Vec<String>,
+    /// Signs the snapshots this service's instances are frozen into and checks those thawed
+    /// into it; default: a random key of this service alone.
+    pub snapshot_key: Option<crate::freeze::SnapshotKey>,
+    /// The connections all web endpoints of the host may hold together; default: a budget
+    /// of this service's own, from the process's descriptor limit.
+    pub connections: Option<Arc<crate::conn::HostBudget>>,
 }
 
 /// Upgrade domains: an in-place upgrade replaces a role's instances in this many steps, as
@@ -394,16 +415,17 @@ impl WorkerPool {
             .clone()
     }
 
-    /// Thaws a snapshot into slot `wanted` when that is free or frozen, else the first free
-    /// slot (its restart count carried over); returns the slot's index.
+    /// Thaws a snapshot into slot `wanted` when that is frozen, else another frozen slot,
+    /// else the lowest free index (its restart count carried over); returns the slot's index.
     fn thaw(&self, resume: crate::worker::Resume, wanted: Option<u32>) -> u32 {
         let runtime = self.runtime();
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        let free = |i: &u32| slots.get(i).is_none_or(|s| s.read().phase == Phase::Frozen);
-        let index = match wanted.filter(free) {
-            Some(i) => i,
-            None => (0..).find(|i| !slots.contains_key(i)).unwrap_or(0),
-        };
+        let frozen: Vec<u32> = slots
+            .iter()
+            .filter(|(_, s)| s.read().phase == Phase::Frozen)
+            .map(|(i, _)| *i)
+            .collect();
+        let index = crate::worker::thaw_slot(wanted, &frozen, |i| slots.contains_key(&i));
         let restarts = slots.get(&index).map_or(0, |s| s.read().restarts);
         // Its idle snapshot, if it had one, is superseded.
         self.warm
@@ -415,6 +437,11 @@ impl WorkerPool {
             Self::spawn_from(&runtime, index, restarts, Some(resume)),
         );
         index
+    }
+
+    /// Slots, frozen ones included.
+    fn slot_count(&self) -> usize {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Instances running or able to (every slot not frozen).
@@ -611,6 +638,10 @@ struct Shared {
     precompiled: Option<Arc<BTreeMap<String, RolePre>>>,
     /// Instances that start frozen (`ServiceOptions::frozen`).
     frozen: std::collections::BTreeSet<String>,
+    /// Signs and checks snapshots (`ServiceOptions::snapshot_key`).
+    snapshot_key: crate::freeze::SnapshotKey,
+    /// The host's connection budget (`ServiceOptions::connections`).
+    connections: Arc<crate::conn::HostBudget>,
 }
 
 /// A role, compiled and checked, not yet running.
@@ -797,6 +828,15 @@ impl Service {
             sim: options.sim,
             precompiled: options.precompiled.clone(),
             frozen: options.frozen.iter().cloned().collect(),
+            snapshot_key: match options.snapshot_key.clone() {
+                Some(k) => k,
+                None => crate::freeze::SnapshotKey::random()
+                    .map_err(|e| RuntimeError::Engine(format!("making a snapshot key: {e}")))?,
+            },
+            connections: options
+                .connections
+                .clone()
+                .unwrap_or_else(crate::conn::HostBudget::from_fd_limit),
         };
         let deployment_id = options.deployment_id.clone().unwrap_or_else(deployment_id);
         let prepared = shared
@@ -869,7 +909,11 @@ impl Service {
                         tracing::info!(role = %name, %addr, scheme, "listening");
                         endpoints.push(addr);
                     }
-                    serve_tasks.push(tokio::spawn(web.clone().serve(listener, tls)));
+                    let conns = crate::conn::Connections::new(
+                        runtime.spec.web.connections,
+                        Some(self.shared.connections.clone()),
+                    );
+                    serve_tasks.push(tokio::spawn(web.clone().serve(listener, tls, conns)));
                 }
                 RoleEntry::Web {
                     role: web,
@@ -1154,19 +1198,21 @@ impl Service {
             raw_len: 0,
             payload_len: 0,
             payload_blake3: String::new(),
-            instrumented: false,
         };
-        crate::freeze::encode(header, &component)
+        crate::freeze::encode(header, &component, &self.shared.snapshot_key)
             .map_err(|e| RuntimeError::Unsupported(e.to_string()))
     }
 
-    /// Thaws a snapshot file into this service: checked whole first (a corrupt, truncated or
-    /// foreign snapshot is refused and nothing starts), then the instance resumes in its old
-    /// slot if that is free or frozen, else in a new one, with fresh local resources; `run` is
-    /// called again. Returns the instance's id.
-    pub async fn thaw(&self, file: &[u8], snapshot_id: &str) -> Result<String, RuntimeError> {
-        let (header, payload) =
-            crate::freeze::check(file).map_err(|e| RuntimeError::Unsupported(e.to_string()))?;
+    /// Checks a snapshot file for a thaw into this service, before anything is compiled or
+    /// started: its signature (this service's key), that it is of this service and its
+    /// running deployment, of one of its roles, and no larger than that role can make.
+    /// Returns the header (which, signed, is the host's own statement).
+    pub fn check_snapshot(
+        &self,
+        file: &[u8],
+    ) -> Result<crate::freeze::SnapshotHeader, RuntimeError> {
+        let refused = |e: crate::freeze::FreezeError| RuntimeError::Unsupported(e.to_string());
+        let (header, _) = crate::freeze::check(file, &self.shared.snapshot_key).map_err(refused)?;
         let current = self.deployment_id();
         if header.service != self.shared.name {
             return Err(RuntimeError::Unsupported(format!(
@@ -1181,6 +1227,46 @@ impl Service {
                 header.deployment_id, self.shared.name
             )));
         }
+        let runtime = match self.target(&header.role)? {
+            Target::Web(web) => web.runtime(),
+            Target::Worker(pool) => pool.runtime(),
+        };
+        header
+            .check_size(max_snapshot_len(&runtime))
+            .map_err(refused)?;
+        Ok(header)
+    }
+
+    /// Slots of role `role`, frozen ones included (0 for a role it does not have).
+    pub fn slot_count(&self, role: &str) -> u32 {
+        let n = match self.target(role) {
+            Ok(Target::Web(web)) => web.slot_count(),
+            Ok(Target::Worker(pool)) => pool.slot_count(),
+            Err(_) => 0,
+        };
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
+    /// Whether a thaw into role `role` takes a frozen slot (so the role's count stays) rather
+    /// than adding an instance.
+    pub fn has_frozen_slot(&self, role: &str) -> bool {
+        match self.target(role) {
+            Ok(Target::Web(web)) => web.running_count() < web.slot_count(),
+            Ok(Target::Worker(pool)) => pool.running_count() < pool.slot_count(),
+            Err(_) => false,
+        }
+    }
+
+    /// Thaws a snapshot file into this service: checked whole first ([`Service::check_snapshot`]:
+    /// a corrupt, truncated, unsigned or foreign snapshot is refused and nothing starts), then
+    /// the instance resumes in a slot the host chooses: its old one if that is frozen, else
+    /// another frozen one, else a new one (one instance more; the caller admits it against
+    /// its capacity first). Local resources are fresh; `run` is called again. Returns the
+    /// instance's id.
+    pub async fn thaw(&self, file: &[u8], snapshot_id: &str) -> Result<String, RuntimeError> {
+        let header = self.check_snapshot(file)?;
+        let (_, payload) = crate::freeze::check(file, &self.shared.snapshot_key)
+            .map_err(|e| RuntimeError::Unsupported(e.to_string()))?;
         let _op = self.ops.lock().await;
         let role = self.target(&header.role)?;
         let engine = self.shared.engine.clone();
@@ -1199,10 +1285,7 @@ impl Service {
             monotonic_ns: header.monotonic_ns,
             snapshot_id: snapshot_id.to_string(),
         };
-        let wanted: Option<u32> = header
-            .instance_id
-            .rsplit_once("_IN_")
-            .and_then(|(_, n)| n.parse().ok());
+        let wanted = header.slot();
         let (index, count) = match role {
             Target::Web(web) => {
                 let index = web.thaw(resume, wanted.map(|i| i as usize));

@@ -34,6 +34,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
+use crate::conn::{Acceptor, ConnGuard, Connections, Watched};
 use crate::instance::InstanceState;
 use crate::manifest::TlsFiles;
 use crate::quota::UsageCell;
@@ -593,6 +594,14 @@ impl WebRole {
         let version = self.current();
         let limit = version.role.spec.web.max_body_bytes;
         let timeout = version.role.spec.web.request_timeout;
+        // hyper's read buffer bounds the head only roughly (it reads in 8 KiB steps and
+        // keeps what it read): the documented limit is enforced here, exactly.
+        if head_len(&req) > version.role.spec.web.max_header_bytes {
+            return text(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request head too large\n",
+            );
+        }
         let declared = req
             .headers()
             .get(hyper::header::CONTENT_LENGTH)
@@ -1012,8 +1021,8 @@ impl WebRole {
         crate::worker::capture_quiet(&source, store, instance.instance).await
     }
 
-    /// Thaws a snapshot of this role into slot `wanted` when that is free or frozen, else the
-    /// first free slot, and returns the slot's index. Its instance starts at once, from the
+    /// Thaws a snapshot of this role into slot `wanted` when that is frozen, else another
+    /// frozen slot, else the lowest free index, and returns the slot's index. Its instance starts at once, from the
     /// snapshot, with fresh local resources, and takes requests once it runs.
     pub fn thaw(self: &Arc<Self>, resume: Resume, wanted: Option<usize>) -> usize {
         self.thaw_into(
@@ -1030,15 +1039,17 @@ impl WebRole {
         let mut warm = self.warm.lock().unwrap_or_else(|p| p.into_inner());
         let (index, generation) = {
             let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-            let free = |i: &usize| {
-                slots.get(i).is_none_or(|s| {
+            let frozen: Vec<u32> = slots
+                .iter()
+                .filter(|(_, s)| {
                     s.status.lock().unwrap_or_else(|p| p.into_inner()).phase == Phase::Frozen
                 })
-            };
-            let index = match wanted.filter(free) {
-                Some(i) => i,
-                None => (0..).find(|i| !slots.contains_key(i)).unwrap_or(0),
-            };
+                .filter_map(|(i, _)| u32::try_from(*i).ok())
+                .collect();
+            let wanted = wanted.and_then(|i| u32::try_from(i).ok());
+            let index =
+                crate::worker::thaw_slot(wanted, &frozen, |i| slots.contains_key(&(i as usize)))
+                    as usize;
             let mut slot = self.new_slot(index, version);
             if let Some(old) = slots.get(&index) {
                 slot.usage = old.usage.clone();
@@ -1064,6 +1075,11 @@ impl WebRole {
         index
     }
 
+    /// Slots, frozen ones included.
+    pub fn slot_count(&self) -> usize {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     /// Instances serving or able to (every slot not frozen).
     pub fn running_count(&self) -> usize {
         self.slots
@@ -1087,53 +1103,82 @@ impl WebRole {
     }
 
     /// Accepts connections on `listener` (TLS first when `tls` is given) until the service
-    /// stops.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, tls: Option<TlsAcceptor>) {
+    /// stops, holding them within `conns` (its cap and deadlines, [`crate::conn`]).
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tls: Option<TlsAcceptor>,
+        conns: Arc<Connections>,
+    ) {
+        let mut acceptor = Acceptor::new("web endpoint");
         loop {
             let (stream, _peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        continue;
-                    }
-                },
+                accepted = acceptor.accept(&listener) => accepted,
                 () = self.stop.requested() => return,
+            };
+            let Some(guard) = conns.admit() else {
+                crate::conn::refuse(&stream);
+                continue;
             };
             let _ = stream.set_nodelay(true);
             let web = self.clone();
             let tls = tls.clone();
+            let handshake = conns.limits().handshake_timeout;
             tokio::spawn(async move {
+                let stream = Watched::new(stream, guard.state.clone());
                 match tls {
-                    None => web.connection(stream, Scheme::Http).await,
-                    Some(acceptor) => match acceptor.accept(stream).await {
-                        Ok(stream) => web.connection(stream, Scheme::Https).await,
-                        Err(e) => tracing::debug!(error = %e, "TLS handshake failed"),
-                    },
+                    None => web.connection(stream, Scheme::Http, &guard).await,
+                    Some(acceptor) => {
+                        let shaken = tokio::select! {
+                            biased;
+                            closed = guard.watch() => Err(closed.as_str().to_string()),
+                            r = tokio::time::timeout(handshake, acceptor.accept(stream)) => match r {
+                                Ok(Ok(s)) => Ok(s),
+                                Ok(Err(e)) => Err(e.to_string()),
+                                Err(_) => Err("the TLS handshake took too long".into()),
+                            },
+                        };
+                        match shaken {
+                            Ok(stream) => web.connection(stream, Scheme::Https, &guard).await,
+                            Err(e) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        }
+                    }
                 }
             });
         }
     }
 
-    /// Serves the requests of one connection.
-    async fn connection<S>(self: Arc<Self>, stream: S, scheme: Scheme)
+    /// Serves the requests of one connection until it ends or `guard` says it must close.
+    async fn connection<S>(self: Arc<Self>, stream: S, scheme: Scheme, guard: &ConnGuard)
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let max_head = self.current().role.spec.web.max_header_bytes;
         let web = self.clone();
+        let state = guard.state.clone();
         let service = service_fn(move |req| {
             let web = web.clone();
             let scheme = scheme.clone();
-            async move { Ok::<_, Infallible>(web.handle(req, scheme).await) }
+            let state = state.clone();
+            state.request_started();
+            async move {
+                let response = web.handle(req, scheme).await;
+                state.answered();
+                Ok::<_, Infallible>(response)
+            }
         });
-        if let Err(e) = http1::Builder::new()
+        let served = http1::Builder::new()
             .keep_alive(true)
-            .max_buf_size(max_head)
-            .serve_connection(TokioIo::new(stream), service)
-            .await
-        {
-            tracing::debug!(error = %e, "connection ended with an error");
+            // Room past the limit: `dispatch` enforces the limit exactly, and a head right at
+            // it must not fail in hyper's buffer first.
+            .max_buf_size(max_head.saturating_add(8192))
+            .serve_connection(TokioIo::new(stream), service);
+        tokio::select! {
+            biased;
+            r = served => if let Err(e) = r {
+                tracing::debug!(error = %e, "connection ended with an error");
+            },
+            closed = guard.watch() => tracing::debug!(reason = closed.as_str(), "connection closed by the host"),
         }
     }
 
@@ -1152,6 +1197,16 @@ impl WebRole {
 
 fn set(status: &Mutex<InstanceStatus>, phase: Phase) {
     status.lock().unwrap_or_else(|p| p.into_inner()).phase = phase;
+}
+
+/// The size of a request's head as sent: the request line and every header line
+/// (`name: value\r\n`), and the blank line that ends it.
+fn head_len<B>(req: &Request<B>) -> usize {
+    let target = req.uri().path_and_query().map_or(1, |p| p.as_str().len());
+    let line = req.method().as_str().len() + 1 + target + 1 + "HTTP/1.1\r\n".len();
+    req.headers()
+        .iter()
+        .fold(line + 2, |n, (k, v)| n + k.as_str().len() + 2 + v.len() + 2)
 }
 
 /// Binds an endpoint.

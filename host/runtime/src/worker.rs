@@ -298,6 +298,20 @@ async fn guarded<F: Future>(
         .map_err(|_| Interrupted)
 }
 
+/// The slot a thaw takes, chosen by the host (never by the snapshot alone): `wanted` (the
+/// frozen instance's own slot) when that is frozen, else the lowest frozen slot, else the
+/// lowest index not `taken`. A snapshot's slot number thus never makes a slot appear out of
+/// nowhere.
+pub(crate) fn thaw_slot(wanted: Option<u32>, frozen: &[u32], taken: impl Fn(u32) -> bool) -> u32 {
+    if let Some(w) = wanted.filter(|w| frozen.contains(w)) {
+        return w;
+    }
+    if let Some(f) = frozen.iter().min() {
+        return *f;
+    }
+    (0..u32::MAX).find(|i| !taken(*i)).unwrap_or(u32::MAX)
+}
+
 /// Why a call failed, in words for the log: names the quota when one was hit.
 pub(crate) fn describe_failure(
     phase: &str,

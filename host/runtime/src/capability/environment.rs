@@ -219,12 +219,13 @@ impl Host for EnvironmentCtx {
     async fn log(&mut self, level: LogLevel, mut message: String) -> wasmtime::Result<()> {
         self.progress();
         // Over the budget, the guest waits: throttled, nothing lost.
-        let owed = LineBudget::charge(&self.budget, 1.0);
+        truncate(&mut message, MAX_LOG_LINE);
+        let owed = LineBudget::charge(&self.budget, 1.0, message.len());
         if !owed.is_zero() {
             tokio::time::sleep(owed).await;
         }
         let instance = self.info.instance_id.as_str();
-        truncate(&mut message, MAX_LOG_LINE);
+        let message = crate::guest_log::escape_controls(&message);
         match level {
             LogLevel::Trace => tracing::trace!(target: "guest", instance, "{message}"),
             LogLevel::Debug => tracing::debug!(target: "guest", instance, "{message}"),

@@ -137,9 +137,11 @@ impl QueueCtx {
                     .store(crate::quota::host_ms(), Ordering::Relaxed);
             }
         }
-        {
+        // Only a read that worked names a real queue (a valid name, at most 63 bytes), and
+        // only the first few are watched: the guest chooses these names.
+        if r.is_ok() {
             let mut polled = self.usage.polled.lock().unwrap_or_else(|p| p.into_inner());
-            if !polled.contains(queue) {
+            if !polled.contains(queue) && polled.len() < crate::quota::MAX_POLLED_QUEUES {
                 polled.insert(queue.to_string());
             }
         }

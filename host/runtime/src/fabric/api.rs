@@ -42,12 +42,17 @@ pub const MAX_UPLOAD_BYTES: u64 = 1 << 30;
 /// Largest JSON request body.
 const MAX_JSON_BYTES: usize = 16 << 20;
 
-/// A response body: whole, or streamed from a channel (progress, followed logs).
+/// Chunks a streamed response holds for a client that is slow to read: a follower of the logs
+/// that stops reading costs the host this many lines (of at most 16 KiB), not everything
+/// that follows; past it, lines are skipped and the follower is told how many.
+pub const STREAM_CHUNKS: usize = 256;
+
+/// A response body: whole, or streamed from a bounded channel (progress, followed logs).
 pub enum ApiBody {
     /// All of it.
     Whole(Option<Bytes>),
     /// Chunks as they come; ends when the sender is dropped.
-    Stream(mpsc::UnboundedReceiver<Bytes>),
+    Stream(mpsc::Receiver<Bytes>),
 }
 
 impl hyper::body::Body for ApiBody {
@@ -85,8 +90,8 @@ fn error(status: u16, message: impl std::fmt::Display) -> Reply {
     json(status, &serde_json::json!({ "error": message.to_string() }))
 }
 
-fn streamed(content_type: &str) -> (mpsc::UnboundedSender<Bytes>, Reply) {
-    let (tx, rx) = mpsc::unbounded_channel();
+fn streamed(content_type: &str) -> (mpsc::Sender<Bytes>, Reply) {
+    let (tx, rx) = mpsc::channel(STREAM_CHUNKS);
     let mut r = Response::new(ApiBody::Stream(rx));
     if let Ok(v) = hyper::header::HeaderValue::from_str(content_type) {
         r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
@@ -95,24 +100,9 @@ fn streamed(content_type: &str) -> (mpsc::UnboundedSender<Bytes>, Reply) {
 }
 
 /// Reads the host's token from the data directory, making one (256 random bits, readable by
-/// the owner only) the first time.
-pub fn ensure_token(data_dir: &std::path::Path) -> std::io::Result<String> {
-    let path = data_dir.join(TOKEN_FILE);
-    if let Ok(t) = std::fs::read_to_string(&path) {
-        let t = t.trim().to_string();
-        if !t.is_empty() {
-            return Ok(t);
-        }
-    }
-    let mut raw = [0u8; 32];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut raw)?;
-    let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    std::io::Write::write_all(&mut options.open(&path)?, token.as_bytes())?;
-    Ok(token)
+/// the owner only) the first time; a token file that others can read is refused.
+pub fn ensure_token(data_dir: &std::path::Path) -> Result<String, crate::secret::SecretError> {
+    crate::secret::read_or_create(&data_dir.join(TOKEN_FILE)).map(|t| crate::secret::hex(&t))
 }
 
 /// Compares in time independent of where the first difference is.
@@ -120,50 +110,63 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Serves the management API on `listener` until `stop`.
+/// Serves the management API on `listener` until `stop`. Its connections are held apart
+/// from the web endpoints' ([`crate::conn::MANAGEMENT_CONNECTIONS`], within the descriptors
+/// the host keeps in reserve), so it answers while a web endpoint is flooded.
 pub async fn serve(fabric: Arc<Fabric>, listener: TcpListener, token: String, stop: StopSignal) {
     let token: Arc<str> = Arc::from(token);
+    let conns = crate::conn::Connections::new(
+        crate::conn::ConnLimits {
+            max_connections: crate::conn::MANAGEMENT_CONNECTIONS,
+            // Its streamed answers (followed logs, a deploy's progress) may be quiet for long.
+            idle_timeout: crate::conn::MAX_CONN_TIMEOUT,
+            ..crate::conn::ConnLimits::default()
+        },
+        None,
+    );
+    let mut acceptor = crate::conn::Acceptor::new("management API");
     loop {
         let (stream, _) = tokio::select! {
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "management API: accept failed");
-                    continue;
-                }
-            },
+            a = acceptor.accept(&listener) => a,
             () = stop.requested() => return,
+        };
+        let Some(guard) = conns.admit() else {
+            crate::conn::refuse(&stream);
+            continue;
         };
         let fabric = fabric.clone();
         let token = token.clone();
         tokio::spawn(async move {
+            let state = guard.state.clone();
             let service = service_fn(move |req| {
                 let fabric = fabric.clone();
                 let token = token.clone();
+                let state = state.clone();
+                state.request_started();
                 // A call runs to its end in a task of its own, even when its client hangs up
                 // (hyper then drops this future): a web freeze dropped half-way would lose the
                 // instance it took, a scale the record it had not written yet.
                 let call = tokio::spawn(async move { handle(fabric, &token, req).await });
                 async move {
-                    Ok::<_, Infallible>(call.await.unwrap_or_else(|e| {
+                    let r = call.await.unwrap_or_else(|e| {
                         error(500, format!("the call failed inside the host: {e}"))
-                    }))
+                    });
+                    state.answered();
+                    Ok::<_, Infallible>(r)
                 }
             });
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(hyper_util_io(stream), service)
-                .await
-            {
-                tracing::debug!(error = %e, "management API: connection ended with an error");
+            let stream = crate::conn::Watched::new(stream, guard.state.clone());
+            let served = http1::Builder::new()
+                .serve_connection(wasmtime_wasi_http::io::TokioIo::new(stream), service);
+            tokio::select! {
+                biased;
+                r = served => if let Err(e) = r {
+                    tracing::debug!(error = %e, "management API: connection ended with an error");
+                },
+                closed = guard.watch() => tracing::debug!(reason = closed.as_str(), "management API: connection closed"),
             }
         });
     }
-}
-
-fn hyper_util_io(
-    stream: tokio::net::TcpStream,
-) -> wasmtime_wasi_http::io::TokioIo<tokio::net::TcpStream> {
-    wasmtime_wasi_http::io::TokioIo::new(stream)
 }
 
 fn query(req: &Request<Incoming>, key: &str) -> Option<String> {
@@ -247,7 +250,8 @@ async fn handle(fabric: Arc<Fabric>, token: &str, req: Request<Incoming>) -> Rep
                     tracing::info!("{line}");
                     let mut l = serde_json::json!({ "progress": line }).to_string();
                     l.push('\n');
-                    let _ = progress_tx.send(Bytes::from(l));
+                    // A client that does not read its progress misses lines, not the end.
+                    let _ = progress_tx.try_send(Bytes::from(l));
                 };
                 let last = match fabric.deploy(deployment, &progress).await {
                     Ok(name) => serde_json::json!({ "done": name }),
@@ -256,7 +260,7 @@ async fn handle(fabric: Arc<Fabric>, token: &str, req: Request<Incoming>) -> Rep
                         serde_json::json!({ "error": e.to_string() })
                     }
                 };
-                let _ = tx.send(Bytes::from(format!("{last}\n")));
+                let _ = tx.send(Bytes::from(format!("{last}\n"))).await;
             });
             response
         }
@@ -415,12 +419,17 @@ fn logs(fabric: &Fabric, req: &Request<Incoming>) -> Reply {
     let mut live = fabric.logs().follow();
     let recent = fabric.logs().recent();
     let (tx, response) = streamed("text/plain; charset=utf-8");
-    for l in recent.iter().filter(|l| wanted(l)) {
-        let _ = tx.send(format_line(l));
-    }
     let sent = recent.last().map(|l| l.seq);
-    if follow {
-        tokio::spawn(async move {
+    tokio::spawn(async move {
+        for l in recent.iter().filter(|l| wanted(l)) {
+            if tx.send(format_line(l)).await.is_err() {
+                return;
+            }
+        }
+        drop(recent);
+        if follow {
+            // Waits while the client does not read: the hub's channel then runs ahead of
+            // this follower, which is told how many lines it lost.
             loop {
                 match live.recv().await {
                     Ok(l) => {
@@ -429,7 +438,7 @@ fn logs(fabric: &Fabric, req: &Request<Incoming>) -> Reply {
                         if sent.is_some_and(|s| l.seq <= s) {
                             continue;
                         }
-                        if wanted(&l) && tx.send(format_line(&l)).is_err() {
+                        if wanted(&l) && tx.send(format_line(&l)).await.is_err() {
                             return;
                         }
                     }
@@ -438,6 +447,7 @@ fn logs(fabric: &Fabric, req: &Request<Incoming>) -> Reply {
                             .send(Bytes::from(format!(
                                 "[{n} lines skipped: the follower fell behind]\n"
                             )))
+                            .await
                             .is_err()
                         {
                             return;
@@ -446,7 +456,7 @@ fn logs(fabric: &Fabric, req: &Request<Incoming>) -> Reply {
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 }
             }
-        });
-    }
+        }
+    });
     response
 }

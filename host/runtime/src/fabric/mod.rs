@@ -16,6 +16,7 @@
 
 pub mod api;
 pub mod metrics;
+pub mod snapshots;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -36,8 +37,9 @@ use crate::worker::{InstanceStatus, Phase};
 pub const TOKEN_FILE: &str = "management.token";
 /// The file in the data directory that holds the management API's address.
 pub const ADDRESS_FILE: &str = "management.url";
-/// The container of a service's account where its snapshots are kept.
-pub const SNAPSHOT_CONTAINER: &str = "rolehost-snapshots";
+/// The file in the data directory that holds the key snapshots are signed with, unless
+/// `--snapshot-key` names another (hosts that share storage share it).
+pub const SNAPSHOT_KEY_FILE: &str = "snapshot.key";
 /// Default most instances a host runs (all services together): the pool's size.
 pub const DEFAULT_MAX_INSTANCES: u32 = 4096;
 
@@ -47,6 +49,15 @@ pub enum FabricError {
     /// No such service.
     #[error("no service named {0:?} is deployed")]
     NoService(String),
+    /// No such snapshot in the host's store.
+    #[error("no snapshot {0:?} is kept by this host (rolehost freeze prints the ids)")]
+    NoSnapshot(String),
+    /// A snapshot refused as it is: unsigned, altered, foreign, too large.
+    #[error("snapshot refused: {0}")]
+    SnapshotRefused(String),
+    /// A request without what it needs.
+    #[error("{0}")]
+    BadRequest(String),
     /// A deployment names a file that was not uploaded.
     #[error("{what} (sha256 {sha}) was not uploaded")]
     MissingFile {
@@ -102,7 +113,7 @@ impl FabricError {
     /// The HTTP status the management API answers with.
     pub fn status(&self) -> u16 {
         match self {
-            FabricError::NoService(_) => 404,
+            FabricError::NoService(_) | FabricError::NoSnapshot(_) => 404,
             FabricError::Stopped(_) => 409,
             FabricError::Io { .. } | FabricError::Storage(_) => 500,
             _ => 400,
@@ -269,6 +280,8 @@ pub struct FabricOptions {
     pub storage: Option<PathBuf>,
     /// Most instances, all services together.
     pub max_instances: u32,
+    /// The snapshot key's file, when not `<data_dir>/snapshot.key`.
+    pub snapshot_key: Option<PathBuf>,
 }
 
 /// What status reads of a service without waiting for an operation in progress.
@@ -284,12 +297,56 @@ pub struct Fabric {
     data_dir: PathBuf,
     engine: wasmtime::Engine,
     storage: Arc<RedbStore>,
+    /// The connections all services' web endpoints hold together.
+    connections: Arc<crate::conn::HostBudget>,
+    snapshots: snapshots::SnapshotStore,
+    snapshot_key: crate::freeze::SnapshotKey,
     logs: Arc<LogHub>,
     max_instances: u32,
     /// Operations on services, one at a time (a deploy may take a while; status does not wait
     /// for it: it reads `view`).
     services: tokio::sync::Mutex<BTreeMap<String, Hosted>>,
     view: std::sync::Mutex<BTreeMap<String, View>>,
+}
+
+/// Makes `dir` readable by its owner only (0700).
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Makes `file` readable by its owner only (0600).
+fn private_file(file: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
+/// Removes the temporary files of uploads a crash interrupted ([`Fabric::upload_path`]):
+/// nothing else would, and each can be as large as a component.
+fn remove_interrupted_uploads(files: &Path) {
+    let Ok(entries) = std::fs::read_dir(files) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(".upload-") {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(file = %entry.path().display(), "removed an interrupted upload")
+                }
+                Err(e) => {
+                    tracing::warn!(file = %entry.path().display(), error = %e, "could not remove an interrupted upload")
+                }
+            }
+        }
+    }
 }
 
 /// Is `s` a SHA-256 in lowercase hex?
@@ -317,16 +374,26 @@ impl Fabric {
             let d = data_dir.join(sub);
             std::fs::create_dir_all(&d).map_err(io(&d))?;
         }
+        // Tokens, keys, uploaded TLS keys and every tenant's data live here: the owner's only.
+        private_dir(&data_dir).map_err(io(&data_dir))?;
+        remove_interrupted_uploads(&data_dir.join("files"));
         let db = options
             .storage
             .clone()
             .unwrap_or_else(|| data_dir.join(crate::service::DATABASE_FILE));
-        let storage = RedbStore::open(&db, StorageOptions::default()).map_err(|e| {
-            FabricError::Storage(format!(
-                "{}: {e} (is another rolehost using this data directory?)",
-                db.display()
-            ))
+        let storage = RedbStore::open(&db, StorageOptions::default()).map_err(|e| match e {
+            // These name the file themselves.
+            rolehost_storage::StorageError::InUse(_)
+            | rolehost_storage::StorageError::Damaged { .. } => FabricError::Storage(e.to_string()),
+            e => FabricError::Storage(format!("{}: {e}", db.display())),
         })?;
+        private_file(&db).map_err(io(&db))?;
+        let key_path = options
+            .snapshot_key
+            .clone()
+            .unwrap_or_else(|| data_dir.join(SNAPSHOT_KEY_FILE));
+        let snapshot_key = crate::freeze::SnapshotKey::open(&key_path)
+            .map_err(|e| FabricError::Storage(format!("the snapshot key: {e}")))?;
         let engine = build_engine(&EngineOptions {
             cache_dir: Some(data_dir.join("cache")),
             metering: true,
@@ -339,10 +406,14 @@ impl Fabric {
             ),
         })
         .map_err(|e| crate::error::RuntimeError::Engine(format!("{e:#}")))?;
+        let storage = Arc::new(storage);
         let fabric = Arc::new(Fabric {
             data_dir,
             engine,
-            storage: Arc::new(storage),
+            snapshots: snapshots::SnapshotStore::new(storage.clone()),
+            snapshot_key,
+            connections: crate::conn::HostBudget::from_fd_limit(),
+            storage,
             logs: Arc::new(LogHub::default()),
             max_instances: options.max_instances,
             services: tokio::sync::Mutex::new(BTreeMap::new()),
@@ -396,6 +467,8 @@ impl Fabric {
             });
         }
         let path = self.file_path(sha);
+        // Uploaded files include TLS private keys.
+        private_file(tmp).map_err(io(tmp))?;
         std::fs::rename(tmp, &path).map_err(io(&path))
     }
 
@@ -587,6 +660,8 @@ impl Fabric {
             data_dir: self.data_dir.join("services").join(&manifest.service),
             engine: Some(self.engine.clone()),
             logs: Some(self.logs.clone()),
+            snapshot_key: Some(self.snapshot_key.clone()),
+            connections: Some(self.connections.clone()),
             ..ServiceOptions::default()
         };
         Ok(Service::start_with_progress(
@@ -616,7 +691,23 @@ impl Fabric {
             }
         }
         let mut services = self.services.lock().await;
-        for record in records {
+        for mut record in records {
+            // Snapshots are kept in the host's own store; one it does not have (kept where
+            // its guest could change it, by an earlier rolehost) is not trusted: the instance
+            // starts afresh rather than staying frozen for ever.
+            let missing: Vec<(String, String)> = record
+                .frozen
+                .iter()
+                .filter(|(_, id)| !self.snapshots.contains(id))
+                .map(|(i, id)| (i.clone(), id.clone()))
+                .collect();
+            for (instance, id) in missing {
+                tracing::warn!(
+                    instance = %instance, snapshot = %id,
+                    "the host's snapshot store has no snapshot of this frozen instance; it starts afresh"
+                );
+                record.frozen.remove(&instance);
+            }
             let (manifest, components) = match self.resolve(&record.deployment, &record.scaled) {
                 Ok(r) => r,
                 Err(e) => {
@@ -740,6 +831,10 @@ impl Fabric {
         if local.exists() {
             std::fs::remove_dir_all(&local).map_err(io(&local))?;
         }
+        let deleted = self.snapshots.delete_service(name)?;
+        if deleted > 0 {
+            tracing::info!(service = name, snapshots = deleted, "snapshots deleted");
+        }
         if purge_storage {
             purge_account(&*self.storage, name)?;
         }
@@ -747,10 +842,11 @@ impl Fabric {
         Ok(())
     }
 
-    /// Freezes `instance` of service `name` and keeps the snapshot in the service's storage
-    /// account (container [`SNAPSHOT_CONTAINER`]), where any host sharing that storage can
-    /// thaw it. Returns the snapshot's id and the file. `wait` bounds the wait for a busy
-    /// web instance ([`Service::freeze_within`]).
+    /// Freezes `instance` of service `name` and keeps the snapshot in the host's snapshot
+    /// store ([`snapshots`]), where any host sharing this storage (and the snapshot key) can
+    /// thaw it; the instance is recorded frozen only once its snapshot is kept. Returns the
+    /// snapshot's id and the file. `wait` bounds the wait for a busy web instance
+    /// ([`Service::freeze_within`]).
     pub async fn freeze(
         &self,
         name: &str,
@@ -761,81 +857,108 @@ impl Fabric {
         let file = service.freeze_within(instance, wait).await?;
         let (header, _) =
             crate::freeze::header(&file).map_err(|e| FabricError::Storage(e.to_string()))?;
-        let id = format!("{name}.{instance}.{}", &header.payload_blake3[..12]);
-        self.note_frozen(name, &header.deployment_id, instance, Some(&id))
+        let id = snapshots::snapshot_id(&header);
+        let kept = {
+            let (store, id, file, header) = (
+                snapshots::SnapshotStore::new(self.storage.clone()),
+                id.clone(),
+                file.clone(),
+                header.clone(),
+            );
+            tokio::task::spawn_blocking(move || store.put(&id, &header, &file))
+                .await
+                .map_err(|e| FabricError::Storage(e.to_string()))?
+        };
+        kept?;
+        self.note_frozen(name, &header.deployment_id, instance, &id)
             .await?;
-        let (storage, account) = service.storage();
-        let _ = storage.create_container(&account, SNAPSHOT_CONTAINER, Default::default());
-        storage
-            .put_blob(
-                &account,
-                SNAPSHOT_CONTAINER,
-                &id,
-                &mut file.as_slice(),
-                Default::default(),
-            )
-            .map_err(|e| FabricError::Storage(format!("keeping snapshot {id}: {e}")))?;
         tracing::info!(service = name, instance, snapshot = %id, bytes = file.len(), "frozen");
         Ok((id, file))
     }
 
-    /// Thaws a snapshot, given whole (`file`) or by id (read from its service's account).
-    /// Returns the instance's id.
+    /// Thaws a snapshot, given whole (`file`, trusted only when its signature checks) or by
+    /// id (from the host's snapshot store, whose record names the service it thaws into).
+    /// A thaw is admitted like a start: within the host's capacity, into a slot the host
+    /// chooses. Returns the instance's id.
     pub async fn thaw(
         &self,
         id: Option<&str>,
         file: Option<Vec<u8>>,
     ) -> Result<String, FabricError> {
-        let (file, id) = match (file, id) {
-            (Some(f), id) => {
-                let (h, _) = crate::freeze::header(&f).map_err(refused)?;
-                let id = id.map_or_else(
-                    || {
-                        format!(
-                            "{}.{}.{}",
-                            h.service,
-                            h.instance_id,
-                            &h.payload_blake3[..12]
-                        )
-                    },
-                    str::to_string,
-                );
-                (f, id)
+        let (file, id, record) = match (file, id) {
+            (Some(f), _) => {
+                let (h, _) = crate::freeze::check(&f, &self.snapshot_key).map_err(refused)?;
+                (f, snapshots::snapshot_id(&h), None)
             }
             (None, Some(id)) => {
-                let service = id.split('.').next().unwrap_or_default();
-                let running = self.running_service(service)?;
-                let (storage, account) = running.storage();
-                let mut read = storage
-                    .get_blob(&account, SNAPSHOT_CONTAINER, id, &Default::default())
-                    .map_err(|e| FabricError::Storage(format!("snapshot {id}: {e}")))?;
-                let mut f = Vec::new();
-                std::io::Read::read_to_end(&mut read.reader, &mut f)
-                    .map_err(|e| FabricError::Storage(format!("snapshot {id}: {e}")))?;
-                (f, id.to_string())
+                let store = snapshots::SnapshotStore::new(self.storage.clone());
+                let wanted = id.to_string();
+                let (record, f) = tokio::task::spawn_blocking(move || store.get(&wanted))
+                    .await
+                    .map_err(|e| FabricError::Storage(e.to_string()))??;
+                (f, id.to_string(), Some(record))
             }
             (None, None) => {
-                return Err(FabricError::Storage(
+                return Err(FabricError::BadRequest(
                     "a thaw needs a snapshot id or file".into(),
                 ));
             }
         };
-        let (header, _) = crate::freeze::header(&file).map_err(refused)?;
-        let service = self.running_service(&header.service)?;
+        let target = match &record {
+            Some(r) => r.service.clone(),
+            None => crate::freeze::header(&file).map_err(refused)?.0.service,
+        };
+        let mut services = self.services.lock().await;
+        let service = services
+            .get(&target)
+            .ok_or_else(|| FabricError::NoService(target.clone()))?
+            .service
+            .clone()
+            .ok_or_else(|| FabricError::Stopped(target.clone()))?;
+        let header = service.check_snapshot(&file)?;
+        if let Some(r) = &record
+            && !r.agrees_with(&header)
+        {
+            return Err(FabricError::SnapshotRefused(format!(
+                "snapshot {id} does not match the host's record of it (the record says {}/{} of \
+                 deployment {}); it is damaged",
+                r.service, r.instance, r.deployment
+            )));
+        }
+        // One instance more runs, whichever slot it takes.
+        let running: u64 = service
+            .instance_counts()
+            .values()
+            .map(|n| u64::from(*n))
+            .sum();
+        self.check_capacity(&services, &target, running + 1)?;
+        let grows = !service.has_frozen_slot(&header.role);
         let instance = service.thaw(&file, &id).await?;
-        self.note_frozen(&header.service, &header.deployment_id, &instance, None)
-            .await?;
+        if let Some(hosted) = services.get_mut(&target)
+            && hosted.record.deployment.id() == header.deployment_id
+        {
+            let mut record = hosted.record.clone();
+            record.frozen.remove(&instance);
+            if grows {
+                // The new instance stays across a restart.
+                let n = service.slot_count(&header.role);
+                record.scaled.insert(header.role.clone(), n);
+            }
+            self.save(&target, &record)?;
+            hosted.record = record;
+        }
+        self.publish(&services);
         Ok(instance)
     }
 
     /// Records that `instance` of service `name` (running deployment `deployment`) is frozen
-    /// in snapshot `snapshot`, or, with `None`, runs again.
+    /// in snapshot `snapshot`.
     async fn note_frozen(
         &self,
         name: &str,
         deployment: &str,
         instance: &str,
-        snapshot: Option<&str>,
+        snapshot: &str,
     ) -> Result<(), FabricError> {
         let mut services = self.services.lock().await;
         let Some(hosted) = services.get_mut(name) else {
@@ -845,10 +968,9 @@ impl Fabric {
             return Ok(());
         }
         let mut record = hosted.record.clone();
-        match snapshot {
-            Some(id) => record.frozen.insert(instance.to_string(), id.to_string()),
-            None => record.frozen.remove(instance),
-        };
+        record
+            .frozen
+            .insert(instance.to_string(), snapshot.to_string());
         self.save(name, &record)?;
         hosted.record = record;
         self.publish(&services);
@@ -939,7 +1061,7 @@ impl Fabric {
 
 /// A snapshot refused as it is (bad input: a 400).
 fn refused(e: crate::freeze::FreezeError) -> FabricError {
-    FabricError::Runtime(crate::error::RuntimeError::Unsupported(e.to_string()))
+    FabricError::SnapshotRefused(e.to_string())
 }
 
 /// Deletes every container, queue and table of account `name`.

@@ -1,0 +1,467 @@
+//! Hostile tenants and clients against the real `rolehost serve`: each test is one attack that
+//! once worked (issue "Hostile tenants"), made by a hostile guest (`guests/hostile`) or a
+//! hostile client, and asserts what a user must see: the refusal and its message, the host
+//! still serving, memory within a bound read from /proc, files' modes.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{Host, service_dir};
+
+/// A worker that counts in memory (freezable), and a producer feeding it.
+const ICY: &str = "[service]\nname = \"icy\"\n\
+     [roles.Producer]\nkind = \"worker\"\ncomponent = \"{guest:producer}\"\n\
+     [roles.Producer.settings]\ninterval-ms = 100\n\
+     [roles.Counter]\nkind = \"worker\"\ncomponent = \"{guest:testbed}\"\ngrace-period-secs = 5\n\
+     [roles.Counter.settings]\nmode = \"memcount\"\nqueue = \"increments\"\n";
+
+/// A service `name` of one hostile worker in `mode`, with more settings.
+fn hostile(dir: &Path, name: &str, mode: &str, instances: u32, settings: &str) -> String {
+    service_dir(
+        dir,
+        &format!(
+            "[service]\nname = \"{name}\"\n[roles.Attacker]\nkind = \"worker\"\n\
+             component = \"{{guest:hostile}}\"\ninstances = {instances}\ngrace-period-secs = 2\n\
+             [roles.Attacker.settings]\nmode = \"{mode}\"\n{settings}"
+        ),
+    )
+}
+
+/// A snapshot file's parts: (header JSON, signature, payload), cut by its frame.
+fn frame(file: &[u8]) -> (serde_json::Value, Vec<u8>, Vec<u8>) {
+    let len = u32::from_le_bytes(file[8..12].try_into().unwrap()) as usize;
+    let header = serde_json::from_slice(&file[12..12 + len]).unwrap();
+    let signature = file[12 + len..12 + len + 32].to_vec();
+    let payload = file[12 + len + 32..].to_vec();
+    (header, signature, payload)
+}
+
+/// A snapshot file framed around `header`, with `signature` and `payload` as given.
+fn reframe(
+    magic: &[u8; 8],
+    header: &serde_json::Value,
+    signature: &[u8],
+    payload: &[u8],
+) -> Vec<u8> {
+    let head = serde_json::to_vec(header).unwrap();
+    let mut out = magic.to_vec();
+    out.extend_from_slice(&(head.len() as u32).to_le_bytes());
+    out.extend_from_slice(&head);
+    out.extend_from_slice(signature);
+    out.extend_from_slice(payload);
+    out
+}
+
+fn wait_counting(host: &Host, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let logs = host.ok(&["logs", "icy", "--instance", "Counter_IN_0"]);
+        let last = logs
+            .lines()
+            .rev()
+            .find_map(|l| l.rsplit("counted ").next()?.trim().parse::<u64>().ok());
+        if last.is_some_and(|c| c >= n) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no counting: {}", host.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Item 1 and 2: snapshots are out of every guest's reach, and a snapshot the host did not
+/// sign (rewritten to name another service, crafted to abort the host, or of an unsigned
+/// earlier format) is refused by name while the host serves on.
+#[test]
+fn snapshots_are_out_of_a_guests_reach_and_forged_ones_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(&dir.path().join("host"));
+    host.ok(&["deploy", &service_dir(&dir.path().join("icy"), ICY)]);
+    wait_counting(&host, 2);
+    let file = dir.path().join("counter.snap");
+    let id = host.ok(&[
+        "freeze",
+        "icy",
+        "Counter_IN_0",
+        "-o",
+        file.to_str().unwrap(),
+    ]);
+    assert!(id.trim().starts_with("icy.Counter_IN_0."), "{id}");
+
+    // The frozen service's own guests look where snapshots used to be, and in the host's
+    // account: nothing there, nothing reachable.
+    host.ok(&[
+        "deploy",
+        &hostile(&dir.path().join("snoop"), "icy-snoop", "snapshots", 1, ""),
+    ]);
+    let out = host.wait_log("icy-snoop", "report list-host-account");
+    assert!(
+        out.contains("report list-old-container: ContainerNotFound"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("report containers: rolehost-snapshots"),
+        "{out}"
+    );
+    assert!(!out.contains("report list-host-account: ok"), "{out}");
+
+    // The attack that once ran one service's code inside another: the same file, its header
+    // rewritten to name the other service and its deployment.
+    let bytes = std::fs::read(&file).unwrap();
+    assert_eq!(&bytes[..8], b"RHSNAP04");
+    let (mut header, signature, payload) = frame(&bytes);
+    let status = host.status();
+    let victim = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "icy-snoop")
+        .unwrap();
+    header["service"] = "icy-snoop".into();
+    header["role"] = "Attacker".into();
+    header["instance_id"] = "Attacker_IN_0".into();
+    header["deployment_id"] = victim["deployment_id"].clone();
+    let refused = |name: &str, bytes: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let out = host.cli(&["thaw", path.to_str().unwrap()]);
+        assert!(!out.status.success(), "{name} was thawed");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let e = refused(
+        "forged.snap",
+        &reframe(b"RHSNAP04", &header, &signature, &payload),
+    );
+    assert!(e.contains("signature does not match"), "{e}");
+
+    // A raw length of 2^60 and a digest of three characters (which aborted the host and
+    // panicked the request): refused by name, before anything is allocated.
+    let (mut header, signature, payload) = frame(&bytes);
+    header["raw_len"] = (1u64 << 60).into();
+    header["payload_blake3"] = "abc".into();
+    let e = refused(
+        "bomb.snap",
+        &reframe(b"RHSNAP04", &header, &signature, &payload),
+    );
+    assert!(e.contains("not 64 hex digits"), "{e}");
+
+    // Earlier, unsigned formats: refused, saying why.
+    let (header, _, payload) = frame(&bytes);
+    let e = refused("old.snap", &reframe(b"RHSNAP03", &header, &[], &payload));
+    assert!(
+        e.contains("RHSNAP03") && e.contains("no host signature"),
+        "{e}"
+    );
+
+    // The host is untouched: its own snapshot still thaws, by id, and counting goes on.
+    let out = host.ok(&["thaw", id.trim()]);
+    assert!(out.contains("thawed Counter_IN_0"), "{out}");
+    let snoop = host.status();
+    let instances: usize = snoop
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["instances"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(
+        instances, 3,
+        "no instance was added by a refused thaw: {snoop}"
+    );
+}
+
+/// Item 9: a thaw is admitted like a start. A host of three instances runs two; the snapshot
+/// thaws into its own frozen slot, then (the slot taken) once more into a slot the host
+/// chooses, and a third time is refused with the host's capacity named.
+#[test]
+fn a_thaw_is_admitted_against_the_hosts_capacity_into_a_slot_the_host_chooses() {
+    let dir = tempfile::tempdir().unwrap();
+    let more = [
+        std::ffi::OsStr::new("--max-instances"),
+        std::ffi::OsStr::new("3"),
+    ];
+    let host = Host::start_with(&dir.path().join("host"), &more);
+    host.ok(&["deploy", &service_dir(&dir.path().join("icy"), ICY)]);
+    wait_counting(&host, 2);
+    let file = dir.path().join("counter.snap");
+    host.ok(&[
+        "freeze",
+        "icy",
+        "Counter_IN_0",
+        "-o",
+        file.to_str().unwrap(),
+    ]);
+    let path = file.to_str().unwrap();
+    let out = host.ok(&["thaw", path]);
+    assert!(out.contains("thawed Counter_IN_0"), "{out}");
+    let out = host.ok(&["thaw", path]);
+    assert!(out.contains("thawed Counter_IN_1"), "{out}");
+    host.wait_running("icy", "Counter", 2);
+    let out = host.cli(&["thaw", path]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a fourth instance on a host of three"
+    );
+    assert!(e.contains("capacity of 3"), "{e}");
+    assert_eq!(host.running("icy", "Counter"), 2);
+}
+
+/// Item 11: the data directory and every secret in it are the owner's alone; a token file
+/// that others can read stops the host with a message saying how to fix it.
+#[test]
+fn the_data_directory_and_its_secrets_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("host");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut host = Host::start(&data);
+    host.ok(&["deploy", &service_dir(&dir.path().join("icy"), ICY)]);
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700);
+    for f in ["storage.redb", "management.token", "snapshot.key"] {
+        assert_eq!(mode(&data.join(f)), 0o600, "{f}");
+    }
+    for f in std::fs::read_dir(data.join("files")).unwrap() {
+        let f = f.unwrap().path();
+        assert_eq!(mode(&f), 0o600, "{}", f.display());
+    }
+    host.stop();
+
+    std::fs::set_permissions(
+        data.join("management.token"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rolehost"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "served with an exposed token");
+    assert!(e.contains("mode 0644") && e.contains("chmod 600"), "{e}");
+}
+
+/// Item 11: garbage in the storage database (all of it, or inside a real one past its
+/// header) stops the host with the file named, not a panic, and not a guess that another
+/// host uses it.
+#[test]
+fn a_damaged_storage_database_is_named_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("host");
+    let mut host = Host::start(&data);
+    host.ok(&["deploy", &service_dir(&dir.path().join("icy"), ICY)]);
+    host.stop();
+    let db = data.join("storage.redb");
+    let real = std::fs::read(&db).unwrap();
+    let noise = |n: usize| -> Vec<u8> {
+        (0..n as u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect()
+    };
+    let mut inside = real.clone();
+    let from = 4096.min(inside.len());
+    let noisy = noise(inside.len() - from);
+    inside[from..].copy_from_slice(&noisy);
+    for (what, bytes) in [("all garbage", noise(1 << 16)), ("garbage inside", inside)] {
+        std::fs::write(&db, bytes).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rolehost"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what}: served");
+        assert_ne!(out.status.code(), Some(101), "{what}: a panic: {e}");
+        assert!(
+            e.contains("storage.redb") && e.contains("damaged"),
+            "{what}: {e}"
+        );
+        assert!(!e.contains("another rolehost"), "{what}: {e}");
+    }
+}
+
+/// Item 4(a) and 11: a guest reading thousands of queues of fresh, long, invalid names does
+/// not grow the host's memory; a filter that panicked the parser gets an error code; and
+/// lines that would forge host log lines stay one escaped line.
+#[test]
+fn guest_chosen_names_filters_and_log_lines_cannot_harm_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(&dir.path().join("host"));
+    host.ok(&[
+        "deploy",
+        &hostile(&dir.path().join("f"), "filters", "filter", 1, ""),
+    ]);
+    let out = host.wait_log("filters", "report n eq");
+    for probe in ["b eq X'0é0'", "b eq binary'é'", "X'"] {
+        let line = out
+            .lines()
+            .find(|l| l.contains(&format!("report {probe}:")))
+            .unwrap_or_else(|| panic!("no report of {probe}: {out}"));
+        assert!(line.ends_with("InvalidInput"), "{line}");
+    }
+
+    host.ok(&[
+        "deploy",
+        &hostile(&dir.path().join("l"), "forger", "log-inject", 1, ""),
+    ]);
+    let out = host.wait_log("forger", "report logged");
+    assert!(
+        out.contains("benign\\n2026-12-03T00:00:00.000000Z"),
+        "{out}"
+    );
+    assert!(out.contains("carriage\\rFORGED-CR \\u{1b}[2J"), "{out}");
+    let log = host.log();
+    assert!(
+        !log.lines()
+            .any(|l| l.starts_with("2026-12-03T00:00:00.000000Z")),
+        "a forged line in the host's log:\n{log}"
+    );
+
+    let before = host.rss_kib();
+    host.ok(&[
+        "deploy",
+        &hostile(
+            &dir.path().join("q"),
+            "names",
+            "queue-names",
+            2,
+            "count = 3000\n",
+        ),
+    ]);
+    let out = host.wait_log("names", "report reads");
+    assert!(out.contains("reads: 3000 refused"), "{out}");
+    // Two instances sent 2,000 names of 60 KB each (120 MB) between them: kept, they would
+    // show here.
+    let grown = host.rss_kib().saturating_sub(before);
+    assert!(grown < 48 << 10, "the host grew {grown} KiB");
+}
+
+/// A web service of `instances` hello-web instances, with more role keys.
+fn web(dir: &Path, name: &str, instances: u32, keys: &str) -> String {
+    service_dir(
+        dir,
+        &format!(
+            "[service]\nname = \"{name}\"\n[roles.Web]\nkind = \"web\"\n\
+             component = \"{{guest:hello_web}}\"\ninstances = {instances}\n\
+             grace-period-secs = 1\n{keys}\n[[roles.Web.endpoints]]\nport = 0\n"
+        ),
+    )
+}
+
+/// A GET of `/` on a fresh connection: the status and how long it took.
+fn timed_get(addr: std::net::SocketAddr) -> (u16, Duration) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let r = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), rolehost_tests::http_get(addr, "/")).await
+    });
+    let status = match r {
+        Ok(Ok(r)) => r.status,
+        _ => 0,
+    };
+    (status, started.elapsed())
+}
+
+/// Item 5: a half-sent head, an idle keep-alive connection and a response body whose
+/// handler stops writing are each closed at their deadline; a head over `max-header-bytes`
+/// by a byte is refused (431), one at the limit is not.
+#[test]
+fn slow_clients_and_stalled_bodies_are_closed_at_their_deadlines() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(&dir.path().join("host"));
+    let keys = "header-timeout-ms = 500\nidle-timeout-ms = 1000\nmax-header-bytes = 8192\n\
+                request-timeout-ms = 30000";
+    host.ok(&["deploy", &web(&dir.path().join("w"), "slow", 2, keys)]);
+    let addr = host.endpoint("slow", "Web");
+    // How long until the host closes `stream` after `sent` was written (reading what comes).
+    let closes_after = |sent: &[u8]| {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let started = Instant::now();
+        s.write_all(sent).unwrap();
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        (
+            started.elapsed(),
+            String::from_utf8_lossy(&got).into_owned(),
+        )
+    };
+    let (t, _) = closes_after(b"GET / HTTP/1.1\r\nHost: x\r\n");
+    assert!(
+        t >= Duration::from_millis(400) && t < Duration::from_secs(3),
+        "a half-sent head stayed {t:?}"
+    );
+    let (t, got) = closes_after(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(got.contains("hello from"), "{got}");
+    assert!(
+        t >= Duration::from_millis(900) && t < Duration::from_secs(4),
+        "an idle keep-alive connection stayed {t:?}"
+    );
+    let (t, got) = closes_after(b"GET /stall HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(got.contains("first line"), "{got}");
+    assert!(
+        t < Duration::from_secs(5),
+        "a stalled body kept the client {t:?}"
+    );
+
+    // The documented head limit, exactly: the request line, the header lines and the blank
+    // line count.
+    let head = |total: usize| {
+        let fixed = "GET / HTTP/1.1\r\nHost: x\r\nX-Pad: \r\nConnection: close\r\n\r\n".len();
+        format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\nConnection: close\r\n\r\n",
+            "p".repeat(total - fixed)
+        )
+    };
+    let (_, at) = closes_after(head(8192).as_bytes());
+    assert!(at.starts_with("HTTP/1.1 200"), "{at}");
+    let (_, over) = closes_after(head(8193).as_bytes());
+    assert!(over.starts_with("HTTP/1.1 431"), "{over}");
+}
+
+/// Item 5 (`slowloris_ok`): 2,000 half-open connections against a host whose descriptor limit
+/// is 1,024. A normal request is still answered within a second, the management API answers,
+/// and the host's log holds no flood of accept errors.
+#[test]
+fn a_flood_of_half_open_connections_does_not_stop_a_web_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start_limited(&dir.path().join("host"), &[], Some(1024));
+    host.ok(&["deploy", &web(&dir.path().join("w"), "flooded", 2, "")]);
+    let addr = host.endpoint("flooded", "Web");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let held = rt.block_on(async {
+        use tokio::io::AsyncWriteExt;
+        let mut held = Vec::new();
+        for _ in 0..2000 {
+            if let Ok(Ok(mut s)) =
+                tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+                    .await
+            {
+                let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await;
+                held.push(s);
+            }
+        }
+        held
+    });
+    assert!(held.len() >= 1500, "only {} connections opened", held.len());
+    let (status, took) = timed_get(addr);
+    assert_eq!(status, 200, "a normal request under the flood");
+    assert!(took < Duration::from_secs(1), "it took {took:?}");
+    let st = host.ok(&["status", "flooded"]);
+    assert!(st.contains("Web_IN_0"), "{st}");
+    let log = host.log();
+    let accept_errors = log.matches("accepting connections fails").count();
+    assert!(accept_errors <= 3, "{accept_errors} accept error lines");
+    drop(held);
+}
