@@ -11,6 +11,11 @@
 //! - `filter`: queries a table with filters that once panicked the parser (`X'0é0'`).
 //! - `log-inject`: logs lines with newlines, carriage returns and terminal escapes that would
 //!   forge host log lines if kept raw.
+//! - `blob-read-loop`: writes a 4 MiB blob, then reads it whole (one 4 MiB `read-blob`) in a
+//!   loop for ever, logging the first read and every 100th: the work is the host's, inside the call.
+//! - `dir-bomb`: in its first local resource, makes directories until refused, then empty
+//!   files until refused, then removes them all and makes them again (`rounds`, default 3):
+//!   entries cost quota, and removing them gives it back without a walk of the tree.
 //! - `log-flood`: logs lines of `line-bytes` (16,384) for `secs` (3) as fast as it can:
 //!   throttled by bytes, not only lines.
 
@@ -128,6 +133,71 @@ fn log_inject() -> Vec<String> {
     vec!["logged: 2".into()]
 }
 
+fn blob_read_loop() -> Result<(), String> {
+    let c = Container::new("burn");
+    c.create_if_not_exists().map_err(|e| e.to_string())?;
+    c.blob("4mib")
+        .put(&vec![7u8; 4 << 20])
+        .map_err(|e| e.to_string())?;
+    let none = types::Conditions {
+        if_match: None,
+        if_none_match: None,
+        if_modified_since: None,
+        if_unmodified_since: None,
+    };
+    let mut n = 0u64;
+    while !env::stop_requested() {
+        let chunk = blob::read_blob("burn", "4mib", 0, 4 << 20, &none, None);
+        if chunk.is_err() {
+            return Err(format!("read {n}: {}", outcome(&chunk)));
+        }
+        n += 1;
+        if n == 1 || n.is_multiple_of(100) {
+            env::info(&format!("report reads: {n}"));
+        }
+    }
+    Ok(())
+}
+
+fn dir_bomb() -> Vec<String> {
+    let Some(root) = env::local_resources().into_iter().next().map(|r| r.path) else {
+        return vec!["dir-bomb: no local resource".into()];
+    };
+    let mut lines = Vec::new();
+    for round in 0..setting_u64("rounds", 3) {
+        let mut dirs = 0u64;
+        let dir_error = loop {
+            match std::fs::create_dir(format!("{root}/d{dirs}")) {
+                Ok(()) => dirs += 1,
+                Err(e) => break e.raw_os_error().unwrap_or(-1),
+            }
+            if dirs > 1_000_000 {
+                break 0;
+            }
+        };
+        let mut files = 0u64;
+        let file_error = loop {
+            match std::fs::File::create(format!("{root}/f{files}")) {
+                Ok(_) => files += 1,
+                Err(e) => break e.raw_os_error().unwrap_or(-1),
+            }
+            if files > 1_000_000 {
+                break 0;
+            }
+        };
+        lines.push(format!(
+            "round {round}: dirs {dirs} (os error {dir_error}) files {files} (os error {file_error})"
+        ));
+        for i in 0..dirs {
+            let _ = std::fs::remove_dir(format!("{root}/d{i}"));
+        }
+        for i in 0..files {
+            let _ = std::fs::remove_file(format!("{root}/f{i}"));
+        }
+    }
+    lines
+}
+
 fn log_flood() -> Vec<String> {
     let line = "x".repeat(setting_u64("line-bytes", 16 * 1024) as usize);
     let started = std::time::Instant::now();
@@ -146,12 +216,16 @@ impl WorkerRole for Hostile {
     }
 
     fn run(&mut self) -> Result<(), String> {
+        if self.mode == "blob-read-loop" {
+            return blob_read_loop();
+        }
         let lines = match self.mode.as_str() {
             "snapshots" => snapshots(),
             "queue-names" => queue_names(),
             "filter" => filters(),
             "log-inject" => log_inject(),
             "log-flood" => log_flood(),
+            "dir-bomb" => dir_bomb(),
             other => return Err(format!("unknown mode {other:?}")),
         };
         report(&self.mode, &lines);

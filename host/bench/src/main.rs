@@ -7,6 +7,7 @@
 //! cargo run --release -p rolehost-bench -- fabric
 //! cargo run --release -p rolehost-bench -- verify
 //! cargo run --release -p rolehost-bench -- freeze
+//! cargo run --release -p rolehost-bench -- hostile
 //! ```
 //!
 //! Each suite prints its figures as `key: value` lines, all measured in one run on the same disk,
@@ -15,6 +16,7 @@
 
 mod fabric;
 mod freeze;
+mod hostile;
 mod runtime;
 mod verify;
 mod web;
@@ -41,6 +43,9 @@ fn main() {
         Some("fabric") => fabric::fabric(),
         Some("verify") => verify::verify(),
         Some("freeze") => freeze::freeze(),
+        Some("hostile") => hostile::hostile(),
+        // Internal: the web role `hostile` floods, in a process with 1,024 descriptors.
+        Some("hostile-serve") => hostile::serve_child(),
         // Internal: the fabric measurement in a process of its own.
         Some("fabric-child") => fabric::fabric_child(&args[1]),
         // Internal: one idle-instances measurement in a process of its own.
@@ -49,7 +54,7 @@ fn main() {
         Some("storage-blob-1gib") => blob_1gib(&args[1]),
         _ => {
             eprintln!(
-                "usage: rolehost-bench <suite>\nsuites: storage, runtime, web, fabric, verify, freeze"
+                "usage: rolehost-bench <suite>\nsuites: storage, runtime, web, fabric, verify, freeze, hostile"
             );
             std::process::exit(2);
         }

@@ -535,14 +535,6 @@ const ICY: &str = "[service]\nname = \"icy\"\n\
      [roles.Counter]\nkind = \"worker\"\ncomponent = \"{guest:testbed}\"\ngrace-period-secs = 5\n\
      [roles.Counter.settings]\nmode = \"memcount\"\nqueue = \"increments\"\n";
 
-/// The last `counted <n>` line `instance` logged.
-fn last_count(host: &Host, service: &str, instance: &str) -> Option<u64> {
-    host.ok(&["logs", service, "--instance", instance])
-        .lines()
-        .rev()
-        .find_map(|l| l.rsplit("counted ").next()?.trim().parse().ok())
-}
-
 #[test]
 fn a_frozen_worker_is_thawed_by_id_stays_frozen_across_a_restart_and_counts_on() {
     let dir = tempfile::tempdir().unwrap();
@@ -551,7 +543,7 @@ fn a_frozen_worker_is_thawed_by_id_stays_frozen_across_a_restart_and_counts_on()
     let svc = service_dir(&dir.path().join("svc"), ICY);
     host.ok(&["deploy", &svc]);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while last_count(&host, "icy", "Counter_IN_0").unwrap_or(0) < 3 {
+    while host.last_count("icy", "Counter_IN_0").unwrap_or(0) < 3 {
         assert!(Instant::now() < deadline, "no counting: {}", host.log());
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -568,7 +560,7 @@ fn a_frozen_worker_is_thawed_by_id_stays_frozen_across_a_restart_and_counts_on()
     let id = id.trim().to_string();
     assert!(id.starts_with("icy.Counter_IN_0."), "{id}");
     assert!(file.metadata().unwrap().len() > 0);
-    let before = last_count(&host, "icy", "Counter_IN_0").unwrap();
+    let before = host.last_count("icy", "Counter_IN_0").unwrap();
     let st = host.ok(&["status", "icy"]);
     assert!(
         st.lines()
@@ -581,7 +573,7 @@ fn a_frozen_worker_is_thawed_by_id_stays_frozen_across_a_restart_and_counts_on()
     assert!(out.contains("thawed Counter_IN_0"), "{out}");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let now = last_count(&host, "icy", "Counter_IN_0").unwrap();
+        let now = host.last_count("icy", "Counter_IN_0").unwrap();
         if now > before {
             // Its first count after the thaw went on from its memory.
             let logs = host.ok(&["logs", "icy", "--instance", "Counter_IN_0"]);
@@ -617,7 +609,7 @@ fn a_frozen_worker_is_thawed_by_id_stays_frozen_across_a_restart_and_counts_on()
         .ok(&["freeze", "icy", "Counter_IN_0"])
         .trim()
         .to_string();
-    let before_again = last_count(&host, "icy", "Counter_IN_0").unwrap();
+    let before_again = host.last_count("icy", "Counter_IN_0").unwrap();
     host.stop();
     let host = Host::start(&data);
     host.wait_running("icy", "Producer", 1);
@@ -642,7 +634,7 @@ fn a_frozen_worker_is_thawed_by_id_stays_frozen_across_a_restart_and_counts_on()
 /// Waits until `instance` of service `icy` has counted past `n`.
 fn wait_count_past(host: &Host, instance: &str, n: u64) {
     let deadline = Instant::now() + Duration::from_secs(60);
-    while last_count(host, "icy", instance).is_none_or(|c| c <= n) {
+    while host.last_count("icy", instance).is_none_or(|c| c <= n) {
         assert!(
             Instant::now() < deadline,
             "{instance} did not count past {n}: {}",
@@ -661,12 +653,12 @@ fn a_worker_frozen_on_one_host_counts_on_where_another_host_with_its_own_data_di
     let mut a = Host::start_with(&dir.path().join("host-a"), &shared);
     a.ok(&["deploy", &svc]);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while last_count(&a, "icy", "Counter_IN_0").unwrap_or(0) < 3 {
+    while a.last_count("icy", "Counter_IN_0").unwrap_or(0) < 3 {
         assert!(Instant::now() < deadline, "no counting: {}", a.log());
         std::thread::sleep(Duration::from_millis(100));
     }
     let id = a.ok(&["freeze", "icy", "Counter_IN_0"]).trim().to_string();
-    let n = last_count(&a, "icy", "Counter_IN_0").unwrap();
+    let n = a.last_count("icy", "Counter_IN_0").unwrap();
     a.stop();
 
     // Host B: another process, its own data directory, the same storage, but a snapshot key

@@ -99,16 +99,94 @@ impl wasmtime::CacheStore for FunctionCache {
     }
 }
 
+/// What instances take from the pooling allocator: core instances, linear memories, tables.
+/// [`pool_use`] measures a component's, per instance; [`pool_totals`] is the pool's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolUse {
+    /// Core instances.
+    pub core_instances: u64,
+    /// Linear memories.
+    pub memories: u64,
+    /// Tables.
+    pub tables: u64,
+}
+
+impl PoolUse {
+    /// `self` `n` times.
+    pub fn times(self, n: u64) -> PoolUse {
+        PoolUse {
+            core_instances: self.core_instances.saturating_mul(n),
+            memories: self.memories.saturating_mul(n),
+            tables: self.tables.saturating_mul(n),
+        }
+    }
+
+    /// `self` and `other`.
+    pub fn plus(self, other: PoolUse) -> PoolUse {
+        PoolUse {
+            core_instances: self.core_instances.saturating_add(other.core_instances),
+            memories: self.memories.saturating_add(other.memories),
+            tables: self.tables.saturating_add(other.tables),
+        }
+    }
+
+    /// The first kind of slot `self` needs more of than `pool` has: its name, needed, had.
+    pub fn exceeds(self, pool: PoolUse) -> Option<(&'static str, u64, u64)> {
+        [
+            ("core instances", self.core_instances, pool.core_instances),
+            ("memories", self.memories, pool.memories),
+            ("tables", self.tables, pool.tables),
+        ]
+        .into_iter()
+        .find(|(_, need, have)| need > have)
+    }
+}
+
+/// What one instance of `component` takes from the pool: the core instances it instantiates
+/// and the memories and tables its modules define; `None` when it cannot be read (compiling
+/// it will refuse it, saying why).
+pub fn pool_use(component: &[u8]) -> Option<PoolUse> {
+    let mut u = PoolUse::default();
+    for payload in wasmparser::Parser::new(0).parse_all(component) {
+        match payload {
+            Ok(wasmparser::Payload::InstanceSection(s)) => {
+                for i in s.into_iter().flatten() {
+                    if matches!(i, wasmparser::Instance::Instantiate { .. }) {
+                        u.core_instances += 1;
+                    }
+                }
+            }
+            Ok(wasmparser::Payload::MemorySection(s)) => u.memories += u64::from(s.count()),
+            Ok(wasmparser::Payload::TableSection(s)) => u.tables += u64::from(s.count()),
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+    }
+    Some(u)
+}
+
+/// The slots of a pool for `n` live instances ([`pool`]).
+pub fn pool_totals(n: u32) -> PoolUse {
+    PoolUse {
+        core_instances: u64::from(n.saturating_mul(8)),
+        memories: u64::from(n.saturating_add(n / 4)),
+        tables: u64::from(n.saturating_mul(8)),
+    }
+}
+
 /// The pooling allocator for `n` live instances. A component instance holds several core
 /// instances and tables (a Rust guest: about four and two), hence the factors. Every memory
 /// slot reserves address space for the largest wasm32 memory; only touched pages cost RAM.
+/// A deployment is admitted against these totals by what its components really take
+/// ([`pool_use`]), so a component with many memories cannot starve other tenants.
 fn pool(n: u32) -> PoolingAllocationConfig {
     let mut p = PoolingAllocationConfig::default();
+    let totals = pool_totals(n);
     p.total_component_instances(n)
-        .total_core_instances(n.saturating_mul(8))
+        .total_core_instances(u32::try_from(totals.core_instances).unwrap_or(u32::MAX))
         // Rust wasip2 components have one memory; a quarter more covers the odd adapter's.
-        .total_memories(n.saturating_add(n / 4))
-        .total_tables(n.saturating_mul(8))
+        .total_memories(u32::try_from(totals.memories).unwrap_or(u32::MAX))
+        .total_tables(u32::try_from(totals.tables).unwrap_or(u32::MAX))
         .total_stacks(n)
         .max_memory_size(WASM32_MAX_MEMORY as usize)
         // Keep a little of each slot's memory resident between uses: recycling and starting

@@ -47,6 +47,9 @@ pub struct InstanceState {
     platform_calls: Arc<AtomicU64>,
     /// `platform_calls` when the budget last restarted.
     budget_mark: u64,
+    /// What the instance's calls cost the host, charged to its CPU share on the way back
+    /// into the guest.
+    host_work: Arc<crate::link::HostWork>,
     /// Local resource quotas.
     disk: Arc<Mutex<LocalDiskCtx>>,
 }
@@ -321,7 +324,11 @@ pub fn new_store(
         wasi.preopened_dir(host, guest, FsPerms::ReadWrite)?;
     }
     let platform_calls = Arc::new(AtomicU64::new(0));
-    let link = parts.link.counting(platform_calls.clone());
+    let host_work = Arc::new(crate::link::HostWork::default());
+    let link = parts
+        .link
+        .counting(platform_calls.clone())
+        .charging(host_work.clone());
     let mut table = ResourceTable::new();
     table.set_max_capacity(MAX_HOST_HANDLES);
     let metered = parts.metered;
@@ -337,6 +344,7 @@ pub fn new_store(
         fuel_base: parts.usage.fuel.load(Ordering::Relaxed),
         platform_calls: platform_calls.clone(),
         budget_mark: 0,
+        host_work,
         disk: LocalDiskCtx::new(parts.disk_quotas, parts.usage.clone()),
         usage: parts.usage.clone(),
         monotonic,
@@ -392,6 +400,12 @@ impl Metering {
                 // Charge the fuel used to the CPU share; when a reading is due and the guest
                 // is over its share, it sleeps.
                 let fuel = ctx.get_fuel()?;
+                // Work done inside the call on the guest's behalf is its CPU too: a
+                // throttled instance is throttled in its host calls as well.
+                let owed = ctx.data().host_work.take();
+                if owed > 0 {
+                    ctx.data_mut().cpu.charge_host(owed);
+                }
                 let due = ctx.data_mut().cpu.charge_to(fuel);
                 ctx.data().publish();
                 if due && let Verdict::Sleep(d) = ctx.data_mut().cpu.read(std::time::Instant::now())

@@ -131,6 +131,66 @@ pub struct Link {
     instance: Arc<str>,
     faults: Option<Arc<dyn FaultPlan>>,
     calls: Arc<AtomicU64>,
+    /// Work done on the instance's behalf inside its calls, which its CPU meter charges on
+    /// the way back into the guest.
+    host_work: Arc<HostWork>,
+}
+
+/// What an instance's calls cost the host, for its CPU meter: fuel owed (the storage
+/// operation's CPU, measured on its thread, plus [`HOSTCALL_BASE_FUEL`], plus bytes lifted
+/// from the guest), and when the last call's result was ready, so that the metering hook,
+/// which runs on the same thread right after wasmtime lowered that result into the guest's
+/// memory, charges the lowering's CPU as measured (4 MiB of a blob read cost more to lower
+/// than to read).
+#[derive(Debug, Default)]
+pub struct HostWork {
+    fuel: AtomicU64,
+    /// This thread's CPU clock when the last result was ready (0: none pending).
+    returned_at: AtomicU64,
+}
+
+impl HostWork {
+    /// The fuel owed since the last call of this, the lowering of a result just returned
+    /// included (call it on the thread that lowered it, right after).
+    pub fn take(&self) -> u64 {
+        let mut fuel = self.fuel.swap(0, Ordering::Relaxed);
+        let at = self.returned_at.swap(0, Ordering::Relaxed);
+        if at > 0 {
+            fuel = fuel.saturating_add(
+                thread_cpu_ns()
+                    .saturating_sub(at)
+                    .saturating_mul(FUEL_PER_NS),
+            );
+        }
+        fuel
+    }
+}
+
+/// Fuel charged for every storage call, on top of the CPU the storage operation itself used
+/// (measured on its thread): the hop to a blocking thread and back, and lifting and lowering
+/// its arguments, about 10 µs of a reference core (`rolehost-bench hostile` prints the
+/// calibration, `hostcall_base_us`).
+pub const HOSTCALL_BASE_FUEL: u64 = 40_000;
+/// Fuel charged per byte a call lifts from guest memory (a blob's content put): the copy out
+/// of the guest, about a quarter of a nanosecond a byte. (What a result costs to lower into
+/// the guest is measured instead: [`HostWork`].)
+pub const HOSTCALL_FUEL_PER_BYTE: u64 = 1;
+/// Fuel per nanosecond of host CPU: a reference core is 4×10⁹ fuel a second.
+const FUEL_PER_NS: u64 = crate::quota::REFERENCE_CORE_FUEL_PER_SEC / 1_000_000_000;
+
+/// CPU time this thread has used, nanoseconds.
+fn thread_cpu_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we pass, nothing else.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    if rc != 0 {
+        return 0;
+    }
+    u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(t.tv_nsec).unwrap_or(0)
 }
 
 impl std::fmt::Debug for Link {
@@ -152,7 +212,21 @@ impl Link {
             instance,
             faults: None,
             calls: Arc::default(),
+            host_work: Arc::default(),
         }
+    }
+
+    /// Records the host work of every call in `work` (the instance's, which its metering
+    /// hook charges to its CPU share).
+    pub fn charging(mut self, work: Arc<HostWork>) -> Self {
+        self.host_work = work;
+        self
+    }
+
+    /// Charges the lifting of `bytes` from guest memory.
+    pub fn charge_bytes(&self, bytes: usize) {
+        let fuel = (bytes as u64).saturating_mul(HOSTCALL_FUEL_PER_BYTE);
+        self.host_work.fuel.fetch_add(fuel, Ordering::Relaxed);
     }
 
     /// Counts every call in `calls` (the instance's platform-call counter; the per-call CPU
@@ -249,9 +323,22 @@ impl Link {
         let account = self.account.clone();
         let inline = self.faults.as_ref().is_some_and(|p| p.inline());
         let result = if inline {
+            // Under `rolehost verify`: no CPU share, and nothing measured (runs must depend
+            // on their seed alone).
             op(&*backend, &account).map_err(CallError::Service)
         } else {
-            match tokio::task::spawn_blocking(move || op(&*backend, &account)).await {
+            let owed = self.host_work.clone();
+            let work = move || {
+                let started = thread_cpu_ns();
+                let r = op(&*backend, &account);
+                let used = thread_cpu_ns().saturating_sub(started);
+                owed.fuel.fetch_add(
+                    HOSTCALL_BASE_FUEL.saturating_add(used.saturating_mul(FUEL_PER_NS)),
+                    Ordering::Relaxed,
+                );
+                r
+            };
+            match tokio::task::spawn_blocking(work).await {
                 Ok(r) => r.map_err(CallError::Service),
                 Err(e) => Err(CallError::Internal {
                     operation,
@@ -260,6 +347,13 @@ impl Link {
             }
         };
         tracing::trace!(instance = %self.instance, operation, target, ok = result.is_ok(), "storage call");
+        if !inline {
+            // From here to the metering hook, on this thread: converting the result and
+            // lowering it into the guest.
+            self.host_work
+                .returned_at
+                .store(thread_cpu_ns().max(1), Ordering::Relaxed);
+        }
         let happened = if result.is_ok() {
             "succeeded"
         } else {

@@ -243,6 +243,13 @@ impl CpuMeter {
         self.since_reading >= TICK_FUEL || self.credit < 0.0
     }
 
+    /// Charges `fuel` of host work done in the guest's calls (no change to the store's fuel).
+    pub fn charge_host(&mut self, fuel: u64) {
+        self.consumed += fuel;
+        self.since_reading += fuel;
+        self.credit -= fuel as f64;
+    }
+
     /// Takes a reading at `now` with `fuel` left in the store.
     pub fn tick(&mut self, fuel: u64, now: Instant) -> Verdict {
         self.charge_to(fuel);

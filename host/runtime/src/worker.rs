@@ -372,6 +372,50 @@ pub(crate) fn upgrade_domains<'a, I>(
         })
 }
 
+/// Removes the tree at `dir` without walking it here: it is renamed out of the way at once
+/// (its name is free for a new incarnation when this returns) and deleted on a blocking
+/// thread, so a guest's many files never stall the executor. A tree left by a crash is a
+/// `.wipe-*` sibling, removed by [`remove_leftover_wipes`] when its role starts.
+pub(crate) fn remove_tree_later(dir: &std::path::Path) -> std::io::Result<()> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let aside = dir.with_file_name(format!(".wipe-{name}-{}-{n}", std::process::id()));
+    std::fs::rename(dir, &aside)?;
+    let remove = move || {
+        // NotFound: a starting instance's sweep of leftovers got there first.
+        if let Err(e) = std::fs::remove_dir_all(&aside)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %aside.display(), error = %e, "could not remove a wiped tree");
+        }
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => drop(rt.spawn_blocking(remove)),
+        Err(_) => remove(),
+    }
+    Ok(())
+}
+
+/// Removes the `.wipe-*` trees a crash left in `root` (on a blocking thread).
+pub(crate) fn remove_leftover_wipes(root: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(".wipe-") {
+            let path = entry.path();
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn_blocking(move || std::fs::remove_dir_all(path))),
+                Err(_) => drop(std::fs::remove_dir_all(path)),
+            }
+        }
+    }
+}
+
 fn set_phase(status: &Mutex<InstanceStatus>, phase: Phase) {
     status.lock().unwrap_or_else(|p| p.into_inner()).phase = phase;
 }
@@ -386,10 +430,14 @@ impl RoleRuntime {
     fn prepare_local(&self, instance_id: &str, fresh: bool) -> std::io::Result<LocalDirs> {
         let mut dirs = Vec::new();
         let mut quotas = Vec::new();
+        if fresh {
+            remove_leftover_wipes(&self.local_root);
+            remove_leftover_wipes(&self.instance_dir(instance_id));
+        }
         for r in &self.spec.local_resources {
             let host = self.instance_dir(instance_id).join(&r.name);
             if (fresh || r.clean_on_recycle) && host.exists() {
-                std::fs::remove_dir_all(&host)?;
+                remove_tree_later(&host)?;
             }
             std::fs::create_dir_all(&host)?;
             let guest = format!("/local/{}", r.name);
@@ -407,7 +455,7 @@ impl RoleRuntime {
     fn wipe_local(&self, instance_id: &str) {
         let dir = self.instance_dir(instance_id);
         if dir.exists()
-            && let Err(e) = std::fs::remove_dir_all(&dir)
+            && let Err(e) = remove_tree_later(&dir)
         {
             tracing::warn!(instance = instance_id, error = %e, "could not wipe local resources");
         }

@@ -39,15 +39,34 @@ fn acknowledged_writes_survive_sigkill() {
             .spawn()
             .unwrap();
         let start = Instant::now();
+        // The kill comes at a random moment once the writer is under way (a dozen writes
+        // acknowledged, or 20 s): each thread's third write is a blob of 2.5 MB, which an
+        // unoptimised build on a loaded machine takes longer to write than the whole random
+        // wait, and kills before it test only the small writes.
+        let stdout = child.stdout.take().unwrap();
+        let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = seen.clone();
+        let reader = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let mut stdout = std::io::BufReader::new(stdout);
+            loop {
+                match std::io::BufRead::read_until(&mut stdout, b'\n', &mut out) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }
+            String::from_utf8_lossy(&out).into_owned()
+        });
+        while seen.load(std::sync::atomic::Ordering::Relaxed) < 12
+            && start.elapsed() < Duration::from_secs(20)
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         std::thread::sleep(wait);
         child.kill().unwrap(); // SIGKILL on Unix
-        let mut out = String::new();
-        child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
+        let out = reader.join().unwrap();
         child.wait().unwrap();
         // Only complete lines are acknowledgements.
         let complete = match out.rfind('\n') {

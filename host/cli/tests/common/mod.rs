@@ -90,6 +90,31 @@ impl Host {
             .unwrap_or(0)
     }
 
+    /// The last `counted <n>` line `instance` of `service` logged (testbed mode memcount).
+    pub fn last_count(&self, service: &str, instance: &str) -> Option<u64> {
+        self.ok(&["logs", service, "--instance", instance])
+            .lines()
+            .rev()
+            .find_map(|l| l.rsplit("counted ").next()?.trim().parse().ok())
+    }
+
+    /// The host process's CPU time so far (user and system), seconds, from /proc.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // Fields after the command name (which may hold spaces) start at state; utime and
+        // stime are the 14th and 15th fields, in clock ticks (100 a second on Linux).
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        (ticks(11) + ticks(12)) / 100.0
+    }
+
     /// Waits until `service`'s guest output holds a line containing `needle`; returns that
     /// output.
     pub fn wait_log(&self, service: &str, needle: &str) -> String {

@@ -303,6 +303,7 @@ impl Host for BlobCtx {
             Err(e) => return Ok(Err(e)),
         };
         let target = format!("{container}/{name}");
+        self.link.charge_bytes(data.len());
         let r = self
             .link
             .call("blob.put-blob", &target, move |b, a| {
@@ -483,6 +484,7 @@ impl Host for BlobCtx {
             )));
         }
         let target = format!("{container}/{name}");
+        self.link.charge_bytes(data.len());
         let r = self
             .link
             .call("blob.put-block", &target, move |b, a| {

@@ -10,11 +10,17 @@
 //!   a failed stream write for streams (a Rust guest using `std::fs` sees
 //!   `Err(e)` with `e.raw_os_error() == Some(29)` (EIO), because wasi-libc reports every
 //!   stream failure as EIO; `std::os::wasi` users of `write_at` see ENOSPC).
-//! - Truncating opens, unlink, rename, and directory removal give space back: usage is
-//!   recounted from the directory after each.
+//! - Every entry (file, directory, symlink) costs [`ENTRY_BYTES`] besides its content, like a
+//!   filesystem block: a quota of 1 MiB holds at most 256 entries, so nobody fills a disk
+//!   with empty directories, and a walk of a resource is bounded.
+//! - The tally is kept incrementally: creating an entry reserves its cost first; truncating
+//!   opens, unlink, rename over an entry and directory removal give back what the entry held
+//!   (stat'ed just before). No call walks the tree.
+//! - A rename across two local resources is refused (`cross-device`, as between two disks):
+//!   it would move an unknown amount between quotas.
 //! - Hard links are refused (`not-permitted`): a second name would make deleting the first
 //!   free nothing.
-//! - Sizes are logical file sizes (what `ls -l` shows), not blocks; directories count zero.
+//! - Sizes are logical file sizes (what `ls -l` shows), not blocks.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -30,6 +36,11 @@ use wasmtime_wasi::p2::{
 };
 
 use crate::quota::UsageCell;
+
+/// What one entry (file, directory, symlink) of a local resource costs against its quota,
+/// besides a file's content: a filesystem block. Entries without content used to cost
+/// nothing (422 MB of directories filled a disk under a 1 MB quota).
+pub const ENTRY_BYTES: u64 = 4096;
 
 /// One local resource of an instance and what it holds now.
 #[derive(Debug)]
@@ -75,19 +86,11 @@ impl DiskQuota {
                 Some(u.saturating_sub(bytes))
             });
     }
-
-    /// Recounts from the directory.
-    fn recount(&self) {
-        match du(&self.host_dir) {
-            Ok(n) => self.used.store(n, Ordering::SeqCst),
-            Err(e) => {
-                tracing::warn!(dir = %self.host_dir.display(), error = %e, "recounting a local resource")
-            }
-        }
-    }
 }
 
-/// The logical size of everything under `dir` (symlinks not followed).
+/// The cost of everything under `dir` against a quota: logical file sizes, and
+/// [`ENTRY_BYTES`] per entry (symlinks not followed). Used when a resource's directory is
+/// prepared; entries are bounded by the quota, so the walk is bounded too.
 pub fn du(dir: &Path) -> std::io::Result<u64> {
     let mut total = 0;
     let mut stack = vec![dir.to_path_buf()];
@@ -95,6 +98,7 @@ pub fn du(dir: &Path) -> std::io::Result<u64> {
         for entry in std::fs::read_dir(&d)? {
             let entry = entry?;
             let meta = entry.path().symlink_metadata()?;
+            total += ENTRY_BYTES;
             if meta.is_dir() {
                 stack.push(entry.path());
             } else {
@@ -198,10 +202,38 @@ impl QuotaFs<'_> {
         }
     }
 
-    fn recount(&self, quota: Option<Arc<DiskQuota>>) {
+    /// What the entry at `path` under `fd` holds against its quota (its content and its
+    /// entry), or `None` when there is none. Symlinks are not followed.
+    async fn held(&mut self, fd: &Resource<types::Descriptor>, path: &str) -> Option<u64> {
+        let fd = Resource::<types::Descriptor>::new_borrow(fd.rep());
+        let stat = D::stat_at(
+            &mut self.inner,
+            fd,
+            types::PathFlags::empty(),
+            path.to_string(),
+        )
+        .await
+        .ok()?;
+        let content = match stat.type_ {
+            types::DescriptorType::RegularFile => stat.size,
+            _ => 0,
+        };
+        Some(content + ENTRY_BYTES)
+    }
+
+    /// Gives `bytes` back to `quota`.
+    fn give_back(&self, quota: Option<&Arc<DiskQuota>>, bytes: u64) {
         if let Some(q) = quota {
-            q.recount();
+            q.release(bytes);
             self.publish();
+        }
+    }
+
+    /// Reserves a new entry's cost, or says no.
+    fn reserve_entry(&self, quota: Option<&Arc<DiskQuota>>) -> FsResult<()> {
+        match quota {
+            Some(q) if !q.reserve(ENTRY_BYTES) => Err(no_space()),
+            _ => Ok(()),
         }
     }
 }
@@ -358,7 +390,14 @@ impl types::HostDescriptor for QuotaFs<'_> {
         fd: Resource<types::Descriptor>,
         path: String,
     ) -> FsResult<()> {
-        D::create_directory_at(&mut self.inner, fd, path).await
+        let quota = self.quota_of(&fd);
+        self.reserve_entry(quota.as_ref())?;
+        let r = D::create_directory_at(&mut self.inner, fd, path).await;
+        if r.is_err() {
+            self.give_back(quota.as_ref(), ENTRY_BYTES);
+        }
+        self.publish();
+        r
     }
 
     async fn stat(&mut self, fd: Resource<types::Descriptor>) -> FsResult<types::DescriptorStat> {
@@ -409,12 +448,31 @@ impl types::HostDescriptor for QuotaFs<'_> {
     ) -> FsResult<Resource<types::Descriptor>> {
         let parent = fd.rep();
         let quota = self.quota_of(&fd);
-        let r = D::open_at(&mut self.inner, fd, flags, path, oflags, dflags).await?;
-        self.adopt(parent, r.rep());
-        if oflags.contains(types::OpenFlags::TRUNCATE) {
-            self.recount(quota);
+        let (mut created, mut truncated) = (false, 0);
+        if quota.is_some()
+            && oflags.intersects(types::OpenFlags::CREATE | types::OpenFlags::TRUNCATE)
+        {
+            match self.held(&fd, &path).await {
+                None if oflags.contains(types::OpenFlags::CREATE) => {
+                    self.reserve_entry(quota.as_ref())?;
+                    created = true;
+                }
+                Some(held) if oflags.contains(types::OpenFlags::TRUNCATE) => {
+                    truncated = held - ENTRY_BYTES;
+                }
+                _ => {}
+            }
         }
-        Ok(r)
+        let r = D::open_at(&mut self.inner, fd, flags, path, oflags, dflags).await;
+        match &r {
+            Ok(opened) => {
+                self.adopt(parent, opened.rep());
+                self.give_back(quota.as_ref(), truncated);
+            }
+            Err(_) if created => self.give_back(quota.as_ref(), ENTRY_BYTES),
+            Err(_) => {}
+        }
+        r
     }
 
     fn drop(&mut self, fd: Resource<types::Descriptor>) -> wasmtime::Result<()> {
@@ -440,8 +498,9 @@ impl types::HostDescriptor for QuotaFs<'_> {
         path: String,
     ) -> FsResult<()> {
         let quota = self.quota_of(&fd);
+        // Only an empty directory can be removed: it held its entry alone.
         D::remove_directory_at(&mut self.inner, fd, path).await?;
-        self.recount(quota);
+        self.give_back(quota.as_ref(), ENTRY_BYTES);
         Ok(())
     }
 
@@ -453,13 +512,22 @@ impl types::HostDescriptor for QuotaFs<'_> {
         new_path: String,
     ) -> FsResult<()> {
         let (a, b) = (self.quota_of(&fd), self.quota_of(&new_fd));
-        D::rename_at(&mut self.inner, fd, old_path, new_fd, new_path).await?;
-        // Renaming over a file frees it; across resources, bytes move from one to the other.
-        let same = matches!((&a, &b), (Some(x), Some(y)) if Arc::ptr_eq(x, y));
-        self.recount(a);
-        if !same {
-            self.recount(b);
+        match (&a, &b) {
+            (Some(x), Some(y)) if !Arc::ptr_eq(x, y) => {
+                return Err(types::ErrorCode::CrossDevice.into());
+            }
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(types::ErrorCode::CrossDevice.into());
+            }
+            _ => {}
         }
+        // Renaming over an entry frees what it held.
+        let replaced = match &b {
+            Some(_) => self.held(&new_fd, &new_path).await,
+            None => None,
+        };
+        D::rename_at(&mut self.inner, fd, old_path, new_fd, new_path).await?;
+        self.give_back(b.as_ref(), replaced.unwrap_or(0));
         Ok(())
     }
 
@@ -469,7 +537,14 @@ impl types::HostDescriptor for QuotaFs<'_> {
         src: String,
         dest: String,
     ) -> FsResult<()> {
-        D::symlink_at(&mut self.inner, fd, src, dest).await
+        let quota = self.quota_of(&fd);
+        self.reserve_entry(quota.as_ref())?;
+        let r = D::symlink_at(&mut self.inner, fd, src, dest).await;
+        if r.is_err() {
+            self.give_back(quota.as_ref(), ENTRY_BYTES);
+        }
+        self.publish();
+        r
     }
 
     async fn unlink_file_at(
@@ -478,8 +553,12 @@ impl types::HostDescriptor for QuotaFs<'_> {
         path: String,
     ) -> FsResult<()> {
         let quota = self.quota_of(&fd);
+        let held = match &quota {
+            Some(_) => self.held(&fd, &path).await,
+            None => None,
+        };
         D::unlink_file_at(&mut self.inner, fd, path).await?;
-        self.recount(quota);
+        self.give_back(quota.as_ref(), held.unwrap_or(0));
         Ok(())
     }
 

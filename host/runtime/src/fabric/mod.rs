@@ -90,6 +90,23 @@ pub enum FabricError {
         /// The host's capacity.
         max: u32,
     },
+    /// The instances would take more pool slots (memories, core instances, tables) than the
+    /// host's pool has.
+    #[error(
+        "role {role}: each instance takes {per_instance} {what}; with it the host's instances would take {wanted} of the {available} its pool has (rolehost serve --max-instances)"
+    )]
+    Pool {
+        /// The role that asks the most of that kind.
+        role: String,
+        /// Which kind of slot.
+        what: &'static str,
+        /// What one of its instances takes.
+        per_instance: u64,
+        /// What all instances together would take.
+        wanted: u64,
+        /// What the pool has.
+        available: u64,
+    },
     /// The service is stopped.
     #[error("service {0} is stopped (rolehost start {0})")]
     Stopped(String),
@@ -303,6 +320,10 @@ pub struct Fabric {
     snapshot_key: crate::freeze::SnapshotKey,
     logs: Arc<LogHub>,
     max_instances: u32,
+    /// The slots of the engine's pool ([`crate::engine::pool_totals`]).
+    pool: crate::engine::PoolUse,
+    /// What one instance of each uploaded component takes from the pool, by its sha.
+    pool_use: std::sync::Mutex<BTreeMap<String, crate::engine::PoolUse>>,
     /// Operations on services, one at a time (a deploy may take a while; status does not wait
     /// for it: it reads `view`).
     services: tokio::sync::Mutex<BTreeMap<String, Hosted>>,
@@ -392,6 +413,9 @@ impl Fabric {
             .snapshot_key
             .clone()
             .unwrap_or_else(|| data_dir.join(SNAPSHOT_KEY_FILE));
+        let pool_capacity = options
+            .max_instances
+            .saturating_add(options.max_instances / 8 + 16);
         let snapshot_key = crate::freeze::SnapshotKey::open(&key_path)
             .map_err(|e| FabricError::Storage(format!("the snapshot key: {e}")))?;
         let engine = build_engine(&EngineOptions {
@@ -399,11 +423,7 @@ impl Fabric {
             metering: true,
             // Headroom for upgrades: an upgraded web instance's replacement starts while the
             // old one finishes its request.
-            pool_capacity: Some(
-                options
-                    .max_instances
-                    .saturating_add(options.max_instances / 8 + 16),
-            ),
+            pool_capacity: Some(pool_capacity),
         })
         .map_err(|e| crate::error::RuntimeError::Engine(format!("{e:#}")))?;
         let storage = Arc::new(storage);
@@ -416,6 +436,8 @@ impl Fabric {
             storage,
             logs: Arc::new(LogHub::default()),
             max_instances: options.max_instances,
+            pool: crate::engine::pool_totals(pool_capacity),
+            pool_use: std::sync::Mutex::new(BTreeMap::new()),
             services: tokio::sync::Mutex::new(BTreeMap::new()),
             view: std::sync::Mutex::new(BTreeMap::new()),
         });
@@ -579,6 +601,79 @@ impl Fabric {
         Ok(())
     }
 
+    /// What one instance of each role of `deployment` takes from the pool (measured once per
+    /// uploaded component).
+    fn role_pool_use(&self, deployment: &Deployment) -> BTreeMap<String, crate::engine::PoolUse> {
+        let mut cache = self.pool_use.lock().unwrap_or_else(|p| p.into_inner());
+        deployment
+            .components
+            .iter()
+            .map(|(role, sha)| {
+                let u = *cache.entry(sha.clone()).or_insert_with(|| {
+                    // Unreadable: counted as nothing here; its compile refuses it by name.
+                    std::fs::read(self.file_path(sha))
+                        .ok()
+                        .and_then(|bytes| crate::engine::pool_use(&bytes))
+                        .unwrap_or_default()
+                });
+                (role.clone(), u)
+            })
+            .collect()
+    }
+
+    /// Refuses `counts` (instances by role) of service `name` (deployment `deployment`) when
+    /// with every other service's instances they would take more of the pool than it has:
+    /// a component that takes many memories or core instances is admitted by what it takes,
+    /// so it cannot stop other tenants' instances from starting.
+    fn check_pool(
+        &self,
+        services: &BTreeMap<String, Hosted>,
+        name: &str,
+        deployment: &Deployment,
+        counts: &BTreeMap<String, u32>,
+    ) -> Result<(), FabricError> {
+        use crate::engine::PoolUse;
+        let mut total = PoolUse::default();
+        for (other, h) in services {
+            if other == name {
+                continue;
+            }
+            if let Some(s) = &h.service {
+                let uses = self.role_pool_use(&h.record.deployment);
+                for (role, n) in s.instance_counts() {
+                    let u = uses.get(&role).copied().unwrap_or_default();
+                    total = total.plus(u.times(u64::from(n)));
+                }
+            }
+        }
+        let uses = self.role_pool_use(deployment);
+        for (role, n) in counts {
+            let u = uses.get(role).copied().unwrap_or_default();
+            total = total.plus(u.times(u64::from(*n)));
+        }
+        if let Some((what, wanted, available)) = total.exceeds(self.pool) {
+            let per = |u: &PoolUse| match what {
+                "memories" => u.memories,
+                "tables" => u.tables,
+                _ => u.core_instances,
+            };
+            let (role, per_instance) = uses
+                .iter()
+                .filter(|(r, _)| counts.get(*r).is_some_and(|n| *n > 0))
+                .map(|(r, u)| (r.clone(), per(u)))
+                .max_by_key(|(_, p)| *p)
+                .unwrap_or_default();
+            return Err(FabricError::Pool {
+                role,
+                what,
+                per_instance,
+                wanted,
+                available,
+            });
+        }
+        Ok(())
+    }
+
     fn publish(&self, services: &BTreeMap<String, Hosted>) {
         let mut view = self.view.lock().unwrap_or_else(|p| p.into_inner());
         *view = services
@@ -603,6 +698,12 @@ impl Fabric {
             .sum();
         let mut services = self.services.lock().await;
         self.check_capacity(&services, &name, wanted)?;
+        let counts = manifest
+            .roles
+            .iter()
+            .map(|(r, spec)| (r.clone(), spec.instances))
+            .collect();
+        self.check_pool(&services, &name, &deployment, &counts)?;
         let running = services.get(&name).and_then(|h| h.service.clone());
         // A new deployment: snapshots of the old one cannot be thawed into it.
         let record = Record {
@@ -755,6 +856,7 @@ impl Fabric {
         counts.insert(role.to_string(), n);
         let wanted: u64 = counts.values().map(|n| u64::from(*n)).sum();
         self.check_capacity(&services, name, wanted)?;
+        self.check_pool(&services, name, &hosted.record.deployment, &counts)?;
         let mut record = hosted.record.clone();
         record.scaled.insert(role.to_string(), n);
         // Written first: a host that dies mid-scale comes back at the new count.
@@ -799,6 +901,12 @@ impl Fabric {
             .map(|r| u64::from(r.instances))
             .sum();
         self.check_capacity(&services, name, wanted)?;
+        let counts = manifest
+            .roles
+            .iter()
+            .map(|(r, spec)| (r.clone(), spec.instances))
+            .collect();
+        self.check_pool(&services, name, &record.deployment, &counts)?;
         let service = self
             .start_service(&record, &manifest, &components, progress)
             .await?;
@@ -829,7 +937,7 @@ impl Fabric {
         std::fs::remove_file(&path).map_err(io(&path))?;
         let local = self.data_dir.join("services").join(name);
         if local.exists() {
-            std::fs::remove_dir_all(&local).map_err(io(&local))?;
+            crate::worker::remove_tree_later(&local).map_err(io(&local))?;
         }
         let deleted = self.snapshots.delete_service(name)?;
         if deleted > 0 {
@@ -932,6 +1040,11 @@ impl Fabric {
             .map(|n| u64::from(*n))
             .sum();
         self.check_capacity(&services, &target, running + 1)?;
+        let mut counts = service.instance_counts();
+        *counts.entry(header.role.clone()).or_insert(0) += 1;
+        if let Some(h) = services.get(&target) {
+            self.check_pool(&services, &target, &h.record.deployment, &counts)?;
+        }
         let grows = !service.has_frozen_slot(&header.role);
         let instance = service.thaw(&file, &id).await?;
         if let Some(hosted) = services.get_mut(&target)
