@@ -50,9 +50,9 @@ pub const FD_RESERVE: usize = 256;
 pub const MANAGEMENT_CONNECTIONS: usize = 64;
 /// Longest wait after an accept error (doubling from 10 ms): out of descriptors, the loop
 /// sleeps instead of spinning.
-const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+pub const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 /// At most one log line per this period about accept errors (with how many there were).
-const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
+pub const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// The deadlines and cap of one listener.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

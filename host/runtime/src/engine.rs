@@ -165,7 +165,7 @@ pub fn pool_use(component: &[u8]) -> Option<PoolUse> {
     Some(u)
 }
 
-/// The slots of a pool for `n` live instances ([`pool`]).
+/// The slots of a pool for `n` live instances (what the engine's pooling allocator gets).
 pub fn pool_totals(n: u32) -> PoolUse {
     PoolUse {
         core_instances: u64::from(n.saturating_mul(8)),

@@ -1,7 +1,7 @@
 //! Freeze and thaw: an instance's linear memory and globals captured into a snapshot (a
 //! component whose data segments hold the memory), stored compressed in a self-checking
 //! file, and instantiated again later, here or on another host. wasmtime-wizer rewrites the
-//! component's structure; [`splice`] writes the memory into it.
+//! component's structure; `splice` writes the memory into it.
 //!
 //! An instance can be frozen only when it runs the *instrumented* component
 //! ([`instrument`]): wizer adds an export (`wasmtime:wizer/access`) through which the host
@@ -356,7 +356,7 @@ impl<T: Send> ComponentInstanceState for Access<'_, T> {
 ///
 /// wizer rewrites the component from empty memories (globals, start functions and its own
 /// instrumentation removed: the structure); that shape is instrumented again, and
-/// [`splice::splice`] copies the memories into it, once. The snapshot is thus instrumented
+/// `splice::splice` copies the memories into it, once. The snapshot is thus instrumented
 /// itself: it compiles as it is, and an instance of it can be frozen again.
 pub async fn capture<T: Send>(
     original: &[u8],

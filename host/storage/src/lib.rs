@@ -5,7 +5,7 @@
 //! of Wasm or async: the runtime calls it from a blocking context.
 //!
 //! # Layout
-//! - [`engine`] (private): the redb tables, id generation, and the group committer.
+//! - `engine` (private): the redb tables, id generation, and the group committer.
 //! - [`blob`], [`queue`], [`table`]: each service's types, its backend trait (the seam a second,
 //!   distributed engine plugs into), and its redb implementation.
 //! - [`clock`]: the replaceable clock all time rules read.
