@@ -181,13 +181,13 @@ fn calibrate() {
     let store = RedbStore::open(dir.path().join("c.redb"), StorageOptions::default()).expect("db");
     let acct = AccountName::new("calib").expect("account");
     store
-        .create_container(&acct, "c", Vec::new())
+        .create_container(&acct, "calib", Vec::new())
         .expect("container");
     let data = vec![7u8; 4 << 20];
     store
         .put_blob(
             &acct,
-            "c",
+            "calib",
             "b",
             &mut data.as_slice(),
             PutBlobOptions::default(),
@@ -197,7 +197,7 @@ fn calibrate() {
     let (c0, t0) = (process_cpu(), Instant::now());
     for _ in 0..reads {
         let mut r = store
-            .get_blob(&acct, "c", "b", &GetBlobOptions::default())
+            .get_blob(&acct, "calib", "b", &GetBlobOptions::default())
             .expect("get");
         let mut out = Vec::with_capacity(4 << 20);
         r.reader.read_to_end(&mut out).expect("read");
@@ -207,7 +207,7 @@ fn calibrate() {
     let small = 2000;
     let c0 = process_cpu();
     for _ in 0..small {
-        let _ = store.get_blob_properties(&acct, "c", "b", &Default::default(), None);
+        let _ = store.get_blob_properties(&acct, "calib", "b", &Default::default(), None);
     }
     let small_us = (process_cpu() - c0) * 1e6 / f64::from(small);
     line("hostcall_read_4mib_cpu_ms", format!("{read_ms:.3}"));
