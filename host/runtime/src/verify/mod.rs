@@ -164,6 +164,76 @@ impl Run {
     }
 }
 
+/// Panics on simulation threads, recorded so a case whose host panicked fails (before, an
+/// instance whose host function panicked died silently and the case could pass).
+mod host_panics {
+    use std::cell::{Cell, RefCell};
+
+    thread_local! {
+        static SIMULATION: Cell<bool> = const { Cell::new(false) };
+        static PANICS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Installs, once, a panic hook that records panics on simulation threads (and then
+    /// does what the hook before it did).
+    pub(super) fn watch() {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            let previous = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                if SIMULATION.with(Cell::get) {
+                    let message = info
+                        .payload()
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_string())
+                        .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "(no message)".into());
+                    let at = info
+                        .location()
+                        .map(|l| format!(" at {}:{}", l.file(), l.line()))
+                        .unwrap_or_default();
+                    PANICS.with(|p| p.borrow_mut().push(format!("{message}{at}")));
+                }
+                previous(info);
+            }));
+        });
+    }
+
+    /// This thread runs a simulation: its panics are the host's.
+    pub(super) fn mark_simulation() {
+        SIMULATION.with(|s| s.set(true));
+        PANICS.with(|p| p.borrow_mut().clear());
+    }
+
+    /// The panics recorded on this thread since the last call.
+    pub(super) fn take() -> Vec<String> {
+        PANICS.with(|p| std::mem::take(&mut *p.borrow_mut()))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn a_panic_on_a_simulation_thread_is_recorded_and_taken_once() {
+            super::watch();
+            std::thread::spawn(|| {
+                super::mark_simulation();
+                let r = std::panic::catch_unwind(|| panic!("a host function fell over"));
+                assert!(r.is_err());
+                let seen = super::take();
+                assert_eq!(seen.len(), 1, "{seen:?}");
+                assert!(seen[0].contains("a host function fell over"), "{seen:?}");
+                assert!(super::take().is_empty());
+            })
+            .join()
+            .unwrap();
+            // Another thread's panics are not a simulation's.
+            let r = std::panic::catch_unwind(|| panic!("elsewhere"));
+            assert!(r.is_err());
+            assert!(super::take().is_empty());
+        }
+    }
+}
+
 /// The fault plan of one run: injects the case's faults by call index and records the trace.
 struct SimPlan {
     faults: BTreeMap<usize, Fault>,
@@ -370,8 +440,10 @@ impl Verifier {
     /// Runs one case from scratch, on a thread of its own with a fresh executor, storage and
     /// instances.
     pub fn run(&self, case: &Case) -> Result<Run, RuntimeError> {
+        host_panics::watch();
         std::thread::scope(|s| {
             s.spawn(|| {
+                host_panics::mark_simulation();
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .start_paused(true)
@@ -468,6 +540,11 @@ impl Verifier {
         service.stop().await;
         plan.sync_clock();
         let mut failures = check(&*store, &account, &self.scenario.checks);
+        // A panic in the host (a host function, the storage engine) ends an instance's task
+        // without a trace of its own: it is a failed case, never a pass.
+        for p in host_panics::take() {
+            failures.push(format!("the host panicked: {p}"));
+        }
         if let Some(pre) = &self.checker
             && let Err(message) = self.run_checker(pre, &store, &account, start).await
         {
