@@ -70,6 +70,7 @@ pub(crate) async fn deploy(
     host: &HostArgs,
     path: &Path,
     target_dir: Option<&Path>,
+    adopt_storage: bool,
 ) -> anyhow::Result<()> {
     let client = Client::new(host)?;
     let manifest = Manifest::load(path)?;
@@ -110,7 +111,11 @@ pub(crate) async fn deploy(
     let resp = client
         .send(
             Method::POST,
-            "/v1/deploy",
+            if adopt_storage {
+                "/v1/deploy?adopt-storage=true"
+            } else {
+                "/v1/deploy"
+            },
             ApiBody::Whole(Some(body.into())),
             Some("application/json"),
         )

@@ -97,6 +97,10 @@ enum Command {
         /// Cargo target directory for guest builds.
         #[arg(long)]
         target_dir: Option<PathBuf>,
+        /// Take over the storage account a deleted service of the same name left (deleted
+        /// without --purge-storage): without this, such a deployment is refused.
+        #[arg(long)]
+        adopt_storage: bool,
         #[command(flatten)]
         host: client::HostArgs,
     },
@@ -256,8 +260,9 @@ fn main() -> anyhow::Result<()> {
             Command::Deploy {
                 path,
                 target_dir,
+                adopt_storage,
                 host,
-            } => fabric_cmd::deploy(&host, &path, target_dir.as_deref()).await,
+            } => fabric_cmd::deploy(&host, &path, target_dir.as_deref(), adopt_storage).await,
             Command::Scale {
                 service,
                 role,

@@ -596,3 +596,27 @@ fn a_component_is_admitted_by_the_pool_slots_it_really_takes() {
     ]);
     host.wait_log("filters", "report n eq");
 }
+
+/// Item 11: a new service with a deleted service's name does not silently get the storage it
+/// left: the deploy is refused, saying how to take it over; `--adopt-storage` does; after a
+/// delete with `--purge-storage` the name is free again.
+#[test]
+fn a_deleted_services_storage_is_not_inherited_silently() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(&dir.path().join("host"));
+    let svc = service_dir(&dir.path().join("icy"), ICY);
+    host.ok(&["deploy", &svc]);
+    host.ok(&["delete", "icy"]);
+    let out = host.cli(&["deploy", &svc]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "deployed over kept storage");
+    assert!(
+        e.contains("was deleted here") && e.contains("--adopt-storage"),
+        "{e}"
+    );
+    host.ok(&["deploy", &svc, "--adopt-storage"]);
+    host.wait_running("icy", "Counter", 1);
+    host.ok(&["delete", "icy", "--purge-storage"]);
+    host.ok(&["deploy", &svc]);
+    host.wait_running("icy", "Counter", 1);
+}

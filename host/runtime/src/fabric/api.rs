@@ -7,7 +7,7 @@
 //! | `GET /v1/services` | every service's status (JSON) |
 //! | `HEAD /v1/files/<sha256>` | 200 if the host has the file, 404 if not |
 //! | `PUT /v1/files/<sha256>` | uploads a file (a component, a certificate); the digest is checked |
-//! | `POST /v1/deploy` | deploys a [`Deployment`]; answers progress as JSON lines, the last `{"done": name}` or `{"error": message}` |
+//! | `POST /v1/deploy[?adopt-storage=true]` | deploys a [`Deployment`] (taking over a deleted namesake's storage only when asked); answers progress as JSON lines, the last `{"done": name}` or `{"error": message}` |
 //! | `POST /v1/services/<name>/scale` | `{"role": r, "instances": n}` |
 //! | `POST /v1/services/<name>/stop`, `.../start` | stops or starts the service |
 //! | `POST /v1/services/<name>/instances/<id>/freeze[?wait-ms=N]` | freezes an instance (a busy web instance: waiting at most N ms for its request); answers the snapshot file (id in `x-rolehost-snapshot`) |
@@ -239,6 +239,7 @@ async fn handle(fabric: Arc<Fabric>, token: &str, req: Request<Incoming>) -> Rep
             upload(&fabric, &sha, req).await
         }
         (Method::POST, ["v1", "deploy"]) => {
+            let adopt = query(&req, "adopt-storage").is_some_and(|v| v == "true");
             let deployment: Deployment = match read_json(req).await {
                 Ok(d) => d,
                 Err(r) => return r,
@@ -253,7 +254,7 @@ async fn handle(fabric: Arc<Fabric>, token: &str, req: Request<Incoming>) -> Rep
                     // A client that does not read its progress misses lines, not the end.
                     let _ = progress_tx.try_send(Bytes::from(l));
                 };
-                let last = match fabric.deploy(deployment, &progress).await {
+                let last = match fabric.deploy_adopting(deployment, adopt, &progress).await {
                     Ok(name) => serde_json::json!({ "done": name }),
                     Err(e) => {
                         tracing::warn!(error = %e, "deployment refused");

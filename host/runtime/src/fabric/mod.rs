@@ -58,6 +58,11 @@ pub enum FabricError {
     /// A request without what it needs.
     #[error("{0}")]
     BadRequest(String),
+    /// A new service would silently take over the storage a deleted namesake left.
+    #[error(
+        "a service named {0} was deleted here and its storage account kept: a new {0} would get its blobs, queues and tables; deploy with --adopt-storage to take them over, or give the service another name"
+    )]
+    InheritsStorage(String),
     /// A deployment names a file that was not uploaded.
     #[error("{what} (sha256 {sha}) was not uploaded")]
     MissingFile {
@@ -131,7 +136,7 @@ impl FabricError {
     pub fn status(&self) -> u16 {
         match self {
             FabricError::NoService(_) | FabricError::NoSnapshot(_) => 404,
-            FabricError::Stopped(_) => 409,
+            FabricError::Stopped(_) | FabricError::InheritsStorage(_) => 409,
             FabricError::Io { .. } | FabricError::Storage(_) => 500,
             _ => 400,
         }
@@ -689,8 +694,30 @@ impl Fabric {
         deployment: Deployment,
         progress: Progress<'_>,
     ) -> Result<String, FabricError> {
+        self.deploy_adopting(deployment, false, progress).await
+    }
+
+    /// [`Fabric::deploy`]; a new service whose name a service deleted here without purging
+    /// its storage had is refused unless `adopt` says to take that storage over.
+    pub async fn deploy_adopting(
+        &self,
+        deployment: Deployment,
+        adopt: bool,
+        progress: Progress<'_>,
+    ) -> Result<String, FabricError> {
         let (manifest, components) = self.resolve(&deployment, &BTreeMap::new())?;
         let name = manifest.service.clone();
+        let known = self
+            .view
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&name);
+        if !known && self.snapshots.is_deleted(&name) {
+            if !adopt {
+                return Err(FabricError::InheritsStorage(name));
+            }
+            self.snapshots.forget_deleted(&name)?;
+        }
         let wanted: u64 = manifest
             .roles
             .values()
@@ -938,6 +965,12 @@ impl Fabric {
         let local = self.data_dir.join("services").join(name);
         if local.exists() {
             crate::worker::remove_tree_later(&local).map_err(io(&local))?;
+        }
+        // Kept storage is remembered, so a new service of this name does not get it silently.
+        if purge_storage {
+            self.snapshots.forget_deleted(name)?;
+        } else {
+            self.snapshots.note_deleted(name)?;
         }
         let deleted = self.snapshots.delete_service(name)?;
         if deleted > 0 {

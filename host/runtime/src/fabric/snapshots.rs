@@ -18,6 +18,9 @@ use crate::freeze::SnapshotHeader;
 
 /// The container of the host's account that holds snapshots.
 pub const CONTAINER: &str = "snapshots";
+/// The container of the host's account that remembers services deleted with their storage
+/// kept (a blob per name).
+pub const DELETED: &str = "deleted-services";
 /// Largest snapshot file a read will take: a snapshot is compressed memory (64 MiB of heap
 /// packed to about 4.5 MiB), and the file's blob was written by this host; a larger one is
 /// damage, refused rather than read whole into memory.
@@ -159,6 +162,47 @@ impl SnapshotStore {
         )
         .map_err(|e| storage_error(&format!("snapshot {id}"), e))?;
         Ok((record, file))
+    }
+
+    /// Remembers that service `name` was deleted and its storage account kept.
+    pub fn note_deleted(&self, name: &str) -> Result<(), FabricError> {
+        match self
+            .storage
+            .create_container(&self.account, DELETED, Vec::new())
+        {
+            Ok(_) => {}
+            Err(e) if e.code() == "ContainerAlreadyExists" => {}
+            Err(e) => return Err(storage_error("the host's records", e)),
+        }
+        self.storage
+            .put_blob(
+                &self.account,
+                DELETED,
+                name,
+                &mut &b""[..],
+                PutBlobOptions::default(),
+            )
+            .map_err(|e| storage_error(&format!("noting {name} deleted"), e))?;
+        Ok(())
+    }
+
+    /// Whether service `name` was deleted with its storage kept.
+    pub fn is_deleted(&self, name: &str) -> bool {
+        self.storage
+            .get_blob_properties(&self.account, DELETED, name, &Default::default(), None)
+            .is_ok()
+    }
+
+    /// Forgets that `name` was deleted (its storage was purged or adopted).
+    pub fn forget_deleted(&self, name: &str) -> Result<(), FabricError> {
+        match self
+            .storage
+            .delete_blob(&self.account, DELETED, name, &Default::default(), None)
+        {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(e.code(), "BlobNotFound" | "ContainerNotFound") => Ok(()),
+            Err(e) => Err(storage_error(&format!("forgetting {name} deleted"), e)),
+        }
     }
 
     /// Deletes every snapshot of service `service` (it is being deleted).
