@@ -62,16 +62,12 @@ fn wait_counting(host: &Host, n: u64) {
     }
 }
 
-/// Item 1 and 2: snapshots are out of every guest's reach, and a snapshot the host did not
-/// sign (rewritten to name another service, crafted to abort the host, or of an unsigned
-/// earlier format) is refused by name while the host serves on.
-#[test]
-fn snapshots_are_out_of_a_guests_reach_and_forged_ones_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let host = Host::start(&dir.path().join("host"));
-    host.ok(&["deploy", &service_dir(&dir.path().join("icy"), ICY)]);
-    wait_counting(&host, 2);
-    let file = dir.path().join("counter.snap");
+/// Deploys [`ICY`] on `host`, lets it count, and freezes its counter into `dir`'s
+/// `counter.snap`: the file and the snapshot's id.
+fn counting_then_frozen(host: &Host, dir: &Path) -> (std::path::PathBuf, String) {
+    host.ok(&["deploy", &service_dir(&dir.join("icy"), ICY)]);
+    wait_counting(host, 2);
+    let file = dir.join("counter.snap");
     let id = host.ok(&[
         "freeze",
         "icy",
@@ -79,6 +75,17 @@ fn snapshots_are_out_of_a_guests_reach_and_forged_ones_are_refused() {
         "-o",
         file.to_str().unwrap(),
     ]);
+    (file, id)
+}
+
+/// Item 1 and 2: snapshots are out of every guest's reach, and a snapshot the host did not
+/// sign (rewritten to name another service, crafted to abort the host, or of an unsigned
+/// earlier format) is refused by name while the host serves on.
+#[test]
+fn snapshots_are_out_of_a_guests_reach_and_forged_ones_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(&dir.path().join("host"));
+    let (file, id) = counting_then_frozen(&host, dir.path());
     assert!(id.trim().starts_with("icy.Counter_IN_0."), "{id}");
 
     // The frozen service's own guests look where snapshots used to be, and in the host's
@@ -173,16 +180,7 @@ fn a_thaw_is_admitted_against_the_hosts_capacity_into_a_slot_the_host_chooses() 
         std::ffi::OsStr::new("3"),
     ];
     let host = Host::start_with(&dir.path().join("host"), &more);
-    host.ok(&["deploy", &service_dir(&dir.path().join("icy"), ICY)]);
-    wait_counting(&host, 2);
-    let file = dir.path().join("counter.snap");
-    host.ok(&[
-        "freeze",
-        "icy",
-        "Counter_IN_0",
-        "-o",
-        file.to_str().unwrap(),
-    ]);
+    let (file, _) = counting_then_frozen(&host, dir.path());
     let path = file.to_str().unwrap();
     let out = host.ok(&["thaw", path]);
     assert!(out.contains("thawed Counter_IN_0"), "{out}");

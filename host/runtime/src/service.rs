@@ -1265,8 +1265,19 @@ impl Service {
     /// instance's id.
     pub async fn thaw(&self, file: &[u8], snapshot_id: &str) -> Result<String, RuntimeError> {
         let header = self.check_snapshot(file)?;
-        let (_, payload) = crate::freeze::check(file, &self.shared.snapshot_key)
-            .map_err(|e| RuntimeError::Unsupported(e.to_string()))?;
+        self.thaw_checked(&header, file, snapshot_id).await
+    }
+
+    /// [`Service::thaw`] of a file [`Service::check_snapshot`] accepted, with the header it
+    /// returned: the signature (a pass over the whole payload) is not checked twice.
+    pub async fn thaw_checked(
+        &self,
+        header: &crate::freeze::SnapshotHeader,
+        file: &[u8],
+        snapshot_id: &str,
+    ) -> Result<String, RuntimeError> {
+        let (_, payload) =
+            crate::freeze::header(file).map_err(|e| RuntimeError::Unsupported(e.to_string()))?;
         let _op = self.ops.lock().await;
         let role = self.target(&header.role)?;
         let engine = self.shared.engine.clone();

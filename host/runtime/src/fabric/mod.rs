@@ -1028,7 +1028,8 @@ impl Fabric {
     ) -> Result<String, FabricError> {
         let (file, id, record) = match (file, id) {
             (Some(f), _) => {
-                let (h, _) = crate::freeze::check(&f, &self.snapshot_key).map_err(refused)?;
+                // Routing only: the service's check below authenticates it.
+                let (h, _) = crate::freeze::header(&f).map_err(refused)?;
                 (f, snapshots::snapshot_id(&h), None)
             }
             (None, Some(id)) => {
@@ -1079,7 +1080,7 @@ impl Fabric {
             self.check_pool(&services, &target, &h.record.deployment, &counts)?;
         }
         let grows = !service.has_frozen_slot(&header.role);
-        let instance = service.thaw(&file, &id).await?;
+        let instance = service.thaw_checked(&header, &file, &id).await?;
         if let Some(hosted) = services.get_mut(&target)
             && hosted.record.deployment.id() == header.deployment_id
         {

@@ -105,17 +105,22 @@ impl SnapshotStore {
         }
     }
 
+    /// Creates container `name` of the host's account unless it is there.
+    fn ensure(&self, name: &str) -> Result<(), FabricError> {
+        match self
+            .storage
+            .create_container(&self.account, name, Vec::new())
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == "ContainerAlreadyExists" => Ok(()),
+            Err(e) => Err(storage_error(&format!("the host's container {name}"), e)),
+        }
+    }
+
     /// Keeps snapshot `file` (whose header is `header`) under `id`, durably, before anything
     /// records the instance as frozen.
     pub fn put(&self, id: &str, header: &SnapshotHeader, file: &[u8]) -> Result<(), FabricError> {
-        match self
-            .storage
-            .create_container(&self.account, CONTAINER, Vec::new())
-        {
-            Ok(_) => {}
-            Err(e) if e.code() == "ContainerAlreadyExists" => {}
-            Err(e) => return Err(storage_error("the host's snapshot store", e)),
-        }
+        self.ensure(CONTAINER)?;
         let options = PutBlobOptions {
             metadata: SnapshotRecord::of(header).metadata(),
             ..PutBlobOptions::default()
@@ -166,14 +171,7 @@ impl SnapshotStore {
 
     /// Remembers that service `name` was deleted and its storage account kept.
     pub fn note_deleted(&self, name: &str) -> Result<(), FabricError> {
-        match self
-            .storage
-            .create_container(&self.account, DELETED, Vec::new())
-        {
-            Ok(_) => {}
-            Err(e) if e.code() == "ContainerAlreadyExists" => {}
-            Err(e) => return Err(storage_error("the host's records", e)),
-        }
+        self.ensure(DELETED)?;
         self.storage
             .put_blob(
                 &self.account,
