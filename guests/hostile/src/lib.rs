@@ -18,6 +18,10 @@
 //!   entries cost quota, and removing them gives it back without a walk of the tree.
 //! - `log-flood`: logs lines of `line-bytes` (16,384) for `secs` (3) as fast as it can:
 //!   throttled by bytes, not only lines.
+//! - `storage-fill`: writes blobs of `blob-kib` (256) until refused (at most `max-blobs`,
+//!   100,000), deletes one and writes it again, then puts queue messages until refused (at most
+//!   `max-messages`, 10,000): a tenant filling the disk meets its quota or the host's headroom,
+//!   and can always make room.
 
 use rolehost_sdk::__private::bindings::rolehost::platform::{blob, queue, table, types};
 use rolehost_sdk::{Container, WorkerRole, env};
@@ -209,6 +213,62 @@ fn log_flood() -> Vec<String> {
     vec![format!("lines: {n}")]
 }
 
+/// An SDK call's outcome: `ok`, or the code.
+fn sdk_outcome<T>(r: &rolehost_sdk::Result<T>) -> String {
+    match r {
+        Ok(_) => "ok".into(),
+        Err(e) => {
+            let debug = format!("{:?}", e.code);
+            debug.rsplit("::").next().unwrap_or(&debug).to_string()
+        }
+    }
+}
+
+fn storage_fill() -> Vec<String> {
+    let c = Container::new("fill");
+    let mut lines = vec![format!(
+        "container: {}",
+        sdk_outcome(&c.create_if_not_exists())
+    )];
+    let body = vec![0x5au8; setting_u64("blob-kib", 256) as usize * 1024];
+    let mut n = 0u64;
+    let refused = loop {
+        if n >= setting_u64("max-blobs", 100_000) {
+            break "none".to_string();
+        }
+        let put = c.blob(&format!("f{n}")).put(&body);
+        match &put {
+            Ok(_) => n += 1,
+            Err(e) => {
+                lines.push(format!("blob-refusal: {}", e.message));
+                break sdk_outcome(&put);
+            }
+        }
+    };
+    lines.push(format!("blobs: {n} refused {refused}"));
+    if n > 0 {
+        let last = c.blob(&format!("f{}", n - 1));
+        lines.push(format!("delete: {}", sdk_outcome(&last.delete_if_exists())));
+        lines.push(format!("after-delete: {}", sdk_outcome(&last.put(&body))));
+    }
+    let q = rolehost_sdk::Queue::new("fillq");
+    let _ = q.create_if_not_exists();
+    let mut m = 0u64;
+    let refused = loop {
+        if m >= setting_u64("max-messages", 10_000) {
+            break "none".to_string();
+        }
+        let put = q.put(b"x");
+        if put.is_ok() {
+            m += 1;
+        } else {
+            break sdk_outcome(&put);
+        }
+    };
+    lines.push(format!("messages: {m} refused {refused}"));
+    lines
+}
+
 impl WorkerRole for Hostile {
     fn on_start() -> Result<Self, String> {
         let mode = env::setting("mode").ok_or("setting `mode` is missing")?;
@@ -226,6 +286,7 @@ impl WorkerRole for Hostile {
             "log-inject" => log_inject(),
             "log-flood" => log_flood(),
             "dir-bomb" => dir_bomb(),
+            "storage-fill" => storage_fill(),
             other => return Err(format!("unknown mode {other:?}")),
         };
         report(&self.mode, &lines);

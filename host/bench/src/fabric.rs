@@ -51,6 +51,8 @@ pub(crate) fn fabric_child(component: &str) {
                 storage: None,
                 snapshot_key: None,
                 max_instances: 1100,
+                account_quota: rolehost_storage::AccountQuota::HOST_DEFAULT,
+                storage_headroom: rolehost_storage::DEFAULT_HEADROOM_BYTES,
             },
             &|_| {},
         )

@@ -267,7 +267,7 @@ pub(crate) async fn lifecycle(
             }
         }
         _ => {
-            client
+            let answer = client
                 .json(
                     Method::POST,
                     &format!("/v1/services/{service}/{action}"),
@@ -275,6 +275,9 @@ pub(crate) async fn lifecycle(
                 )
                 .await?;
             println!("{action}: {service}");
+            if let Some(w) = answer["warning"].as_str() {
+                eprintln!("warning: {w}");
+            }
         }
     }
     Ok(())
@@ -411,3 +414,29 @@ pub(crate) async fn logs(
 
 /// The default `--max-instances`.
 pub(crate) const MAX_INSTANCES: u32 = DEFAULT_MAX_INSTANCES;
+
+/// Parses `--account-quota KEY=N` (the keys of a manifest's `[storage.quota]`).
+pub(crate) fn parse_quota(s: &str) -> Result<(rolehost_storage::Resource, u64), String> {
+    use rolehost_storage::Resource;
+    let (key, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected KEY=N, e.g. max-mb=10240"))?;
+    let n: u64 = value
+        .trim()
+        .parse()
+        .map_err(|_| format!("{key}: {value:?} is not a whole number"))?;
+    let key = key.trim();
+    Resource::ALL
+        .into_iter()
+        .find(|r| r.quota_key() == key)
+        .map(|r| match r {
+            Resource::Bytes => (r, n.saturating_mul(1 << 20)),
+            _ => (r, n),
+        })
+        .ok_or_else(|| {
+            format!(
+                "{key}: not a quota; use max-mb, max-containers, max-blobs, max-queues, \
+                 max-messages, max-tables or max-entities"
+            )
+        })
+}

@@ -87,6 +87,16 @@ enum Command {
         /// Most instances the host runs, all services together.
         #[arg(long, default_value_t = fabric_cmd::MAX_INSTANCES)]
         max_instances: u32,
+        /// A service's storage quota, KEY=N, repeatable: max-mb (default 10240),
+        /// max-containers (1000), max-blobs (1000000), max-queues (1000), max-messages
+        /// (1000000), max-tables (1000), max-entities (1000000). A manifest's
+        /// `[storage.quota]` may lower these for its service, never raise them.
+        #[arg(long, value_name = "KEY=N", value_parser = fabric_cmd::parse_quota)]
+        account_quota: Vec<(rolehost_storage::Resource, u64)>,
+        /// Megabytes of the storage disk no write may take: past it, writes are refused
+        /// (503 ServerBusy) and deletes still work.
+        #[arg(long, value_name = "MB", default_value_t = rolehost_storage::DEFAULT_HEADROOM_BYTES >> 20)]
+        storage_headroom_mb: u64,
     },
     /// Build a service's roles, upload them to a running host and deploy it; a service that
     /// runs there already is upgraded in place, a few instances at a time.
@@ -247,13 +257,21 @@ fn main() -> anyhow::Result<()> {
                 snapshot_key,
                 listen,
                 max_instances,
+                account_quota,
+                storage_headroom_mb,
             } => {
                 let signals = StopSignals::install()?;
+                let mut quota = rolehost_storage::AccountQuota::HOST_DEFAULT;
+                for (r, n) in account_quota {
+                    quota.set(r, n);
+                }
                 let options = rolehost_runtime::fabric::FabricOptions {
                     data_dir: data_dir.unwrap_or_else(client::default_host_data_dir),
                     storage,
                     max_instances,
                     snapshot_key,
+                    account_quota: quota,
+                    storage_headroom: storage_headroom_mb.saturating_mul(1 << 20),
                 };
                 fabric_cmd::serve(options, listen, signals).await
             }

@@ -618,3 +618,106 @@ fn a_deleted_services_storage_is_not_inherited_silently() {
     host.ok(&["deploy", &svc]);
     host.wait_running("icy", "Counter", 1);
 }
+
+/// A service of one `storage-fill` worker, with `[storage.quota]` keys and more settings.
+fn filler(dir: &Path, name: &str, quota: &str, settings: &str) -> String {
+    service_dir(
+        dir,
+        &format!(
+            "[service]\nname = \"{name}\"\n[storage.quota]\n{quota}\
+             [roles.Attacker]\nkind = \"worker\"\ncomponent = \"{{guest:hostile}}\"\n\
+             grace-period-secs = 2\n[roles.Attacker.settings]\nmode = \"storage-fill\"\n{settings}"
+        ),
+    )
+}
+
+/// The value of report line `probe: ...` in `out`.
+fn probe<'a>(out: &'a str, probe: &str) -> &'a str {
+    let needle = format!("report {probe}: ");
+    out.lines()
+        .find_map(|l| l.split_once(&needle).map(|(_, v)| v))
+        .unwrap_or_else(|| panic!("no report of {probe}:\n{out}"))
+}
+
+#[test]
+fn a_tenant_filling_its_storage_meets_its_quota_and_can_always_make_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start_with(
+        &dir.path().join("host"),
+        &["--account-quota".as_ref(), "max-mb=16".as_ref()],
+    );
+    // A manifest may lower the host's quota, never raise it.
+    let greedy = host.cli(&[
+        "deploy",
+        &filler(&dir.path().join("g"), "greedy", "max-mb = 64\n", ""),
+    ]);
+    let e = String::from_utf8_lossy(&greedy.stderr);
+    assert!(!greedy.status.success(), "{e}");
+    assert!(
+        e.contains("storage.quota.max-mb") && e.contains("more than this host allows (16 MB)"),
+        "{e}"
+    );
+
+    host.ok(&[
+        "deploy",
+        &filler(
+            &dir.path().join("f"),
+            "filler",
+            "max-mb = 2\nmax-messages = 40\n",
+            "blob-kib = 128\n",
+        ),
+    ]);
+    let out = host.wait_log("filler", "report messages:");
+    let blobs = probe(&out, "blobs");
+    let (n, code) = blobs.split_once(" refused ").unwrap();
+    let n: u64 = n.parse().unwrap();
+    assert_eq!(code, "InsufficientAccountPermissions", "{out}");
+    // 2 MiB of 128 KiB blobs, less the container and a blob's own overhead.
+    assert!((12..=16).contains(&n), "{n} blobs under a 2 MiB quota");
+    let refusal = probe(&out, "blob-refusal");
+    assert!(
+        refusal.contains("account filler") && refusal.contains("max-mb"),
+        "{refusal}"
+    );
+    assert_eq!(probe(&out, "delete"), "ok", "the culprit can always delete");
+    assert_eq!(probe(&out, "after-delete"), "ok", "a delete makes room");
+    assert_eq!(
+        probe(&out, "messages"),
+        "40 refused InsufficientAccountPermissions"
+    );
+
+    // A neighbour on the host's quota is not touched by the filler's.
+    host.ok(&[
+        "deploy",
+        &filler(
+            &dir.path().join("n"),
+            "roomy",
+            "",
+            "blob-kib = 1024\nmax-blobs = 8\nmax-messages = 100\n",
+        ),
+    ]);
+    let out = host.wait_log("roomy", "report messages:");
+    assert_eq!(probe(&out, "blobs"), "8 refused none", "{out}");
+    assert_eq!(probe(&out, "messages"), "100 refused none", "{out}");
+
+    // Stopping never depends on writing the service's record: with its temporary file made
+    // unwritable (a directory stands in its place), the stop goes through and says so.
+    let blocker = host.dir.join("services").join("filler.json.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    let stop = host.cli(&["stop", "filler"]);
+    let e = String::from_utf8_lossy(&stop.stderr);
+    assert!(stop.status.success(), "{e}\n{}", host.log());
+    assert!(
+        e.contains("warning") && e.contains("runs again when the host restarts"),
+        "{e}"
+    );
+    let status = host.status();
+    let filler = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "filler")
+        .unwrap();
+    assert_eq!(filler["state"], "stopped", "{status}");
+    std::fs::remove_dir(&blocker).unwrap();
+}

@@ -13,6 +13,7 @@ pub mod bindings;
 pub mod build;
 pub mod capability;
 pub mod conn;
+pub mod crash;
 pub mod engine;
 pub mod error;
 pub mod fabric;

@@ -9,6 +9,15 @@
 //! data-dir = ".rolehost"        # relative to this file; `rolehost run --data-dir` overrides
 //! queue-message-max-bytes = 8192
 //!
+//! [storage.quota]               # what the service's account may store; each at most (and by
+//! max-mb = 10240                # default) what the host allows: `rolehost serve --account-quota`
+//! max-containers = 1000
+//! max-blobs = 1000000
+//! max-queues = 1000
+//! max-messages = 1000000
+//! max-tables = 1000
+//! max-entities = 1000000
+//!
 //! [roles.Counter]
 //! kind = "worker"               # "worker" or "web"
 //! crate = "counter"             # a guest crate to build, or: component = "counter.wasm"
@@ -142,6 +151,58 @@ pub struct StorageSettings {
     pub data_dir: PathBuf,
     /// The queue message size limit.
     pub queue_message_max_bytes: usize,
+    /// `[storage.quota]`: the limits the manifest sets (the host's for the others).
+    pub quota: QuotaSettings,
+}
+
+/// `[storage.quota]`: the limits a service sets for its account; the others are the host's.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QuotaSettings {
+    limits: Vec<(rolehost_storage::Resource, u64)>,
+}
+
+impl QuotaSettings {
+    /// The manifest's key of a resource.
+    pub fn key(r: rolehost_storage::Resource) -> &'static str {
+        use rolehost_storage::Resource as R;
+        match r {
+            R::Bytes => "storage.quota.max-mb",
+            R::Containers => "storage.quota.max-containers",
+            R::Blobs => "storage.quota.max-blobs",
+            R::Queues => "storage.quota.max-queues",
+            R::Messages => "storage.quota.max-messages",
+            R::Tables => "storage.quota.max-tables",
+            R::Entities => "storage.quota.max-entities",
+        }
+    }
+
+    /// The account's quota: the host's `ceiling` with the manifest's limits applied, or the
+    /// first limit above the ceiling (its key, the limit asked for and the host's, in the
+    /// manifest's unit).
+    pub fn apply(
+        &self,
+        ceiling: rolehost_storage::AccountQuota,
+    ) -> Result<rolehost_storage::AccountQuota, ManifestError> {
+        let mut q = ceiling;
+        for (r, limit) in &self.limits {
+            if *limit > ceiling.get(*r) {
+                let shown = |n: u64| match r {
+                    rolehost_storage::Resource::Bytes => format!("{} MB", n >> 20),
+                    _ => n.to_string(),
+                };
+                return Err(ManifestError::invalid(
+                    Self::key(*r),
+                    format!(
+                        "{} is more than this host allows ({})",
+                        shown(*limit),
+                        shown(ceiling.get(*r))
+                    ),
+                ));
+            }
+            q.set(*r, *limit);
+        }
+        Ok(q)
+    }
 }
 
 /// Worker or web.
@@ -316,6 +377,50 @@ struct ServiceSection {
 struct StorageSection {
     data_dir: Option<PathBuf>,
     queue_message_max_bytes: Option<usize>,
+    #[serde(default)]
+    quota: QuotaSection,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct QuotaSection {
+    max_mb: Option<u64>,
+    max_containers: Option<u64>,
+    max_blobs: Option<u64>,
+    max_queues: Option<u64>,
+    max_messages: Option<u64>,
+    max_tables: Option<u64>,
+    max_entities: Option<u64>,
+}
+
+/// Largest `storage.quota.max-mb`: 1 PiB (Azure's largest accounts hold 5).
+pub const MAX_QUOTA_MB: u64 = 1 << 30;
+
+impl QuotaSection {
+    fn settings(&self) -> Result<QuotaSettings, ManifestError> {
+        use rolehost_storage::Resource as R;
+        let mut limits = Vec::new();
+        if let Some(mb) = self.max_mb {
+            let mb = within(QuotaSettings::key(R::Bytes).into(), mb, 0..=MAX_QUOTA_MB)?;
+            limits.push((R::Bytes, mb << 20));
+        }
+        for (r, v) in [
+            (R::Containers, self.max_containers),
+            (R::Blobs, self.max_blobs),
+            (R::Queues, self.max_queues),
+            (R::Messages, self.max_messages),
+            (R::Tables, self.max_tables),
+            (R::Entities, self.max_entities),
+        ] {
+            if let Some(n) = v {
+                limits.push((
+                    r,
+                    within(QuotaSettings::key(r).into(), n, 0..=u64::from(u32::MAX))?,
+                ));
+            }
+        }
+        Ok(QuotaSettings { limits })
+    }
 }
 
 #[derive(Deserialize)]
@@ -441,6 +546,7 @@ impl Manifest {
             ));
         }
         let storage = StorageSettings {
+            quota: file.storage.quota.settings()?,
             data_dir: base.join(file.storage.data_dir.unwrap_or_else(|| ".rolehost".into())),
             queue_message_max_bytes,
         };
@@ -774,6 +880,40 @@ mod tests {
 
     fn parse(text: &str) -> Result<Manifest, ManifestError> {
         Manifest::parse(text, Path::new("/svc/rolehost.toml"))
+    }
+
+    #[test]
+    fn a_storage_quota_lowers_the_hosts_and_may_not_raise_it() {
+        use rolehost_storage::{AccountQuota, Resource};
+        let role = "[roles.W]\nkind = \"worker\"\ncomponent = \"w.wasm\"\n";
+        let m = parse(&format!(
+            "[service]\nname = \"demo\"\n[storage.quota]\nmax-mb = 5\nmax-entities = 7\n{role}"
+        ))
+        .unwrap();
+        let host = AccountQuota::HOST_DEFAULT;
+        let q = m.storage.quota.apply(host).unwrap();
+        assert_eq!(q.get(Resource::Bytes), 5 << 20);
+        assert_eq!(q.get(Resource::Entities), 7);
+        assert_eq!(q.get(Resource::Blobs), host.get(Resource::Blobs));
+        let small = host.with(Resource::Bytes, 4 << 20);
+        let e = m.storage.quota.apply(small).unwrap_err().to_string();
+        assert!(
+            e.contains("storage.quota.max-mb")
+                && e.contains("5 MB is more than this host allows (4 MB)"),
+            "{e}"
+        );
+        let e = parse(&format!(
+            "[service]\nname = \"demo\"\n[storage.quota]\nmax-mb = 99999999999\n{role}"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("storage.quota.max-mb"), "{e}");
+        let e = parse(&format!(
+            "[service]\nname = \"demo\"\n[storage.quota]\nmax-bytes = 1\n{role}"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("max-bytes"), "{e}");
     }
 
     #[test]

@@ -49,9 +49,20 @@ pub fn open_storage(
     if let Some(clock) = clock {
         options.clock = clock;
     }
-    RedbStore::open(&path, options)
-        .map(Arc::new)
-        .map_err(|source| RuntimeError::Storage { path, source })
+    let store =
+        RedbStore::open(&path, options).map_err(|source| RuntimeError::Storage { path, source })?;
+    let quota = manifest
+        .storage
+        .quota
+        .apply(store.default_quota())
+        .map_err(|source| RuntimeError::Manifest {
+            path: manifest.path.clone(),
+            source,
+        })?;
+    if let Ok(account) = rolehost_storage::AccountName::new(manifest.service.clone()) {
+        store.set_quota(&account, Some(quota));
+    }
+    Ok(Arc::new(store))
 }
 
 /// Builds the guest crate `dir` and returns its component (a crate that is a workspace may
@@ -555,6 +566,8 @@ impl WorkerPool {
             {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
+            // Some instances run the new version, others the old one.
+            crate::crash::point("upgrade.domain");
         }
     }
 

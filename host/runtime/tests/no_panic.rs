@@ -8,6 +8,13 @@ use std::path::Path;
 use proptest::prelude::*;
 use rolehost_runtime::freeze::{self, SnapshotHeader, SnapshotKey};
 use rolehost_runtime::manifest::Manifest;
+use rolehost_runtime::verify::Scenario;
+
+/// A scenario file as `rolehost verify` reads it (`verify.toml`).
+const SCENARIO: &str = "seed = 7\n[roles]\nCounter = 2\n\
+    [[setup.messages]]\nqueue = \"increments\"\nbody = \"total\"\ncount = 10\n\
+    [[check]]\nentity = \"counts/counter/total\"\nproperty = \"count\"\nequals = \"10\"\n\
+    [[check]]\nqueue = \"increments\"\ncount = 0\n[end]\nidle-secs = 5\nlimit-secs = 600\n";
 
 fn valid_snapshot() -> Vec<u8> {
     let header = SnapshotHeader {
@@ -85,6 +92,10 @@ proptest! {
             "max-queued-requests", "max-body-bytes", "max-header-bytes", "max-connections",
             "header-timeout-ms", "idle-timeout-ms", "handshake-timeout-ms", "idle-freeze-ms",
         ]),
+        quota in prop::sample::select(vec![
+            "max-mb", "max-containers", "max-blobs", "max-queues", "max-messages",
+            "max-tables", "max-entities",
+        ]),
     ) {
         let mut text: Vec<char> = MANIFEST.chars().collect();
         let i = at.index(text.len());
@@ -93,6 +104,29 @@ proptest! {
         let _ = Manifest::parse(&mutated, Path::new("/svc/rolehost.toml"));
         let keyed = MANIFEST.replace("instances = 2", &format!("instances = 2\n{key} = {number}"));
         let _ = Manifest::parse(&keyed, Path::new("/svc/rolehost.toml"));
+        let quota = format!("{MANIFEST}[storage.quota]\n{quota} = {number}\n");
+        if let Ok(m) = Manifest::parse(&quota, Path::new("/svc/rolehost.toml")) {
+            let _ = m.storage.quota.apply(rolehost_storage::AccountQuota::HOST_DEFAULT);
+        }
+    }
+
+    /// A scenario file (`verify.toml`) with characters changed anywhere, or with any of its
+    /// numbers set to any value.
+    #[test]
+    fn a_mutated_scenario_never_panics(
+        at in any::<prop::sample::Index>(),
+        with in any::<char>(),
+        number in any::<i64>(),
+        which in prop::sample::select(vec!["seed = 7", "Counter = 2", "count = 10", "count = 0", "idle-secs = 5", "limit-secs = 600"]),
+    ) {
+        let mut text: Vec<char> = SCENARIO.chars().collect();
+        let i = at.index(text.len());
+        text[i] = with;
+        let mutated: String = text.into_iter().collect();
+        let _ = Scenario::parse(&mutated, Path::new("/svc/verify.toml"));
+        let field = which.split(" = ").next().unwrap_or("seed");
+        let numbered = SCENARIO.replace(which, &format!("{field} = {number}"));
+        let _ = Scenario::parse(&numbered, Path::new("/svc/verify.toml"));
     }
 }
 
@@ -111,4 +145,29 @@ fn a_grace_period_past_its_bound_is_refused_by_name() {
         e.contains("grace-period-secs") && e.contains("outside 0..=3600"),
         "{e}"
     );
+}
+
+/// The scenario the property test mutates is a valid one, and a duration or count past its
+/// bound is refused by name (a limit of `u64::MAX` seconds overflowed the simulation's clock).
+#[test]
+fn a_scenario_past_its_bounds_is_refused_by_name() {
+    Scenario::parse(SCENARIO, Path::new("/svc/verify.toml")).unwrap();
+    for (from, to, key) in [
+        (
+            "limit-secs = 600",
+            "limit-secs = 18446744073709551615",
+            "end.limit-secs",
+        ),
+        ("Counter = 2", "Counter = 100000", "roles.Counter"),
+        (
+            "count = 10",
+            "count = 4000000000",
+            "setup.messages[0].count",
+        ),
+    ] {
+        let e = Scenario::parse(&SCENARIO.replace(from, to), Path::new("/svc/verify.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(key) && e.contains("outside"), "{e}");
+    }
 }

@@ -11,12 +11,27 @@
 //! that refuses (returns its family error) has written nothing, so it can share a transaction with
 //! operations that succeed. An engine failure (I/O, corrupt record, a panic) aborts the whole batch
 //! and every caller in it gets an error: nothing unacknowledged is ever visible.
+//!
+//! # Usage and quotas
+//! Each operation charges what it adds or frees to its account ([`WriteCtx::charge`]) after its
+//! checks and before its writes; a charge past the account's quota or the host's headroom is a
+//! refusal like any other. The batch keeps the accounts it touched in memory and writes them to
+//! [`USAGE`] before it commits, so usage and data move together (see [`crate::quota`]).
+//!
+//! # I/O failures
+//! After a failed write redb refuses every later one ("Previous I/O error") until the database is
+//! opened again. The committer does that itself: the batch whose commit failed is answered with
+//! the error, the database is reopened (redb repairs it) and the next batch goes on. Readers
+//! wait while it happens. A database that cannot be reopened is named in every error until it
+//! can.
 
+use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use redb::{
     Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
@@ -26,6 +41,7 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use crate::clock::{Clock, Timestamp};
 use crate::error::{FamilyError, StorageError};
+use crate::quota::{Delta, QuotaBook, QuotaError, Resource, Usage};
 
 // ---- Table layout (see ARCHITECTURE.md "Storage layout"). Keys start with the account name, so
 // one account's data is a contiguous key range no other account's operation can name.
@@ -57,6 +73,16 @@ pub(crate) const TABLES: TableDefinition<(&str, &str), &str> = TableDefinition::
 /// (account, lowercase table name, PartitionKey, RowKey) -> EntityRecord
 pub(crate) const ENTITIES: TableDefinition<(&str, &str, &str, &str), &[u8]> =
     TableDefinition::new("entities");
+/// account -> Usage. What each account stores ([`crate::quota`]).
+pub(crate) const USAGE: TableDefinition<&str, &[u8]> = TableDefinition::new("usage");
+
+/// The [`META`] key set once [`USAGE`] counts everything in the database. A database made
+/// before usage was kept lacks it and is counted at open.
+pub(crate) const USAGE_COUNTED: &str = "usage_counted";
+
+/// Attempts to reopen the database after an I/O failure while readers still hold the old one
+/// open, 20 ms apart (a read transaction lasts one storage call).
+const REOPEN_ATTEMPTS: u32 = 100;
 
 /// Blob content is stored in chunks of this size, so neither writes nor reads ever hold a whole
 /// large blob in memory.
@@ -173,6 +199,123 @@ pub(crate) struct WriteCtx<'a> {
     /// The clock, read once per batch: the operations of one commit happen at the same instant.
     pub(crate) now: Timestamp,
     pub(crate) ids: &'a mut IdGen,
+    pub(crate) usage: &'a mut BatchUsage,
+}
+
+impl WriteCtx<'_> {
+    /// Charges `delta` to `account`: refused (nothing changes) when it grows a resource past
+    /// the account's quota or takes the host's headroom. Call it after every check and before
+    /// the first write: a refusal must leave nothing written.
+    pub(crate) fn charge<E>(&mut self, account: &str, delta: Delta) -> Result<(), E>
+    where
+        E: From<QuotaError> + From<StorageError>,
+    {
+        self.usage.charge(self.txn, account, delta)
+    }
+}
+
+/// The usage of the accounts a batch touched, and the disk room left to it.
+pub(crate) struct BatchUsage {
+    book: Arc<QuotaBook>,
+    accounts: HashMap<String, Usage>,
+    /// Bytes the batch may still add before the disk's free space reaches the headroom; read
+    /// from the filesystem at the batch's first growth, with the file's slack.
+    room: Option<u64>,
+    /// Bytes added in this batch.
+    added: u64,
+    /// Bytes freed in this batch.
+    freed: u64,
+}
+
+impl BatchUsage {
+    fn new(book: Arc<QuotaBook>) -> Self {
+        BatchUsage {
+            book,
+            accounts: HashMap::new(),
+            room: None,
+            added: 0,
+            freed: 0,
+        }
+    }
+
+    fn load(&mut self, txn: &WriteTransaction, account: &str) -> Result<Usage, StorageError> {
+        if let Some(u) = self.accounts.get(account) {
+            return Ok(*u);
+        }
+        let stored = txn.open_table(USAGE)?;
+        let u = match stored.get(account)? {
+            Some(v) => decode::<Usage>("usage", v.value())?,
+            None => Usage::default(),
+        };
+        Ok(u)
+    }
+
+    fn charge<E>(&mut self, txn: &WriteTransaction, account: &str, delta: Delta) -> Result<(), E>
+    where
+        E: From<QuotaError> + From<StorageError>,
+    {
+        if delta == Delta::default() {
+            return Ok(());
+        }
+        let mut used = self.load(txn, account)?;
+        let quota = self.book.quota(account);
+        for (r, d) in Resource::ALL.into_iter().zip(delta.0) {
+            if d <= 0 {
+                continue;
+            }
+            let wanted = used.get(r).saturating_add(d.unsigned_abs());
+            if wanted > quota.get(r) {
+                return Err(QuotaError::Account {
+                    account: account.to_string(),
+                    resource: r,
+                    used: used.get(r),
+                    wanted,
+                    limit: quota.get(r),
+                }
+                .into());
+            }
+        }
+        let grows = delta.bytes().max(0).unsigned_abs();
+        if grows > 0 {
+            let book = &self.book;
+            let room = *self.room.get_or_insert_with(|| {
+                book.free_bytes()
+                    .saturating_sub(book.headroom())
+                    .saturating_add(book.slack())
+            });
+            if grows > room {
+                return Err(QuotaError::HostFull {
+                    free: self.book.free_bytes(),
+                    headroom: self.book.headroom(),
+                    needed: grows,
+                }
+                .into());
+            }
+            self.room = Some(room - grows);
+            self.added = self.added.saturating_add(grows);
+        } else {
+            self.freed = self.freed.saturating_add(delta.bytes().unsigned_abs());
+        }
+        used.apply(&delta);
+        self.accounts.insert(account.to_string(), used);
+        Ok(())
+    }
+
+    /// Writes the touched accounts' usage into the batch's transaction.
+    fn flush(&self, txn: &WriteTransaction) -> Result<(), StorageError> {
+        if self.accounts.is_empty() {
+            return Ok(());
+        }
+        let mut table = txn.open_table(USAGE)?;
+        for (account, usage) in &self.accounts {
+            if usage.is_empty() {
+                table.remove(account.as_str())?;
+            } else {
+                table.insert(account.as_str(), encode(usage).as_slice())?;
+            }
+        }
+        Ok(())
+    }
 }
 
 type Completion = Box<dyn FnOnce(Result<(), Arc<StorageError>>) + Send>;
@@ -187,8 +330,9 @@ struct Request {
 
 /// The engine: a redb database, its committer thread, and the clock.
 pub(crate) struct Engine {
-    pub(crate) db: Arc<Database>,
+    db: Arc<DbSlot>,
     pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) quotas: Arc<QuotaBook>,
     sender: Mutex<Option<mpsc::Sender<Request>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -196,9 +340,132 @@ pub(crate) struct Engine {
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
+            .field("path", &self.db.path)
             .field("clock", &self.clock)
             .finish_non_exhaustive()
     }
+}
+
+/// The open database, which the committer replaces after an I/O failure.
+struct DbSlot {
+    /// `None` while it is reopened, or when reopening failed (`failure` says why).
+    db: RwLock<Option<Arc<Database>>>,
+    failure: Mutex<Option<String>>,
+    path: PathBuf,
+    cache_bytes: usize,
+    /// The file's length after the last commit that changed usage: a longer one means the
+    /// file grew (see [`QuotaBook::settle`]).
+    file_len: std::sync::atomic::AtomicU64,
+}
+
+impl DbSlot {
+    fn current(&self) -> Result<Arc<Database>, StorageError> {
+        let db = self.db.read().unwrap_or_else(|p| p.into_inner());
+        match db.as_ref() {
+            Some(db) => Ok(db.clone()),
+            None => Err(StorageError::Unavailable {
+                path: self.path.display().to_string(),
+                detail: self
+                    .failure
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone()
+                    .unwrap_or_else(|| "it is being reopened".into()),
+            }),
+        }
+    }
+
+    /// Closes the database and opens it again (redb repairs what the failed write left).
+    fn reopen(&self) -> Result<(), StorageError> {
+        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
+        slot.take();
+        let mut last = None;
+        for _ in 0..REOPEN_ATTEMPTS {
+            match open_database(&self.path, self.cache_bytes) {
+                Ok(db) => {
+                    *slot = Some(Arc::new(db));
+                    *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    tracing::warn!(path = %self.path.display(), "storage database reopened after an I/O failure");
+                    return Ok(());
+                }
+                // A reader still has the old one open.
+                Err(e @ StorageError::InUse(_)) => {
+                    last = Some(e);
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => {
+                    last = Some(e);
+                    break;
+                }
+            }
+        }
+        let e = last.unwrap_or(StorageError::Closed);
+        tracing::error!(path = %self.path.display(), error = %e, "the storage database cannot be reopened; every storage call fails until it can (is the disk full or failing?)");
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+        Err(e)
+    }
+}
+
+/// Is `e` an I/O failure after which redb refuses every write until the database is reopened?
+fn is_io_failure(e: &StorageError) -> bool {
+    match e {
+        StorageError::Database(e) => matches!(**e, redb::Error::Io(_) | redb::Error::PreviousIo),
+        StorageError::CommitFailed(e) => is_io_failure(e),
+        _ => false,
+    }
+}
+
+/// Opens (or creates) the database, naming a damaged or busy file.
+fn open_database(path: &Path, cache_bytes: usize) -> Result<Database, StorageError> {
+    let shown = path.display().to_string();
+    // redb panics on some garbage (unreachable code while it reads its own header): a damaged
+    // file is named and refused, never a host panic.
+    let opened = catch_unwind(AssertUnwindSafe(|| {
+        Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => StorageError::InUse(shown.clone()),
+                redb::DatabaseError::Storage(redb::StorageError::Corrupted(detail)) => {
+                    StorageError::Damaged {
+                        path: shown.clone(),
+                        detail,
+                    }
+                }
+                // "Not a redb database", and other data redb cannot read.
+                redb::DatabaseError::Storage(redb::StorageError::Io(e))
+                    if e.kind() == std::io::ErrorKind::InvalidData =>
+                {
+                    StorageError::Damaged {
+                        path: shown.clone(),
+                        detail: e.to_string(),
+                    }
+                }
+                e => StorageError::from(e),
+            })
+    }));
+    match opened {
+        Ok(r) => r,
+        Err(panic) => {
+            let detail = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "redb panicked reading it".into());
+            Err(StorageError::Damaged {
+                path: shown,
+                detail,
+            })
+        }
+    }
+}
+
+/// What [`Engine::open`] found.
+pub(crate) struct Opened {
+    pub(crate) engine: Engine,
+    /// [`USAGE`] does not count everything (a database made before it was kept, or data of
+    /// interrupted uploads removed): count it with [`crate::RedbStore::recount_usage`].
+    pub(crate) recount: bool,
 }
 
 impl Engine {
@@ -207,79 +474,62 @@ impl Engine {
         cache_bytes: usize,
         clock: Arc<dyn Clock>,
         id_seed: Option<u64>,
-    ) -> Result<Self, StorageError> {
-        let shown = path.display().to_string();
-        // redb panics on some garbage (unreachable code while it reads its own header): a
-        // damaged file is named and refused, never a host panic.
-        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let db = Database::builder()
-                .set_cache_size(cache_bytes)
-                .create(path)
-                .map_err(|e| match e {
-                    redb::DatabaseError::DatabaseAlreadyOpen => StorageError::InUse(shown.clone()),
-                    redb::DatabaseError::Storage(redb::StorageError::Corrupted(detail)) => {
-                        StorageError::Damaged {
-                            path: shown.clone(),
-                            detail,
-                        }
-                    }
-                    // "Not a redb database", and other data redb cannot read.
-                    redb::DatabaseError::Storage(redb::StorageError::Io(e))
-                        if e.kind() == std::io::ErrorKind::InvalidData =>
-                    {
-                        StorageError::Damaged {
-                            path: shown.clone(),
-                            detail: e.to_string(),
-                        }
-                    }
-                    e => StorageError::from(e),
-                })?;
-            let ids = Self::prepare(&db, &*clock, id_seed)?;
-            Ok::<_, StorageError>((db, ids))
-        }));
-        let (db, ids) = match opened {
-            Ok(r) => r?,
-            Err(panic) => {
-                let detail = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "redb panicked reading it".into());
-                return Err(StorageError::Damaged {
-                    path: shown,
-                    detail,
-                });
-            }
-        };
-        let db = Arc::new(db);
+        quotas: Arc<QuotaBook>,
+    ) -> Result<Opened, StorageError> {
+        let db = open_database(path, cache_bytes)?;
+        let prepared = catch_unwind(AssertUnwindSafe(|| Self::prepare(&db, &*clock, id_seed)))
+            .map_err(|_| StorageError::Damaged {
+                path: path.display().to_string(),
+                detail: "redb panicked reading it".into(),
+            })?;
+        let (ids, recount) = prepared?;
+        let slot = Arc::new(DbSlot {
+            db: RwLock::new(Some(Arc::new(db))),
+            failure: Mutex::new(None),
+            path: path.to_path_buf(),
+            cache_bytes,
+            file_len: std::sync::atomic::AtomicU64::new(
+                std::fs::metadata(path).map_or(0, |m| m.len()),
+            ),
+        });
         let (sender, receiver) = mpsc::channel::<Request>();
-        let thread_db = db.clone();
+        let thread_slot = slot.clone();
         let thread_clock = clock.clone();
+        let thread_quotas = quotas.clone();
         let thread = std::thread::Builder::new()
             .name("rolehost-storage-commit".into())
-            .spawn(move || committer_loop(&thread_db, &*thread_clock, ids, &receiver))
+            .spawn(move || {
+                committer_loop(&thread_slot, &*thread_clock, &thread_quotas, ids, &receiver)
+            })
             .map_err(|e| StorageError::Internal(format!("cannot start the committer: {e}")))?;
-        Ok(Engine {
-            db,
-            clock,
-            sender: Mutex::new(Some(sender)),
-            thread: Mutex::new(Some(thread)),
+        Ok(Opened {
+            engine: Engine {
+                db: slot,
+                clock,
+                quotas,
+                sender: Mutex::new(Some(sender)),
+                thread: Mutex::new(Some(thread)),
+            },
+            recount,
         })
     }
 
     /// Creates the tables, loads the id sequence, and removes data left by uploads that a crash
-    /// interrupted (their chunks are in [`PENDING`] and nothing references them).
+    /// interrupted (their chunks are in [`PENDING`] and nothing references them). Says whether
+    /// [`USAGE`] must be counted again.
     fn prepare(
         db: &Database,
         clock: &dyn Clock,
         id_seed: Option<u64>,
-    ) -> Result<IdGen, StorageError> {
+    ) -> Result<(IdGen, bool), StorageError> {
         let txn = db.begin_write()?;
         let ids;
+        let recount;
         {
             let mut meta = txn.open_table(META)?;
             let next = meta.get("seq")?.map(|v| v.value()).unwrap_or(1);
             let stored_salt = meta.get("salt")?.map(|v| v.value());
+            let counted = meta.get(USAGE_COUNTED)?.is_some();
             let salt = match stored_salt {
                 Some(s) => s,
                 None => {
@@ -290,6 +540,11 @@ impl Engine {
                     s
                 }
             };
+            // A new database counts from nothing: its usage is complete from the start.
+            let new = stored_salt.is_none();
+            if new {
+                meta.insert(USAGE_COUNTED, 1)?;
+            }
             ids = IdGen {
                 next,
                 persisted: next,
@@ -303,6 +558,7 @@ impl Engine {
             txn.open_table(VISIBLE)?;
             txn.open_table(TABLES)?;
             txn.open_table(ENTITIES)?;
+            txn.open_table(USAGE)?;
             let mut pending = txn.open_table(PENDING)?;
             let mut chunks = txn.open_table(CHUNKS)?;
             let orphans: Vec<u64> = pending
@@ -319,9 +575,12 @@ impl Engine {
                     "removed data of uploads interrupted by a crash"
                 );
             }
+            // Streamed chunks are charged as they arrive; those of interrupted uploads were
+            // charged and are gone now.
+            recount = !(new || counted && orphans.is_empty());
         }
         txn.commit()?;
-        Ok(ids)
+        Ok((ids, recount))
     }
 
     /// Runs `op` in the next group commit and returns its result once the commit is durable
@@ -377,7 +636,22 @@ impl Engine {
 
     /// A consistent read snapshot.
     pub(crate) fn read(&self) -> Result<ReadTransaction, StorageError> {
-        Ok(self.db.begin_read()?)
+        let db = self.db.current()?;
+        match db.begin_read() {
+            Ok(t) => Ok(t),
+            Err(e) => {
+                let e = StorageError::from(e);
+                if is_io_failure(&e) {
+                    // The committer reopens it at its next batch; say so rather than redb's
+                    // bare "previous I/O error".
+                    return Err(StorageError::Unavailable {
+                        path: self.db.path.display().to_string(),
+                        detail: e.to_string(),
+                    });
+                }
+                Err(e)
+            }
+        }
     }
 
     pub(crate) fn now(&self) -> Timestamp {
@@ -395,7 +669,13 @@ impl Drop for Engine {
     }
 }
 
-fn committer_loop(db: &Database, clock: &dyn Clock, mut ids: IdGen, rx: &mpsc::Receiver<Request>) {
+fn committer_loop(
+    slot: &DbSlot,
+    clock: &dyn Clock,
+    quotas: &Arc<QuotaBook>,
+    mut ids: IdGen,
+    rx: &mpsc::Receiver<Request>,
+) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -407,17 +687,46 @@ fn committer_loop(db: &Database, clock: &dyn Clock, mut ids: IdGen, rx: &mpsc::R
         let durable = batch.iter().any(|r| r.durable);
         // Ids handed out in an aborted batch were never visible. They are skipped, not reused:
         // `ids.next` only moves forward.
-        run_batch(db, clock, &mut ids, batch, durable);
+        let failed = run_batch(slot, clock, quotas, &mut ids, batch, durable);
+        if failed {
+            let _ = slot.reopen();
+        }
     }
 }
 
+/// The database to write to: reopened first when an earlier failure left none, or when it
+/// refuses writes after an I/O failure.
+fn begin(slot: &DbSlot) -> Result<WriteTransaction, StorageError> {
+    let db = match slot.current() {
+        Ok(db) => db,
+        Err(_) => {
+            slot.reopen()?;
+            slot.current()?
+        }
+    };
+    match db.begin_write() {
+        Ok(t) => Ok(t),
+        Err(e) => {
+            let e = StorageError::from(e);
+            if !is_io_failure(&e) {
+                return Err(e);
+            }
+            drop(db);
+            slot.reopen()?;
+            Ok(slot.current()?.begin_write()?)
+        }
+    }
+}
+
+/// Runs one batch; says whether it failed on I/O (the database must be reopened).
 fn run_batch(
-    db: &Database,
+    slot: &DbSlot,
     clock: &dyn Clock,
+    quotas: &Arc<QuotaBook>,
     ids: &mut IdGen,
     batch: Vec<Request>,
     durable: bool,
-) {
+) -> bool {
     // The operations never ran: answer each caller with the cause.
     let fail_all = |batch: Vec<Request>, err: StorageError| {
         tracing::error!(error = %err, "storage batch could not start");
@@ -426,14 +735,19 @@ fn run_batch(
             (r.abandon)(err.clone());
         }
     };
-    let mut txn = match db.begin_write() {
+    let mut txn = match begin(slot) {
         Ok(t) => t,
-        Err(e) => return fail_all(batch, e.into()),
+        Err(e) => {
+            fail_all(batch, e);
+            return false;
+        }
     };
     if !durable && let Err(e) = txn.set_durability(Durability::None) {
-        return fail_all(batch, e.into());
+        fail_all(batch, e.into());
+        return false;
     }
     let now = clock.now();
+    let mut usage = BatchUsage::new(quotas.clone());
     let mut completions = Vec::with_capacity(batch.len());
     let mut failure: Option<StorageError> = None;
     for request in batch {
@@ -441,6 +755,7 @@ fn run_batch(
             txn: &txn,
             now,
             ids: &mut *ids,
+            usage: &mut usage,
         };
         let Request { job, abandon, .. } = request;
         match catch_unwind(AssertUnwindSafe(|| job(&mut ctx))) {
@@ -470,17 +785,32 @@ fn run_batch(
             let _ = txn.abort();
             Err(e)
         }
-        None => persist_seq(&txn, ids).and_then(|()| txn.commit().map_err(StorageError::from)),
+        None => usage
+            .flush(&txn)
+            .and_then(|()| persist_seq(&txn, ids))
+            .and_then(|()| txn.commit().map_err(StorageError::from)),
     };
+    let io_failed = outcome.as_ref().is_err_and(is_io_failure);
     let outcome = outcome.map_err(Arc::new);
     if let Err(e) = &outcome {
         tracing::error!(error = %e, "storage batch aborted");
     } else {
         ids.persisted = ids.next;
+        if usage.added > 0 || usage.freed > 0 {
+            let len = std::fs::metadata(&slot.path).map_or(0, |m| m.len());
+            let grew = len
+                > slot
+                    .file_len
+                    .swap(len, std::sync::atomic::Ordering::Relaxed);
+            quotas.settle(usage.added, usage.freed, grew);
+        }
     }
     for c in completions {
         c(outcome.clone());
     }
+    // An operation's own I/O error aborts the batch as "an operation failed"; the database
+    // then refuses writes, which the next batch's `begin` sees and repairs.
+    io_failed
 }
 
 fn persist_seq(txn: &WriteTransaction, ids: &IdGen) -> Result<(), StorageError> {

@@ -7,6 +7,8 @@
 
 use std::fmt;
 
+pub use crate::quota::QuotaError;
+
 /// The engine failed underneath an operation. Nothing of the operation was committed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -48,6 +50,14 @@ pub enum StorageError {
     /// Another process has the database open.
     #[error("{0} is open in another process (is another rolehost using it?)")]
     InUse(String),
+    /// The database failed on I/O (a full or failing disk) and is not open again yet.
+    #[error("the storage database {path} is unavailable after an I/O failure: {detail}")]
+    Unavailable {
+        /// The file.
+        path: String,
+        /// Why it is not open.
+        detail: String,
+    },
 }
 
 impl StorageError {
@@ -189,6 +199,7 @@ macro_rules! error_codes {
                 match self {
                     $ty::Name(e) => e.code(),
                     $ty::Storage(e) => e.code(),
+                    $ty::Quota(e) => e.code(),
                     $($ty::$variant { .. } => $code,)*
                 }
             }
@@ -198,6 +209,7 @@ macro_rules! error_codes {
                 match self {
                     $ty::Name(_) => 400,
                     $ty::Storage(e) => e.status(),
+                    $ty::Quota(e) => e.status(),
                     $($ty::$variant { .. } => $status,)*
                 }
             }
@@ -215,6 +227,9 @@ pub enum BlobError {
     /// The engine failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// The account's quota, or the host's headroom, would be exceeded; nothing was written.
+    #[error(transparent)]
+    Quota(#[from] QuotaError),
     /// The container does not exist.
     #[error("the specified container does not exist: {0}")]
     ContainerNotFound(String),
@@ -344,6 +359,9 @@ pub enum QueueError {
     /// The engine failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// The account's quota, or the host's headroom, would be exceeded; nothing was written.
+    #[error(transparent)]
+    Quota(#[from] QuotaError),
     /// The queue does not exist.
     #[error("the specified queue does not exist: {0}")]
     QueueNotFound(String),
@@ -400,6 +418,9 @@ pub enum TableError {
     /// The engine failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// The account's quota, or the host's headroom, would be exceeded; nothing was written.
+    #[error(transparent)]
+    Quota(#[from] QuotaError),
     /// The table does not exist.
     #[error("the table specified does not exist: {0}")]
     TableNotFound(String),
@@ -455,6 +476,7 @@ impl TableError {
         match self {
             TableError::Name(e) => e.code(),
             TableError::Storage(e) => e.code(),
+            TableError::Quota(e) => e.code(),
             TableError::TableNotFound(_) => "TableNotFound",
             TableError::TableAlreadyExists(_) => "TableAlreadyExists",
             TableError::EntityAlreadyExists => "EntityAlreadyExists",
@@ -478,6 +500,7 @@ impl TableError {
         match self {
             TableError::Name(_) => 400,
             TableError::Storage(e) => e.status(),
+            TableError::Quota(e) => e.status(),
             TableError::TableNotFound(_) | TableError::ResourceNotFound => 404,
             TableError::TableAlreadyExists(_) | TableError::EntityAlreadyExists => 409,
             TableError::UpdateConditionNotSatisfied => 412,
@@ -503,6 +526,14 @@ macro_rules! family_error {
     )*};
 }
 family_error!(BlobError, QueueError, TableError);
+
+/// Only refunds are charged where the error type is [`StorageError`], and they are never
+/// refused; should one be, it is an internal error.
+impl From<QuotaError> for StorageError {
+    fn from(e: QuotaError) -> Self {
+        StorageError::Internal(e.to_string())
+    }
+}
 
 impl FamilyError for StorageError {
     fn is_engine_failure(&self) -> bool {

@@ -11,6 +11,7 @@
 //! - [`clock`]: the replaceable clock all time rules read.
 //! - [`error`]: one error enum per family, each carrying its Azure code and HTTP status.
 //! - [`names`]: naming rules, checked at the start of every operation.
+//! - [`quota`]: what each account may store and stores, and the disk room the host keeps.
 //!
 //! # Guarantees
 //! - **Durable before acknowledged.** A write returns `Ok` only after the commit carrying it is
@@ -20,6 +21,9 @@
 //!   another account's data.
 //! - **No panics on input.** Every name, limit and condition is checked and refused with a typed
 //!   error.
+//! - **Bounded.** Every write that grows an account is admitted against its quota and the host's
+//!   headroom before it writes; deletes are always admitted. After an I/O failure the database
+//!   is reopened, not left refusing every write.
 //!
 //! # Example
 //! ```
@@ -44,6 +48,7 @@ mod engine;
 pub mod error;
 pub mod names;
 pub mod queue;
+pub mod quota;
 pub mod table;
 
 use std::path::Path;
@@ -52,6 +57,7 @@ use std::sync::Arc;
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use engine::{CHUNK_SIZE, DEFAULT_CACHE_BYTES, MAX_BATCH};
 pub use error::{BlobError, NameError, QueueError, StorageError, TableError};
+pub use quota::{AccountQuota, DEFAULT_HEADROOM_BYTES, QuotaError, Resource, Usage};
 
 /// User-defined metadata: name/value pairs (names are C# identifiers, compared ignoring case).
 pub type Metadata = Vec<(String, String)>;
@@ -154,6 +160,13 @@ pub struct StorageOptions {
     /// Seed of the id sequence for a new database (ETags, message ids, receipts). `None` derives
     /// one from the clock; a simulation passes a fixed seed for reproducible ids.
     pub id_seed: Option<u64>,
+    /// The quota of every account [`RedbStore::set_quota`] was not told about
+    /// ([`AccountQuota::HOST_DEFAULT`]).
+    pub default_quota: AccountQuota,
+    /// Bytes of the database's disk that no write may take ([`DEFAULT_HEADROOM_BYTES`]): the
+    /// room that keeps deletes, the host's own records and other programs working when
+    /// tenants fill the disk.
+    pub headroom_bytes: u64,
 }
 
 impl Default for StorageOptions {
@@ -163,6 +176,8 @@ impl Default for StorageOptions {
             queue_message_max_bytes: DEFAULT_QUEUE_MESSAGE_MAX_BYTES,
             clock: Arc::new(SystemClock),
             id_seed: None,
+            default_quota: AccountQuota::HOST_DEFAULT,
+            headroom_bytes: DEFAULT_HEADROOM_BYTES,
         }
     }
 }
@@ -189,15 +204,73 @@ impl RedbStore {
                 options.queue_message_max_bytes
             )));
         }
-        let engine = engine::Engine::open(
+        let quotas = Arc::new(quota::QuotaBook::new(
+            options.default_quota,
+            options.headroom_bytes,
+            path.as_ref(),
+        ));
+        let opened = engine::Engine::open(
             path.as_ref(),
             options.cache_bytes,
             options.clock,
             options.id_seed,
+            quotas,
         )?;
-        Ok(RedbStore {
-            engine,
+        let store = RedbStore {
+            engine: opened.engine,
             queue_message_max_bytes: options.queue_message_max_bytes,
+        };
+        if opened.recount {
+            tracing::info!(path = %path.as_ref().display(), "counting what each storage account stores");
+            store.recount_usage()?;
+        }
+        Ok(store)
+    }
+
+    /// Sets `account`'s quota (`None`: the store's default again). Writes already admitted
+    /// stay; an account over a lowered quota can only shrink until it is under it.
+    pub fn set_quota(&self, account: &AccountName, quota: Option<AccountQuota>) {
+        self.engine.quotas.set(account.as_str(), quota);
+    }
+
+    /// `account`'s quota.
+    pub fn quota(&self, account: &AccountName) -> AccountQuota {
+        self.engine.quotas.quota(account.as_str())
+    }
+
+    /// The quota of accounts without one of their own.
+    pub fn default_quota(&self) -> AccountQuota {
+        self.engine.quotas.default_quota()
+    }
+
+    /// What `account` stores.
+    pub fn usage(&self, account: &AccountName) -> Result<Usage, StorageError> {
+        let txn = self.engine.read()?;
+        let table = txn.open_table(engine::USAGE)?;
+        match table.get(account.as_str())? {
+            Some(v) => engine::decode("usage", v.value()),
+            None => Ok(Usage::default()),
+        }
+    }
+
+    /// Counts what every account stores from the data itself and replaces the kept usage with
+    /// it. The open does this for a database that needs it (made by an older rolehost, or with
+    /// uploads a crash interrupted); the usage kept is exact otherwise.
+    pub fn recount_usage(&self) -> Result<(), StorageError> {
+        self.engine.write(true, |ctx| -> Result<(), StorageError> {
+            let mut counted: std::collections::HashMap<String, Usage> = Default::default();
+            blob::store::count_usage(ctx.txn, &mut counted)?;
+            queue::store::count_usage(ctx.txn, &mut counted)?;
+            table::store::count_usage(ctx.txn, &mut counted)?;
+            let mut usage = ctx.txn.open_table(engine::USAGE)?;
+            usage.retain(|_, _| false)?;
+            for (account, u) in &counted {
+                usage.insert(account.as_str(), engine::encode(u).as_slice())?;
+            }
+            ctx.txn
+                .open_table(engine::META)?
+                .insert(engine::USAGE_COUNTED, 1)?;
+            Ok(())
         })
     }
 

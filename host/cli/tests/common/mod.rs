@@ -26,6 +26,20 @@ impl Host {
 
     /// [`Host::start_with`], the process's descriptor limit set to `nofile` when given.
     pub fn start_limited(dir: &Path, more: &[&std::ffi::OsStr], nofile: Option<u64>) -> Host {
+        Host::start_full(dir, more, nofile, &[])
+    }
+
+    /// [`Host::start_with`], with more environment variables.
+    pub fn start_env(dir: &Path, more: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> Host {
+        Host::start_full(dir, more, None, env)
+    }
+
+    fn start_full(
+        dir: &Path,
+        more: &[&std::ffi::OsStr],
+        nofile: Option<u64>,
+        env: &[(&str, &str)],
+    ) -> Host {
         let _ = std::fs::remove_file(dir.join("management.url"));
         let mut command = Command::new(env!("CARGO_BIN_EXE_rolehost"));
         command.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]);
@@ -53,6 +67,7 @@ impl Host {
         }
         let child = command
             .args(more)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(dir.with_extension("log")).unwrap())
@@ -227,6 +242,23 @@ impl Host {
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for the host to exit on its own (a crash point killed it): its exit status,
+    /// or `None` when it still runs after `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

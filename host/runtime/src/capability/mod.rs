@@ -130,6 +130,7 @@ pub(crate) fn invalid(code: ErrorCode, message: impl Into<String>) -> StorageErr
         status: match code {
             ErrorCode::RequestBodyTooLarge | ErrorCode::RequestEntityTooLarge => 413,
             ErrorCode::ServerBusy => 503,
+            ErrorCode::InsufficientAccountPermissions => 403,
             _ => 400,
         },
         message: message.into(),
@@ -152,6 +153,7 @@ pub(crate) fn error_code(code: &str, status: u16) -> ErrorCode {
         "RequestBodyTooLarge" => C::RequestBodyTooLarge,
         "InternalError" => C::InternalError,
         "ServerBusy" => C::ServerBusy,
+        "InsufficientAccountPermissions" => C::InsufficientAccountPermissions,
         "ContainerNotFound" => C::ContainerNotFound,
         "ContainerAlreadyExists" => C::ContainerAlreadyExists,
         "BlobNotFound" => C::BlobNotFound,

@@ -313,7 +313,11 @@ async fn handle(fabric: Arc<Fabric>, token: &str, req: Request<Incoming>) -> Rep
             }
         }
         (Method::POST, ["v1", "services", name, "stop"]) => match fabric.stop(name).await {
-            Ok(()) => json(StatusCode::OK, &serde_json::json!({ "ok": true })),
+            Ok(None) => json(StatusCode::OK, &serde_json::json!({ "ok": true })),
+            Ok(Some(warning)) => json(
+                StatusCode::OK,
+                &serde_json::json!({ "ok": true, "warning": warning }),
+            ),
             Err(e) => error(e.status(), e),
         },
         (Method::POST, ["v1", "services", name, "start"]) => {

@@ -196,6 +196,17 @@ struct Record {
     /// they stay frozen when the service starts again (a thaw brings them back).
     #[serde(default)]
     frozen: BTreeMap<String, String>,
+    /// A delete in progress (written before its first step): a host that died during it
+    /// finishes it when it starts again instead of bringing the service back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    deleting: Option<Deleting>,
+}
+
+/// The intent of a delete.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+struct Deleting {
+    /// Its storage account is deleted too.
+    purge_storage: bool,
 }
 
 /// A service's state as `rolehost status` shows it.
@@ -257,6 +268,9 @@ pub struct InstanceView {
     pub messages_processed: u64,
     /// Messages received again (dequeue count over 1).
     pub redeliveries: u64,
+    /// A frozen instance's snapshot (`rolehost thaw` it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
 }
 
 /// The name of a phase, as status shows it.
@@ -288,6 +302,7 @@ impl From<&InstanceStatus> for InstanceView {
             requests: s.usage.requests,
             messages_processed: s.usage.messages_processed,
             redeliveries: s.usage.redeliveries,
+            snapshot: None,
         }
     }
 }
@@ -304,6 +319,11 @@ pub struct FabricOptions {
     pub max_instances: u32,
     /// The snapshot key's file, when not `<data_dir>/snapshot.key`.
     pub snapshot_key: Option<PathBuf>,
+    /// Every service's storage quota unless its manifest sets a lower one; no manifest may
+    /// set a higher one.
+    pub account_quota: rolehost_storage::AccountQuota,
+    /// Bytes of the storage database's disk no write may take.
+    pub storage_headroom: u64,
 }
 
 /// What status reads of a service without waiting for an operation in progress.
@@ -353,6 +373,14 @@ fn private_file(file: &Path) -> std::io::Result<()> {
         std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))?;
     }
     Ok(())
+}
+
+/// Makes a rename or removal in `file`'s directory durable.
+fn sync_dir(file: &Path) -> Result<(), FabricError> {
+    let dir = file.parent().unwrap_or(Path::new("."));
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))
 }
 
 /// Removes the temporary files of uploads a crash interrupted ([`Fabric::upload_path`]):
@@ -407,7 +435,12 @@ impl Fabric {
             .storage
             .clone()
             .unwrap_or_else(|| data_dir.join(crate::service::DATABASE_FILE));
-        let storage = RedbStore::open(&db, StorageOptions::default()).map_err(|e| match e {
+        let storage_options = StorageOptions {
+            default_quota: options.account_quota,
+            headroom_bytes: options.storage_headroom,
+            ..StorageOptions::default()
+        };
+        let storage = RedbStore::open(&db, storage_options).map_err(|e| match e {
             // These name the file themselves.
             rolehost_storage::StorageError::InUse(_)
             | rolehost_storage::StorageError::Damaged { .. } => FabricError::Storage(e.to_string()),
@@ -508,14 +541,30 @@ impl Fabric {
             .join(format!(".upload-{}-{n}", std::process::id()))
     }
 
-    /// Writes a record atomically (a crash leaves the old one or the new one).
+    /// Writes a record atomically and durably: a crash, of the process or the machine,
+    /// leaves the old one or the new one, and the new one once this returns.
     fn save(&self, name: &str, record: &Record) -> Result<(), FabricError> {
+        use std::io::Write;
         let path = self.record_path(name);
         let tmp = path.with_extension("json.tmp");
         let text =
             serde_json::to_vec_pretty(record).map_err(|e| FabricError::Storage(e.to_string()))?;
-        std::fs::write(&tmp, text).map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io(&path))
+        let mut file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        file.write_all(&text).map_err(io(&tmp))?;
+        file.sync_all().map_err(io(&tmp))?;
+        drop(file);
+        std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        sync_dir(&path)
+    }
+
+    /// Removes a record durably.
+    fn remove_record(&self, name: &str) -> Result<(), FabricError> {
+        let path = self.record_path(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => sync_dir(&path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(&path)(e)),
+        }
     }
 
     /// Turns a deployment into a manifest whose files are the uploaded ones, applying the
@@ -707,6 +756,8 @@ impl Fabric {
     ) -> Result<String, FabricError> {
         let (manifest, components) = self.resolve(&deployment, &BTreeMap::new())?;
         let name = manifest.service.clone();
+        // Refused here, before anything changes, when it asks for more than the host allows.
+        self.account_quota(&manifest)?;
         let known = self
             .view
             .lock()
@@ -732,21 +783,40 @@ impl Fabric {
             .collect();
         self.check_pool(&services, &name, &deployment, &counts)?;
         let running = services.get(&name).and_then(|h| h.service.clone());
+        let previous = services.get(&name).map(|h| h.record.clone());
         // A new deployment: snapshots of the old one cannot be thawed into it.
         let record = Record {
             deployment,
             scaled: BTreeMap::new(),
             stopped: false,
             frozen: BTreeMap::new(),
+            deleting: None,
+        };
+        // The intent, written before anything changes: a host that dies from here on comes
+        // back on the new deployment, whole (never on the old one with some new instances).
+        self.save(&name, &record)?;
+        crate::crash::point("deploy.recorded");
+        // Undoes the intent of a deployment that failed: the host goes on as before it.
+        let undo = |e: FabricError| {
+            let undone = match &previous {
+                Some(old) => self.save(&name, old),
+                None => self.remove_record(&name),
+            };
+            if let Err(u) = undone {
+                tracing::error!(service = %name, error = %u, "the record of a failed deployment could not be undone");
+            }
+            e
         };
         match running {
             Some(service) => {
                 progress(format!("upgrading service {name} in place"));
+                self.set_account_quota(&manifest).map_err(undo)?;
                 let id = record.deployment.id();
                 service
                     .upgrade(&manifest, &components, Some(id), progress)
-                    .await?;
-                self.save(&name, &record)?;
+                    .await
+                    .map_err(|e| undo(e.into()))?;
+                crate::crash::point("deploy.done");
                 services.insert(
                     name.clone(),
                     Hosted {
@@ -759,8 +829,9 @@ impl Fabric {
                 progress(format!("starting service {name}"));
                 let service = self
                     .start_service(&record, &manifest, &components, progress)
-                    .await?;
-                self.save(&name, &record)?;
+                    .await
+                    .map_err(undo)?;
+                crate::crash::point("deploy.done");
                 services.insert(
                     name.clone(),
                     Hosted {
@@ -775,6 +846,23 @@ impl Fabric {
         Ok(name)
     }
 
+    /// The storage quota of `manifest`'s service: the host's, lowered where the manifest says.
+    fn account_quota(
+        &self,
+        manifest: &Manifest,
+    ) -> Result<rolehost_storage::AccountQuota, FabricError> {
+        Ok(manifest.storage.quota.apply(self.storage.default_quota())?)
+    }
+
+    /// Holds the service's account to its quota from now on.
+    fn set_account_quota(&self, manifest: &Manifest) -> Result<(), FabricError> {
+        let quota = self.account_quota(manifest)?;
+        let account = rolehost_storage::AccountName::new(manifest.service.clone())
+            .map_err(|e| FabricError::BadRequest(e.to_string()))?;
+        self.storage.set_quota(&account, Some(quota));
+        Ok(())
+    }
+
     async fn start_service(
         &self,
         record: &Record,
@@ -782,6 +870,7 @@ impl Fabric {
         components: &BTreeMap<String, PathBuf>,
         progress: Progress<'_>,
     ) -> Result<Service, FabricError> {
+        self.set_account_quota(manifest)?;
         let options = ServiceOptions {
             deployment_id: Some(record.deployment.id()),
             frozen: record.frozen.keys().cloned().collect(),
@@ -820,6 +909,22 @@ impl Fabric {
         }
         let mut services = self.services.lock().await;
         for mut record in records {
+            if let Some(d) = record.deleting {
+                let Ok(m) = Manifest::parse(
+                    &record.deployment.manifest,
+                    &self.data_dir.join("services").join("rolehost.toml"),
+                ) else {
+                    tracing::error!(
+                        "an unreadable record of a service being deleted; left as it is"
+                    );
+                    continue;
+                };
+                tracing::info!(service = %m.service, "finishing the delete a crash interrupted");
+                if let Err(e) = self.finish_delete(&m.service, d.purge_storage) {
+                    tracing::error!(service = %m.service, error = %e, "could not finish deleting a service");
+                }
+                continue;
+            }
             // Snapshots are kept in the host's own store; one it does not have (kept where
             // its guest could change it, by an earlier rolehost) is not trusted: the instance
             // starts afresh rather than staying frozen for ever.
@@ -888,6 +993,7 @@ impl Fabric {
         record.scaled.insert(role.to_string(), n);
         // Written first: a host that dies mid-scale comes back at the new count.
         self.save(name, &record)?;
+        crate::crash::point("scale.recorded");
         service.scale(role, n).await?;
         if let Some(h) = services.get_mut(name) {
             h.record = record;
@@ -897,18 +1003,32 @@ impl Fabric {
     }
 
     /// Stops every instance of a service; it stays deployed (and stopped across restarts).
-    pub async fn stop(&self, name: &str) -> Result<(), FabricError> {
+    /// The stop never depends on the record: when it cannot be written (a full or failing
+    /// disk) the instances stop all the same, and the returned warning says the service will
+    /// run again when the host restarts.
+    pub async fn stop(&self, name: &str) -> Result<Option<String>, FabricError> {
         let mut services = self.services.lock().await;
         let hosted = services
             .get_mut(name)
             .ok_or_else(|| FabricError::NoService(name.to_string()))?;
-        hosted.record.stopped = true;
-        self.save(name, &hosted.record)?;
+        let mut record = hosted.record.clone();
+        record.stopped = true;
+        let warning = match self.save(name, &record) {
+            Ok(()) => None,
+            Err(e) => {
+                tracing::error!(service = name, error = %e, "the record of a stop could not be written; stopping all the same");
+                Some(format!(
+                    "the service is stopped, but its record could not be written ({e}): it runs \
+                     again when the host restarts"
+                ))
+            }
+        };
+        hosted.record = record;
         if let Some(service) = hosted.service.take() {
             service.stop().await;
         }
         self.publish(&services);
-        Ok(())
+        Ok(warning)
     }
 
     /// Starts a stopped service again, with the instance counts it had.
@@ -952,20 +1072,29 @@ impl Fabric {
 
     /// Stops and forgets a service. Its storage account (blobs, queues, tables) is deleted
     /// only when `purge_storage` says so.
+    /// The intent is written first; a host that dies during the delete finishes it when it
+    /// starts again (every step can be done twice).
     pub async fn delete(&self, name: &str, purge_storage: bool) -> Result<(), FabricError> {
         let mut services = self.services.lock().await;
         let hosted = services
-            .remove(name)
+            .get_mut(name)
             .ok_or_else(|| FabricError::NoService(name.to_string()))?;
-        if let Some(service) = hosted.service {
+        let mut record = hosted.record.clone();
+        record.deleting = Some(Deleting { purge_storage });
+        self.save(name, &record)?;
+        crate::crash::point("delete.recorded");
+        let hosted = services.remove(name);
+        if let Some(service) = hosted.and_then(|h| h.service) {
             service.stop().await;
         }
-        let path = self.record_path(name);
-        std::fs::remove_file(&path).map_err(io(&path))?;
-        let local = self.data_dir.join("services").join(name);
-        if local.exists() {
-            crate::worker::remove_tree_later(&local).map_err(io(&local))?;
-        }
+        self.publish(&services);
+        self.finish_delete(name, purge_storage)
+    }
+
+    /// The steps of a delete after its instances stopped, each safe to do again: what the
+    /// account keeps is remembered (or purged), snapshots and local resources go, and the
+    /// record last.
+    fn finish_delete(&self, name: &str, purge_storage: bool) -> Result<(), FabricError> {
         // Kept storage is remembered, so a new service of this name does not get it silently.
         if purge_storage {
             self.snapshots.forget_deleted(name)?;
@@ -979,8 +1108,15 @@ impl Fabric {
         if purge_storage {
             purge_account(&*self.storage, name)?;
         }
-        self.publish(&services);
-        Ok(())
+        crate::crash::point("delete.storage");
+        let local = self.data_dir.join("services").join(name);
+        if local.exists() {
+            crate::worker::remove_tree_later(&local).map_err(io(&local))?;
+        }
+        if let Ok(account) = rolehost_storage::AccountName::new(name) {
+            self.storage.set_quota(&account, None);
+        }
+        self.remove_record(name)
     }
 
     /// Freezes `instance` of service `name` and keeps the snapshot in the host's snapshot
@@ -1011,8 +1147,10 @@ impl Fabric {
                 .map_err(|e| FabricError::Storage(e.to_string()))?
         };
         kept?;
+        crate::crash::point("freeze.stored");
         self.note_frozen(name, &header.deployment_id, instance, &id)
             .await?;
+        crate::crash::point("freeze.recorded");
         tracing::info!(service = name, instance, snapshot = %id, bytes = file.len(), "frozen");
         Ok((id, file))
     }
@@ -1143,7 +1281,13 @@ impl Fabric {
                     Some(s) => (
                         "running",
                         s.deployment_id(),
-                        s.status().iter().map(InstanceView::from).collect(),
+                        s.status()
+                            .iter()
+                            .map(|i| InstanceView {
+                                snapshot: record.frozen.get(&i.instance_id).cloned(),
+                                ..InstanceView::from(i)
+                            })
+                            .collect(),
                         s.instance_counts(),
                         s.endpoints(),
                     ),

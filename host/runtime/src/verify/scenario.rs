@@ -287,6 +287,14 @@ fn text_of(v: &toml::Value) -> String {
     }
 }
 
+/// Longest simulated time of a case (`end.*-secs`): a week. Simulated time is free, but past
+/// it the paused clock's arithmetic overflows.
+pub const MAX_SCENARIO_SECS: u64 = 7 * 24 * 3600;
+/// Most copies of one setup message: each is a queue message in every case's database.
+pub const MAX_SETUP_COPIES: u32 = 100_000;
+/// Most instances of one role in a scenario: every case runs them all on one thread.
+pub const MAX_SCENARIO_INSTANCES: u32 = 64;
+
 impl Scenario {
     /// Reads a scenario file.
     pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
@@ -308,9 +316,35 @@ impl Scenario {
             key,
             message: message.to_string(),
         };
+        let bounded = |key: &str, v: Option<u64>| match v {
+            Some(n) if n > MAX_SCENARIO_SECS => Err(invalid(
+                format!("end.{key}"),
+                &format!("{n} is outside 0..={MAX_SCENARIO_SECS}"),
+            )),
+            v => Ok(v),
+        };
+        for (role, n) in &file.roles {
+            if *n > MAX_SCENARIO_INSTANCES {
+                return Err(invalid(
+                    format!("roles.{role}"),
+                    &format!("{n} is outside 0..={MAX_SCENARIO_INSTANCES}"),
+                ));
+            }
+        }
+        for (i, m) in file.setup.messages.iter().enumerate() {
+            if m.count > MAX_SETUP_COPIES {
+                return Err(invalid(
+                    format!("setup.messages[{i}].count"),
+                    &format!("{} is outside 0..={MAX_SETUP_COPIES}", m.count),
+                ));
+            }
+        }
         let (end, limit) = match file.end {
             None => (End::Idle(Duration::from_secs(5)), Duration::from_secs(3600)),
-            Some(e) => {
+            Some(mut e) => {
+                e.idle_secs = bounded("idle-secs", e.idle_secs)?;
+                e.after_secs = bounded("after-secs", e.after_secs)?;
+                e.limit_secs = bounded("limit-secs", e.limit_secs)?;
                 let end = match (e.idle_secs, e.after_secs) {
                     (Some(_), Some(_)) => {
                         return Err(invalid(

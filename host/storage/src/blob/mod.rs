@@ -8,7 +8,7 @@
 
 mod conditions;
 mod lease;
-mod store;
+pub(crate) mod store;
 
 use std::io::Read;
 

@@ -20,6 +20,7 @@ use crate::engine::{
     get_record,
 };
 use crate::names::{check_blob, check_container, check_metadata};
+use crate::quota::{Delta, Resource, SEGMENT_BYTES, Usage, metadata_bytes};
 use crate::{RedbStore, StorageError};
 
 /// Chunks carried by one intermediate commit of a streamed upload (8 MiB of buffer).
@@ -62,11 +63,80 @@ struct BlockRecord {
     len: u64,
 }
 
+/// What a container holds beside [`crate::quota::ITEM_BYTES`] ([`crate::quota`]).
+fn container_bytes(name: &str, metadata: &Metadata) -> u64 {
+    name.len() as u64 + metadata_bytes(metadata)
+}
+
+/// What a blob holds beside [`crate::quota::ITEM_BYTES`].
+fn blob_bytes(name: &str, rec: &BlobRecord) -> u64 {
+    let segments: u64 = rec
+        .segments
+        .iter()
+        .map(|s| SEGMENT_BYTES + s.block_id.as_ref().map_or(0, |id| id.len() as u64))
+        .sum();
+    name.len() as u64 + metadata_bytes(&rec.metadata) + segments + rec.size
+}
+
+/// What an uncommitted block holds beside [`crate::quota::ITEM_BYTES`].
+fn block_bytes(id: &[u8], rec: &BlockRecord) -> u64 {
+    id.len() as u64 + rec.len
+}
+
+/// Frees what a blob's uncommitted blocks hold, read without changing them (they are removed
+/// after the charge).
+fn uncommitted_delta(ctx: &WriteCtx<'_>, a: &str, c: &str, b: &str) -> Result<Delta, BlobError> {
+    let blocks = ctx.txn.open_table(BLOCKS)?;
+    let mut d = Delta::default();
+    for entry in blocks.range((a, c, b, &[][..])..=(a, c, b, &BLOCK_ID_END[..]))? {
+        let (k, v) = entry?;
+        let rec: BlockRecord = decode("blocks", v.value())?;
+        d.remove_item(Resource::Bytes, block_bytes(k.value().3, &rec));
+    }
+    Ok(d)
+}
+
+/// Adds what blob data of `a` stores to `usage` (for [`crate::RedbStore::recount_usage`]).
+pub(crate) fn count_usage(
+    txn: &redb::WriteTransaction,
+    usage: &mut std::collections::HashMap<String, Usage>,
+) -> Result<(), StorageError> {
+    let mut charge = |account: &str, r: Resource, content: u64| {
+        usage
+            .entry(account.to_string())
+            .or_default()
+            .apply(&Delta::item(r, content));
+    };
+    for entry in txn.open_table(CONTAINERS)?.iter()? {
+        let (k, v) = entry?;
+        let (a, c) = k.value();
+        let rec: ContainerRecord = decode("containers", v.value())?;
+        charge(a, Resource::Containers, container_bytes(c, &rec.metadata));
+    }
+    for entry in txn.open_table(BLOBS)?.iter()? {
+        let (k, v) = entry?;
+        let (a, _, b) = k.value();
+        let rec: BlobRecord = decode("blobs", v.value())?;
+        charge(a, Resource::Blobs, blob_bytes(b, &rec));
+    }
+    for entry in txn.open_table(BLOCKS)?.iter()? {
+        let (k, v) = entry?;
+        let (a, _, _, id) = k.value();
+        let rec: BlockRecord = decode("blocks", v.value())?;
+        charge(a, Resource::Bytes, block_bytes(id, &rec));
+    }
+    Ok(())
+}
+
 /// A request body after it has been read: small ones travel inside the final operation, large
 /// ones were already streamed into pending chunks.
 enum Body {
     Small(Vec<u8>),
-    Staged { data_id: u64 },
+    /// Streamed into `data_id`'s chunks and charged to `account` as they came.
+    Staged {
+        data_id: u64,
+        account: String,
+    },
 }
 
 struct Uploaded {
@@ -165,7 +235,7 @@ fn materialize(ctx: &mut WriteCtx<'_>, body: Body) -> Result<u64, BlobError> {
             }
             Ok(data_id)
         }
-        Body::Staged { data_id } => {
+        Body::Staged { data_id, .. } => {
             ctx.txn.open_table(PENDING)?.remove(data_id)?;
             Ok(data_id)
         }
@@ -215,7 +285,12 @@ fn drop_uncommitted(
 impl RedbStore {
     /// Reads `body` (at most `limit` bytes). Bodies up to one chunk stay in memory; larger ones
     /// are streamed into pending chunks with non-durable commits.
-    fn upload(&self, body: &mut dyn Read, limit: u64) -> Result<Uploaded, BlobError> {
+    fn upload(
+        &self,
+        account: &str,
+        body: &mut dyn Read,
+        limit: u64,
+    ) -> Result<Uploaded, BlobError> {
         let mut md5 = Md5::new();
         let mut first = Vec::with_capacity(CHUNK_SIZE.min(64 * 1024));
         // One byte more than a chunk tells "fits in one chunk" from "more follows".
@@ -238,28 +313,44 @@ impl RedbStore {
             ctx.txn.open_table(PENDING)?.insert(id, ())?;
             Ok(id)
         })?;
-        let result = self.stream_chunks(data_id, first, carry, body, limit, &mut md5);
+        let mut charged = 0;
+        let result = self.stream_chunks(
+            account,
+            data_id,
+            (first, carry),
+            body,
+            limit,
+            &mut md5,
+            &mut charged,
+        );
         match result {
             Ok(len) => Ok(Uploaded {
-                body: Body::Staged { data_id },
+                body: Body::Staged {
+                    data_id,
+                    account: account.to_string(),
+                },
                 len,
                 md5: md5.finalize().into(),
             }),
             Err(e) => {
-                self.discard_data(data_id);
+                self.discard_data(account, data_id, charged);
                 Err(e)
             }
         }
     }
 
+    /// Streams the rest of a body into `data_id`'s chunks, charging them to `account` as they
+    /// are written (`charged` says how much, for a refund).
+    #[allow(clippy::too_many_arguments)]
     fn stream_chunks(
         &self,
+        account: &str,
         data_id: u64,
-        first: Vec<u8>,
-        carry: Vec<u8>,
+        (first, carry): (Vec<u8>, Vec<u8>),
         body: &mut dyn Read,
         limit: u64,
         md5: &mut Md5,
+        charged: &mut u64,
     ) -> Result<u64, BlobError> {
         let mut next_index: u32 = 0;
         let mut total: u64 = 0;
@@ -287,26 +378,37 @@ impl RedbStore {
             let batch = std::mem::take(&mut pending_chunks);
             let start = next_index;
             next_index += u32::try_from(batch.len()).unwrap_or(u32::MAX);
+            let bytes: u64 = batch.iter().map(|c| c.len() as u64).sum();
+            let owner = account.to_string();
             self.engine
                 .write(false, move |ctx| -> Result<(), BlobError> {
+                    let mut d = Delta::default();
+                    d.add_bytes(i64::try_from(bytes).unwrap_or(i64::MAX));
+                    ctx.charge::<BlobError>(&owner, d)?;
                     let mut chunks = ctx.txn.open_table(CHUNKS)?;
                     for (i, c) in batch.iter().enumerate() {
                         chunks.insert((data_id, start + i as u32), c.as_slice())?;
                     }
                     Ok(())
                 })?;
+            *charged += bytes;
             if eof {
                 return Ok(total);
             }
         }
     }
 
-    /// Frees pending data after a refused or failed upload. Non-durable: if the process dies
-    /// first, the pending entry makes the next open remove it.
-    fn discard_data(&self, data_id: u64) {
+    /// Frees pending data after a refused or failed upload, and refunds the `charged` bytes to
+    /// `account`. Non-durable: if the process dies first, the pending entry makes the next open
+    /// remove it (and count usage again).
+    fn discard_data(&self, account: &str, data_id: u64, charged: u64) {
+        let account = account.to_string();
         let r = self
             .engine
             .write(false, move |ctx| -> Result<(), StorageError> {
+                let mut refund = Delta::default();
+                refund.add_bytes(-i64::try_from(charged).unwrap_or(i64::MAX));
+                ctx.charge::<StorageError>(&account, refund)?;
                 delete_data(&mut ctx.txn.open_table(CHUNKS)?, data_id)?;
                 ctx.txn.open_table(PENDING)?.remove(data_id)?;
                 Ok(())
@@ -319,21 +421,30 @@ impl RedbStore {
     /// Runs the final operation of an upload; on refusal, frees the staged data.
     fn finish_upload<R: Send + 'static>(
         &self,
-        staged: Option<u64>,
+        staged: Option<(String, u64, u64)>,
         op: impl FnOnce(&mut WriteCtx<'_>) -> Result<R, BlobError> + Send + 'static,
     ) -> Result<R, BlobError> {
         let r = self.engine.write(true, op);
-        if let (Err(_), Some(data_id)) = (&r, staged) {
-            self.discard_data(data_id);
+        if let (Err(_), Some((account, data_id, len))) = (&r, staged) {
+            self.discard_data(&account, data_id, len);
         }
         r
     }
 }
 
-fn staged_id(u: &Uploaded) -> Option<u64> {
-    match u.body {
-        Body::Staged { data_id } => Some(data_id),
+/// The staged data of an upload: its account, data id and the bytes charged for it.
+fn staged_id(u: &Uploaded) -> Option<(String, u64, u64)> {
+    match &u.body {
+        Body::Staged { data_id, account } => Some((account.clone(), *data_id, u.len)),
         Body::Small(_) => None,
+    }
+}
+
+/// What an upload has charged already (its streamed chunks).
+fn precharged(u: &Uploaded) -> i64 {
+    match u.body {
+        Body::Staged { .. } => i64::try_from(u.len).unwrap_or(i64::MAX),
+        Body::Small(_) => 0,
     }
 }
 
@@ -406,10 +517,14 @@ impl BlobStore for RedbStore {
         check_metadata(&metadata)?;
         let (a, c) = (account.as_str().to_owned(), container.to_owned());
         self.engine.write(true, move |ctx| {
-            let mut containers = ctx.txn.open_table(CONTAINERS)?;
+            let containers = ctx.txn.open_table(CONTAINERS)?;
             if containers.get((a.as_str(), c.as_str()))?.is_some() {
                 return Err(BlobError::ContainerAlreadyExists(c));
             }
+            drop(containers);
+            let item = Delta::item(Resource::Containers, container_bytes(&c, &metadata));
+            ctx.charge::<BlobError>(&a, item)?;
+            let mut containers = ctx.txn.open_table(CONTAINERS)?;
             let rec = ContainerRecord {
                 etag: ctx.ids.etag(),
                 last_modified: ctx.now,
@@ -438,38 +553,45 @@ impl BlobStore for RedbStore {
             rec.lease.check_write(lease_id.as_deref(), ctx.now, true)?;
             conditions.check_container(rec.last_modified)?;
             containers.remove((a, c))?;
+            drop(containers);
+            let mut freed_usage = Delta::default();
+            freed_usage.remove_item(Resource::Containers, container_bytes(c, &rec.metadata));
             // Names cannot contain NUL, so "c\0" bounds exactly the keys of container c.
             let end = format!("{c}\0");
             let mut blob_values = Vec::new();
             ctx.txn
                 .open_table(BLOBS)?
-                .retain_in((a, c, "")..(a, end.as_str(), ""), |_, v| {
-                    blob_values.push(v.to_vec());
+                .retain_in((a, c, "")..(a, end.as_str(), ""), |k, v| {
+                    blob_values.push((k.2.to_string(), v.to_vec()));
                     false
                 })?;
             let mut block_values = Vec::new();
             ctx.txn.open_table(BLOCKS)?.retain_in(
                 (a, c, "", &[][..])..(a, end.as_str(), "", &[][..]),
-                |_, v| {
-                    block_values.push(v.to_vec());
+                |k, v| {
+                    block_values.push((k.3.to_vec(), v.to_vec()));
                     false
                 },
             )?;
             let mut chunks = ctx.txn.open_table(CHUNKS)?;
             let mut freed = HashSet::new();
-            for v in blob_values {
+            for (name, v) in blob_values {
                 let rec: BlobRecord = decode("blobs", &v)?;
+                freed_usage.remove_item(Resource::Blobs, blob_bytes(&name, &rec));
                 for s in rec.segments {
                     if freed.insert(s.data_id) {
                         delete_data(&mut chunks, s.data_id)?;
                     }
                 }
             }
-            for v in block_values {
+            for (id, v) in block_values {
                 let rec: BlockRecord = decode("blocks", &v)?;
+                freed_usage.remove_item(Resource::Bytes, block_bytes(&id, &rec));
                 delete_data(&mut chunks, rec.data_id)?;
             }
-            Ok(())
+            drop(chunks);
+            // Only frees: never refused.
+            ctx.charge::<BlobError>(a, freed_usage)
         })
     }
 
@@ -502,9 +624,14 @@ impl BlobStore for RedbStore {
             lease_id.map(str::to_owned),
         );
         self.engine.write(true, move |ctx| {
-            let mut containers = ctx.txn.open_table(CONTAINERS)?;
+            let containers = ctx.txn.open_table(CONTAINERS)?;
             let mut rec = get_container(&containers, &a, &c)?;
             rec.lease.check_read(lease_id.as_deref(), ctx.now, true)?;
+            drop(containers);
+            let mut d = Delta::default();
+            d.add_bytes(metadata_bytes(&metadata) as i64 - metadata_bytes(&rec.metadata) as i64);
+            ctx.charge::<BlobError>(&a, d)?;
+            let mut containers = ctx.txn.open_table(CONTAINERS)?;
             rec.metadata = metadata;
             rec.etag = ctx.ids.etag();
             rec.last_modified = ctx.now;
@@ -580,7 +707,7 @@ impl BlobStore for RedbStore {
         check_container(container)?;
         check_blob(blob)?;
         check_metadata(&options.metadata)?;
-        let uploaded = self.upload(body, MAX_PUT_BLOB_BYTES)?;
+        let uploaded = self.upload(account.as_str(), body, MAX_PUT_BLOB_BYTES)?;
         let staged = staged_id(&uploaded);
         let (a, c, b) = (
             account.as_str().to_owned(),
@@ -604,19 +731,14 @@ impl BlobStore for RedbStore {
                     BlobError::BlobAlreadyExists(_) => BlobError::BlobAlreadyExists(b.clone()),
                     e => e,
                 })?;
-            // Checks done; from here on the operation only writes.
+            let precharged = precharged(&uploaded);
             let Uploaded { body, len, md5 } = uploaded;
-            let data_id = materialize(ctx, body)?;
-            if let Some(old) = &existing {
-                free_segments(ctx, &old.segments, &HashSet::new())?;
-            }
-            drop_uncommitted(ctx, ak, ck, bk, &HashSet::new())?;
             let mut content = options.content;
             if content.content_md5.is_none() {
                 content.content_md5 = Some(md5);
             }
-            let rec = BlobRecord {
-                etag: ctx.ids.etag(),
+            let mut rec = BlobRecord {
+                etag: String::new(),
                 created: existing.as_ref().map_or(ctx.now, |r| r.created),
                 last_modified: ctx.now,
                 content,
@@ -624,15 +746,33 @@ impl BlobStore for RedbStore {
                 segments: if len > 0 {
                     vec![Segment {
                         block_id: None,
-                        data_id,
+                        data_id: 0,
                         len,
                     }]
                 } else {
                     vec![]
                 },
                 size: len,
-                lease: existing.map(|r| r.lease).unwrap_or_default(),
+                lease: LeaseRecord::default(),
             };
+            let mut d = Delta::item(Resource::Blobs, blob_bytes(bk, &rec));
+            if let Some(old) = &existing {
+                d.remove_item(Resource::Blobs, blob_bytes(bk, old));
+            }
+            d = d.plus(uncommitted_delta(ctx, ak, ck, bk)?);
+            d.add_bytes(-precharged);
+            ctx.charge::<BlobError>(ak, d)?;
+            // Checks done; from here on the operation only writes.
+            let data_id = materialize(ctx, body)?;
+            if let Some(old) = &existing {
+                free_segments(ctx, &old.segments, &HashSet::new())?;
+            }
+            drop_uncommitted(ctx, ak, ck, bk, &HashSet::new())?;
+            rec.etag = ctx.ids.etag();
+            for s in &mut rec.segments {
+                s.data_id = data_id;
+            }
+            rec.lease = existing.map(|r| r.lease).unwrap_or_default();
             ctx.txn
                 .open_table(BLOBS)?
                 .insert((ak, ck, bk), encode(&rec).as_slice())?;
@@ -770,13 +910,16 @@ impl BlobStore for RedbStore {
         self.engine.write(true, move |ctx| {
             let (ak, ck, bk) = (a.as_str(), c.as_str(), b.as_str());
             get_container(&ctx.txn.open_table(CONTAINERS)?, ak, ck)?;
-            let mut blobs = ctx.txn.open_table(BLOBS)?;
+            let blobs = ctx.txn.open_table(BLOBS)?;
             let rec = get_blob_record(&blobs, ak, ck, bk)?
                 .ok_or_else(|| BlobError::BlobNotFound(b.clone()))?;
             rec.lease.check_write(lease_id.as_deref(), ctx.now, false)?;
             conditions.check_write(Some((&rec.etag, rec.last_modified)), false)?;
-            blobs.remove((ak, ck, bk))?;
             drop(blobs);
+            let mut d = uncommitted_delta(ctx, ak, ck, bk)?;
+            d.remove_item(Resource::Blobs, blob_bytes(bk, &rec));
+            ctx.charge::<BlobError>(ak, d)?;
+            ctx.txn.open_table(BLOBS)?.remove((ak, ck, bk))?;
             free_segments(ctx, &rec.segments, &HashSet::new())?;
             drop_uncommitted(ctx, ak, ck, bk, &HashSet::new())
         })
@@ -892,7 +1035,7 @@ impl BlobStore for RedbStore {
         if block_id.is_empty() || block_id.len() > MAX_BLOCK_ID_BYTES {
             return Err(BlobError::InvalidBlockId("a block id is 1..=64 bytes"));
         }
-        let uploaded = self.upload(body, MAX_BLOCK_BYTES)?;
+        let uploaded = self.upload(account.as_str(), body, MAX_BLOCK_BYTES)?;
         let staged = staged_id(&uploaded);
         let (a, c, b, id) = (
             account.as_str().to_owned(),
@@ -936,7 +1079,17 @@ impl BlobStore for RedbStore {
                 ));
             }
             drop(blocks);
+            let precharged = precharged(&uploaded);
             let Uploaded { body, len, .. } = uploaded;
+            let mut d = Delta::item(
+                Resource::Bytes,
+                block_bytes(&id, &BlockRecord { data_id: 0, len }),
+            );
+            if let Some(old) = &replaced {
+                d.remove_item(Resource::Bytes, block_bytes(&id, old));
+            }
+            d.add_bytes(-precharged);
+            ctx.charge::<BlobError>(ak, d)?;
             let data_id = materialize(ctx, body)?;
             if let Some(old) = replaced {
                 delete_data(&mut ctx.txn.open_table(CHUNKS)?, old.data_id)?;
@@ -1029,19 +1182,43 @@ impl BlobStore for RedbStore {
                 })?);
             }
             drop(staged_table);
+            let size = segments.iter().map(|s| s.len).sum();
+            let rec = BlobRecord {
+                etag: String::new(),
+                created: existing.as_ref().map_or(ctx.now, |r| r.created),
+                last_modified: ctx.now,
+                content: options.content,
+                metadata: options.metadata,
+                segments,
+                size,
+                lease: LeaseRecord::default(),
+            };
+            let mut d = Delta::item(Resource::Blobs, blob_bytes(bk, &rec));
+            if let Some(old) = &existing {
+                d.remove_item(Resource::Blobs, blob_bytes(bk, old));
+            }
+            // Every uncommitted block goes: into the blob, or freed.
+            d = d.plus(uncommitted_delta(ctx, ak, ck, bk)?);
+            ctx.charge::<BlobError>(ak, d)?;
             // Checks done; from here on the operation only writes.
+            let BlobRecord {
+                content,
+                metadata,
+                segments,
+                created,
+                ..
+            } = rec;
             let keep: HashSet<u64> = segments.iter().map(|s| s.data_id).collect();
             if let Some(old) = &existing {
                 free_segments(ctx, &old.segments, &keep)?;
             }
             drop_uncommitted(ctx, ak, ck, bk, &keep)?;
-            let size = segments.iter().map(|s| s.len).sum();
             let rec = BlobRecord {
                 etag: ctx.ids.etag(),
-                created: existing.as_ref().map_or(ctx.now, |r| r.created),
+                created,
                 last_modified: ctx.now,
-                content: options.content,
-                metadata: options.metadata,
+                content,
+                metadata,
                 segments,
                 size,
                 lease: existing.map(|r| r.lease).unwrap_or_default(),
@@ -1120,12 +1297,18 @@ impl RedbStore {
         let (conditions, lease_id) = (conditions.clone(), lease_id.map(str::to_owned));
         self.engine.write(true, move |ctx| {
             get_container(&ctx.txn.open_table(CONTAINERS)?, &a, &c)?;
-            let mut blobs = ctx.txn.open_table(BLOBS)?;
+            let blobs = ctx.txn.open_table(BLOBS)?;
             let mut rec = get_blob_record(&blobs, &a, &c, &b)?
                 .ok_or_else(|| BlobError::BlobNotFound(b.clone()))?;
             rec.lease.check_write(lease_id.as_deref(), ctx.now, false)?;
             conditions.check_write(Some((&rec.etag, rec.last_modified)), false)?;
+            let before = blob_bytes(&b, &rec);
             change(&mut rec);
+            drop(blobs);
+            let mut d = Delta::default();
+            d.add_bytes(blob_bytes(&b, &rec) as i64 - before as i64);
+            ctx.charge::<BlobError>(&a, d)?;
+            let mut blobs = ctx.txn.open_table(BLOBS)?;
             rec.etag = ctx.ids.etag();
             rec.last_modified = ctx.now;
             blobs.insert(

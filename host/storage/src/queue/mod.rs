@@ -5,7 +5,7 @@
 //! the latest get; a stale receipt fails with `MessageNotFound`, so a worker that lost a message
 //! to a timeout can never delete or update it under the worker that holds it now.
 
-mod store;
+pub(crate) mod store;
 
 use std::time::Duration;
 

@@ -10,6 +10,7 @@ use crate::engine::{
     MESSAGES, QUEUES, VISIBLE, WriteCtx, decode, encode, get_record, seq_from_guid,
 };
 use crate::names::{check_metadata, check_queue};
+use crate::quota::{Delta, Resource, Usage, metadata_bytes};
 use crate::{RedbStore, StorageError};
 
 #[derive(Serialize, Deserialize, Debug, Default)]
@@ -34,6 +35,61 @@ impl MessageRecord {
     fn expired(&self, now: Timestamp) -> bool {
         self.expires.is_some_and(|e| e <= now)
     }
+}
+
+/// What a queue holds beside [`crate::quota::ITEM_BYTES`] ([`crate::quota`]).
+fn queue_bytes(name: &str, metadata: &Metadata) -> u64 {
+    name.len() as u64 + metadata_bytes(metadata)
+}
+
+/// Tallies what removed messages held, from their stored records (inside `retain_in`, which
+/// cannot fail: a record that does not decode is kept as an error for after).
+#[derive(Default)]
+struct Freed {
+    delta: Delta,
+    corrupt: Option<StorageError>,
+}
+
+impl Freed {
+    fn add(&mut self, stored: &[u8]) {
+        match decode::<MessageRecord>("messages", stored) {
+            Ok(rec) => self
+                .delta
+                .remove_item(Resource::Messages, rec.body.len() as u64),
+            Err(e) => self.corrupt = Some(e),
+        }
+    }
+
+    fn delta(self) -> Result<Delta, StorageError> {
+        match self.corrupt {
+            Some(e) => Err(e),
+            None => Ok(self.delta),
+        }
+    }
+}
+
+/// Adds what queues store to `usage` (for [`crate::RedbStore::recount_usage`]).
+pub(crate) fn count_usage(
+    txn: &redb::WriteTransaction,
+    usage: &mut std::collections::HashMap<String, Usage>,
+) -> Result<(), StorageError> {
+    for entry in txn.open_table(QUEUES)?.iter()? {
+        let (k, v) = entry?;
+        let (a, q) = k.value();
+        let rec: QueueRecord = decode("queues", v.value())?;
+        let item = Delta::item(Resource::Queues, queue_bytes(q, &rec.metadata));
+        usage.entry(a.to_string()).or_default().apply(&item);
+    }
+    for entry in txn.open_table(MESSAGES)?.iter()? {
+        let (k, v) = entry?;
+        let rec: MessageRecord = decode("messages", v.value())?;
+        let item = Delta::item(Resource::Messages, rec.body.len() as u64);
+        usage
+            .entry(k.value().0.to_string())
+            .or_default()
+            .apply(&item);
+    }
+    Ok(())
 }
 
 /// Most expired messages one get purges before it returns (bounds one operation's work).
@@ -105,7 +161,7 @@ impl QueueStore for RedbStore {
         check_metadata(&metadata)?;
         let (a, q) = (account.as_str().to_owned(), queue.to_owned());
         self.engine.write(true, move |ctx| {
-            let mut queues = ctx.txn.open_table(QUEUES)?;
+            let queues = ctx.txn.open_table(QUEUES)?;
             if let Some(existing) = get_record::<(&str, &str), QueueRecord>(
                 &queues,
                 "queues",
@@ -117,6 +173,12 @@ impl QueueStore for RedbStore {
                     Err(QueueError::QueueAlreadyExists(q))
                 };
             }
+            drop(queues);
+            ctx.charge::<QueueError>(
+                &a,
+                Delta::item(Resource::Queues, queue_bytes(&q, &metadata)),
+            )?;
+            let mut queues = ctx.txn.open_table(QUEUES)?;
             let rec = QueueRecord { metadata, count: 0 };
             queues.insert((a.as_str(), q.as_str()), encode(&rec).as_slice())?;
             Ok(CreateQueueOutcome::Created)
@@ -127,18 +189,24 @@ impl QueueStore for RedbStore {
         check_queue(queue)?;
         let (a, q) = (account.as_str().to_owned(), queue.to_owned());
         self.engine.write(true, move |ctx| {
-            load_queue(ctx, &a, &q)?;
+            let rec = load_queue(ctx, &a, &q)?;
             ctx.txn
                 .open_table(QUEUES)?
                 .remove((a.as_str(), q.as_str()))?;
             let (a, q) = (a.as_str(), q.as_str());
+            let mut freed = Freed::default();
             ctx.txn
                 .open_table(MESSAGES)?
-                .retain_in((a, q, 0)..=(a, q, u64::MAX), |_, _| false)?;
+                .retain_in((a, q, 0)..=(a, q, u64::MAX), |_, v| {
+                    freed.add(v);
+                    false
+                })?;
             ctx.txn
                 .open_table(VISIBLE)?
                 .retain_in((a, q, 0, 0)..=(a, q, u64::MAX, u64::MAX), |_, _| false)?;
-            Ok(())
+            let mut d = freed.delta()?;
+            d.remove_item(Resource::Queues, queue_bytes(q, &rec.metadata));
+            ctx.charge::<QueueError>(a, d)
         })
     }
 
@@ -211,6 +279,9 @@ impl QueueStore for RedbStore {
         let (a, q) = (account.as_str().to_owned(), queue.to_owned());
         self.engine.write(true, move |ctx| {
             let mut rec = load_queue(ctx, &a, &q)?;
+            let mut d = Delta::default();
+            d.add_bytes(metadata_bytes(&metadata) as i64 - metadata_bytes(&rec.metadata) as i64);
+            ctx.charge::<QueueError>(&a, d)?;
             rec.metadata = metadata;
             save_queue(ctx, &a, &q, &rec)
         })
@@ -251,6 +322,7 @@ impl QueueStore for RedbStore {
         let (a, q, body) = (account.as_str().to_owned(), queue.to_owned(), body.to_vec());
         self.engine.write(true, move |ctx| {
             let mut qrec = load_queue(ctx, &a, &q)?;
+            ctx.charge::<QueueError>(&a, Delta::item(Resource::Messages, body.len() as u64))?;
             let seq = ctx.ids.next_seq();
             let rec = MessageRecord {
                 id: ctx.ids.guid_for(seq),
@@ -310,7 +382,7 @@ impl QueueStore for RedbStore {
                             detail: format!("index names missing message {seq}"),
                         })?;
                 if rec.expired(now) {
-                    purge.push((vis, seq));
+                    purge.push((vis, seq, rec.body.len() as u64));
                     if purge.len() >= MAX_PURGE_PER_GET {
                         break;
                     }
@@ -321,9 +393,11 @@ impl QueueStore for RedbStore {
                     }
                 }
             }
-            for (vis, seq) in &purge {
+            let mut purged = Delta::default();
+            for (vis, seq, body_len) in &purge {
                 visible.remove((ak, qk, *vis, *seq))?;
                 msgs.remove((ak, qk, *seq))?;
+                purged.remove_item(Resource::Messages, *body_len);
             }
             qrec.count = qrec.count.saturating_sub(purge.len() as u64);
             let mut out = Vec::with_capacity(take.len());
@@ -346,6 +420,7 @@ impl QueueStore for RedbStore {
             }
             drop((visible, msgs));
             if !purge.is_empty() {
+                ctx.charge::<QueueError>(&a, purged)?;
                 save_queue(ctx, &a, &q, &qrec)?;
             }
             Ok(out)
@@ -412,6 +487,9 @@ impl QueueStore for RedbStore {
         self.engine.write(true, move |ctx| {
             let mut qrec = load_queue(ctx, &a, &q)?;
             let (seq, rec) = held_message(ctx, &a, &q, &id, &receipt)?;
+            let mut d = Delta::default();
+            d.remove_item(Resource::Messages, rec.body.len() as u64);
+            ctx.charge::<QueueError>(&a, d)?;
             let (ak, qk) = (a.as_str(), q.as_str());
             ctx.txn.open_table(MESSAGES)?.remove((ak, qk, seq))?;
             ctx.txn
@@ -458,6 +536,11 @@ impl QueueStore for RedbStore {
                     reason: "would make the message visible after it expires",
                 });
             }
+            if let Some(b) = &body {
+                let mut d = Delta::default();
+                d.add_bytes(b.len() as i64 - rec.body.len() as i64);
+                ctx.charge::<QueueError>(&a, d)?;
+            }
             let (ak, qk) = (a.as_str(), q.as_str());
             let mut visible = ctx.txn.open_table(VISIBLE)?;
             visible.remove((ak, qk, rec.visible_at.as_micros(), seq))?;
@@ -483,9 +566,14 @@ impl QueueStore for RedbStore {
         self.engine.write(true, move |ctx| {
             let mut qrec = load_queue(ctx, &a, &q)?;
             let (ak, qk) = (a.as_str(), q.as_str());
+            let mut freed = Freed::default();
             ctx.txn
                 .open_table(MESSAGES)?
-                .retain_in((ak, qk, 0)..=(ak, qk, u64::MAX), |_, _| false)?;
+                .retain_in((ak, qk, 0)..=(ak, qk, u64::MAX), |_, v| {
+                    freed.add(v);
+                    false
+                })?;
+            ctx.charge::<QueueError>(ak, freed.delta()?)?;
             ctx.txn
                 .open_table(VISIBLE)?
                 .retain_in((ak, qk, 0, 0)..=(ak, qk, u64::MAX, u64::MAX), |_, _| false)?;

@@ -4,7 +4,7 @@
 pub mod datetime;
 mod entity;
 mod filter;
-mod store;
+pub(crate) mod store;
 
 pub use entity::{
     EdmValue, Entity, MAX_ENTITY_BYTES, MAX_PROPERTIES, MAX_PROPERTY_BYTES, MAX_PROPERTY_NAME,

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::*;
 use crate::engine::{ENTITIES, TABLES, WriteCtx, decode, encode, get_record};
 use crate::names::check_table;
+use crate::quota::{Delta, Resource, Usage};
 use crate::{RedbStore, StorageError, Timestamp};
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -31,6 +32,34 @@ fn stored(pk: &str, rk: &str, rec: EntityRecord, select: Option<&[String]>) -> S
         etag: rec.etag,
         properties,
     }
+}
+
+/// What an entity holds beside [`crate::quota::ITEM_BYTES`] ([`crate::quota`]): its keys and
+/// its stored record.
+fn entity_bytes(pk: &str, rk: &str, stored_len: usize) -> u64 {
+    (pk.len() + rk.len() + stored_len) as u64
+}
+
+/// Adds what tables store to `usage` (for [`crate::RedbStore::recount_usage`]).
+pub(crate) fn count_usage(
+    txn: &redb::WriteTransaction,
+    usage: &mut HashMap<String, Usage>,
+) -> Result<(), StorageError> {
+    for entry in txn.open_table(TABLES)?.iter()? {
+        let (k, v) = entry?;
+        let item = Delta::item(Resource::Tables, v.value().len() as u64);
+        usage
+            .entry(k.value().0.to_string())
+            .or_default()
+            .apply(&item);
+    }
+    for entry in txn.open_table(ENTITIES)?.iter()? {
+        let (k, v) = entry?;
+        let (a, _, pk, rk) = k.value();
+        let item = Delta::item(Resource::Entities, entity_bytes(pk, rk, v.value().len()));
+        usage.entry(a.to_string()).or_default().apply(&item);
+    }
+    Ok(())
 }
 
 fn table_key(table: &str) -> String {
@@ -72,17 +101,22 @@ fn apply_ops(
     let entities = ctx.txn.open_table(ENTITIES)?;
     // (pk, rk) -> state after the operations so far (None = deleted).
     let mut staged: HashMap<(String, String), Option<EntityRecord>> = HashMap::new();
+    // (pk, rk) -> the stored record's length before the operations (None: there was none).
+    let mut stored_len: HashMap<(String, String), Option<usize>> = HashMap::new();
     let mut etags = Vec::with_capacity(ops.len());
     for (index, op) in ops.into_iter().enumerate() {
         let (pk, rk) = op.keys();
         let key = (pk.to_string(), rk.to_string());
         let current = match staged.get(&key) {
             Some(s) => s.clone(),
-            None => get_record::<(&str, &str, &str, &str), EntityRecord>(
-                &entities,
-                "entities",
-                (a, t, pk, rk),
-            )?,
+            None => {
+                let raw = entities.get((a, t, pk, rk))?;
+                stored_len.insert(key.clone(), raw.as_ref().map(|v| v.value().len()));
+                match raw {
+                    Some(v) => Some(decode::<EntityRecord>("entities", v.value())?),
+                    None => None,
+                }
+            }
         };
         let now = ctx.now;
         let mut fresh = |props: BTreeMap<String, EdmValue>| EntityRecord {
@@ -136,12 +170,25 @@ fn apply_ops(
         staged.insert(key, next);
     }
     drop(entities);
+    let mut writes = Vec::with_capacity(staged.len());
+    let mut delta = Delta::default();
+    for ((pk, rk), state) in staged {
+        if let Some(Some(len)) = stored_len.get(&(pk.clone(), rk.clone())) {
+            delta.remove_item(Resource::Entities, entity_bytes(&pk, &rk, *len));
+        }
+        let bytes = state.map(|rec| encode(&rec));
+        if let Some(b) = &bytes {
+            delta.add_item(Resource::Entities, entity_bytes(&pk, &rk, b.len()));
+        }
+        writes.push((pk, rk, bytes));
+    }
+    ctx.charge::<TableError>(a, delta)?;
     // Checks done; from here on the operation only writes.
     let mut entities = ctx.txn.open_table(ENTITIES)?;
-    for ((pk, rk), state) in staged {
-        match state {
-            Some(rec) => {
-                entities.insert((a, t, pk.as_str(), rk.as_str()), encode(&rec).as_slice())?;
+    for (pk, rk, bytes) in writes {
+        match bytes {
+            Some(b) => {
+                entities.insert((a, t, pk.as_str(), rk.as_str()), b.as_slice())?;
             }
             None => {
                 entities.remove((a, t, pk.as_str(), rk.as_str()))?;
@@ -197,10 +244,14 @@ impl TableStore for RedbStore {
             table.to_owned(),
         );
         self.engine.write(true, move |ctx| {
-            let mut tables = ctx.txn.open_table(TABLES)?;
+            let tables = ctx.txn.open_table(TABLES)?;
             if tables.get((a.as_str(), t.as_str()))?.is_some() {
                 return Err(TableError::TableAlreadyExists(display));
             }
+            drop(tables);
+            let item = Delta::item(Resource::Tables, display.len() as u64);
+            ctx.charge::<TableError>(&a, item)?;
+            let mut tables = ctx.txn.open_table(TABLES)?;
             tables.insert((a.as_str(), t.as_str()), display.as_str())?;
             Ok(())
         })
@@ -215,15 +266,26 @@ impl TableStore for RedbStore {
         );
         self.engine.write(true, move |ctx| {
             let (a, t) = (a.as_str(), t.as_str());
-            if ctx.txn.open_table(TABLES)?.remove((a, t))?.is_none() {
+            let Some(name_len) = ctx
+                .txn
+                .open_table(TABLES)?
+                .remove((a, t))?
+                .map(|v| v.value().len())
+            else {
                 return Err(TableError::TableNotFound(display));
-            }
+            };
+            let mut freed = Delta::default();
+            freed.remove_item(Resource::Tables, name_len as u64);
             // Table names cannot contain NUL, so "t\0" bounds exactly the keys of table t.
             let end = format!("{t}\0");
-            ctx.txn
-                .open_table(ENTITIES)?
-                .retain_in((a, t, "", "")..(a, end.as_str(), "", ""), |_, _| false)?;
-            Ok(())
+            ctx.txn.open_table(ENTITIES)?.retain_in(
+                (a, t, "", "")..(a, end.as_str(), "", ""),
+                |k, v| {
+                    freed.remove_item(Resource::Entities, entity_bytes(k.2, k.3, v.len()));
+                    false
+                },
+            )?;
+            ctx.charge::<TableError>(a, freed)
         })
     }
 
