@@ -246,11 +246,7 @@ impl RedbStore {
     /// What `account` stores.
     pub fn usage(&self, account: &AccountName) -> Result<Usage, StorageError> {
         let txn = self.engine.read()?;
-        let table = txn.open_table(engine::USAGE)?;
-        match table.get(account.as_str())? {
-            Some(v) => engine::decode("usage", v.value()),
-            None => Ok(Usage::default()),
-        }
+        engine::read_usage(&txn.open_table(engine::META)?, account.as_str())
     }
 
     /// Counts what every account stores from the data itself and replaces the kept usage with
@@ -262,14 +258,12 @@ impl RedbStore {
             blob::store::count_usage(ctx.txn, &mut counted)?;
             queue::store::count_usage(ctx.txn, &mut counted)?;
             table::store::count_usage(ctx.txn, &mut counted)?;
-            let mut usage = ctx.txn.open_table(engine::USAGE)?;
-            usage.retain(|_, _| false)?;
+            let mut meta = ctx.txn.open_table(engine::META)?;
+            engine::clear_usage(&mut meta)?;
             for (account, u) in &counted {
-                usage.insert(account.as_str(), engine::encode(u).as_slice())?;
+                engine::write_usage(&mut meta, account, &Usage::default(), u)?;
             }
-            ctx.txn
-                .open_table(engine::META)?
-                .insert(engine::USAGE_COUNTED, 1)?;
+            meta.insert(engine::USAGE_COUNTED, 1)?;
             Ok(())
         })
     }

@@ -35,8 +35,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
-use serde::{Deserialize, Serialize};
-
 use crate::HOST_ACCOUNT;
 
 /// What every item costs beside its content: its redb keys, its record and index entries,
@@ -174,7 +172,7 @@ impl Default for AccountQuota {
 }
 
 /// What an account stores, per [`Resource`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Usage {
     counts: [u64; 7],
 }
@@ -185,14 +183,14 @@ impl Usage {
         self.counts[r.index()]
     }
 
+    pub(crate) fn set(&mut self, r: Resource, v: u64) {
+        self.counts[r.index()] = v;
+    }
+
     pub(crate) fn apply(&mut self, d: &Delta) {
         for (c, d) in self.counts.iter_mut().zip(d.0) {
             *c = c.saturating_add_signed(d);
         }
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.counts.iter().all(|c| *c == 0)
     }
 }
 
@@ -434,7 +432,7 @@ mod tests {
             r.remove_item(Resource::Queues, 4);
             r
         }));
-        assert!(u.is_empty(), "usage never goes below zero: {u:?}");
+        assert_eq!(u, Usage::default(), "usage never goes below zero");
     }
 
     #[test]
