@@ -339,3 +339,11 @@ fn dechunk(body: &str) -> String {
         rest = after[n..].trim_start_matches("\r\n");
     }
 }
+
+/// The environment that puts a test host's storage REST endpoints on free ports, so that tests
+/// running side by side do not fight over the emulator's 10000-10002.
+pub const STORAGE_ON_ANY_PORT: [(&str, &str); 3] = [
+    ("ROLEHOST_BLOB_LISTEN", "127.0.0.1:0"),
+    ("ROLEHOST_QUEUE_LISTEN", "127.0.0.1:0"),
+    ("ROLEHOST_TABLE_LISTEN", "127.0.0.1:0"),
+];

@@ -53,6 +53,7 @@ pub(crate) fn fabric_child(component: &str) {
                 max_instances: 1100,
                 account_quota: rolehost_storage::AccountQuota::HOST_DEFAULT,
                 storage_headroom: rolehost_storage::DEFAULT_HEADROOM_BYTES,
+                dev_storage: false,
             },
             &|_| {},
         )

@@ -23,6 +23,7 @@ use crate::client::{Client, HostArgs};
 pub(crate) async fn serve(
     options: FabricOptions,
     listen: SocketAddr,
+    endpoints: &rolehost_runtime::storage_rest::EndpointSettings,
     mut signals: crate::StopSignals,
 ) -> anyhow::Result<()> {
     let data_dir = options.data_dir.clone();
@@ -44,7 +45,13 @@ pub(crate) async fn serve(
         tracing::warn!(%addr, "the management API listens beyond loopback; anyone with the token can deploy code");
     }
     let (stop, signal) = rolehost_runtime::stop::stop_signal();
-    let server = tokio::spawn(api::serve(fabric.clone(), listener, token, signal));
+    let server = tokio::spawn(api::serve(fabric.clone(), listener, token, signal.clone()));
+    let door = std::sync::Arc::new(rolehost_rest::Door::new(
+        fabric.storage(),
+        fabric.storage_keys().clone(),
+        std::sync::Arc::new(FabricEvents(std::sync::Arc::downgrade(&fabric))),
+    ));
+    crate::endpoints::start(door, endpoints, fabric.data_dir(), signal).await?;
     eprintln!(
         "rolehost: host ready; management API on {url} (token in {}), {} services running",
         fabric
@@ -62,7 +69,19 @@ pub(crate) async fn serve(
         () = signals.next() => bail!("interrupted before every instance stopped"),
     }
     let _ = std::fs::remove_file(&url_file);
+    rolehost_runtime::storage_rest::remove_endpoints(fabric.data_dir());
     Ok(())
+}
+
+/// Wakes a service's waiting workers when a message is put over REST.
+struct FabricEvents(std::sync::Weak<Fabric>);
+
+impl rolehost_rest::Events for FabricEvents {
+    fn message_visible(&self, account: &rolehost_storage::AccountName, queue: &str) {
+        if let Some(f) = self.0.upgrade() {
+            f.wake_queue(account, queue);
+        }
+    }
 }
 
 /// Uploads a service's files and deploys it, showing progress.

@@ -1,11 +1,13 @@
 //! `rolehost`: run, build and inspect services of Wasm roles.
 
 mod client;
+mod endpoints;
 mod fabric_cmd;
 mod storage_cmd;
 mod verify_cmd;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -47,6 +49,8 @@ enum Command {
         /// (0: never).
         #[arg(long, value_name = "SECONDS", default_value_t = 60)]
         usage_every: u64,
+        #[command(flatten)]
+        endpoints: endpoints::EndpointArgs,
     },
     /// Compile the service's guest crates (or one crate) to wasm32-wasip2 components,
     /// installing the target if it is missing.
@@ -97,6 +101,8 @@ enum Command {
         /// (503 ServerBusy) and deletes still work.
         #[arg(long, value_name = "MB", default_value_t = rolehost_storage::DEFAULT_HEADROOM_BYTES >> 20)]
         storage_headroom_mb: u64,
+        #[command(flatten)]
+        endpoints: endpoints::EndpointArgs,
     },
     /// Build a service's roles, upload them to a running host and deploy it; a service that
     /// runs there already is upgraded in place, a few instances at a time.
@@ -239,9 +245,18 @@ fn main() -> anyhow::Result<()> {
                 target_dir,
                 stop_after,
                 usage_every,
+                endpoints,
             } => {
                 let usage = (usage_every > 0).then(|| Duration::from_secs(usage_every));
-                run(&path, data_dir, target_dir.as_deref(), stop_after, usage).await
+                run(
+                    &path,
+                    data_dir,
+                    target_dir.as_deref(),
+                    stop_after,
+                    usage,
+                    &endpoints,
+                )
+                .await
             }
             Command::Build { path, target_dir } => build(&path, target_dir.as_deref()),
             Command::Storage(args) => storage_cmd::run(args),
@@ -259,6 +274,7 @@ fn main() -> anyhow::Result<()> {
                 max_instances,
                 account_quota,
                 storage_headroom_mb,
+                endpoints,
             } => {
                 let signals = StopSignals::install()?;
                 let mut quota = rolehost_storage::AccountQuota::HOST_DEFAULT;
@@ -272,8 +288,10 @@ fn main() -> anyhow::Result<()> {
                     snapshot_key,
                     account_quota: quota,
                     storage_headroom: storage_headroom_mb.saturating_mul(1 << 20),
+                    dev_storage: endpoints.dev_storage,
                 };
-                fabric_cmd::serve(options, listen, signals).await
+                let endpoints = endpoints.settings(Default::default());
+                fabric_cmd::serve(options, listen, &endpoints, signals).await
             }
             Command::Deploy {
                 path,
@@ -337,6 +355,7 @@ async fn run(
     target_dir: Option<&Path>,
     stop_after: Option<u64>,
     usage_log: Option<Duration>,
+    endpoint_args: &endpoints::EndpointArgs,
 ) -> anyhow::Result<()> {
     // Take over Ctrl-C and SIGTERM before anything starts, so a signal arriving while the
     // service starts stops it gracefully too.
@@ -363,6 +382,35 @@ async fn run(
     for (role, addr) in service.endpoints() {
         eprintln!("rolehost: {role} answers on http://{addr}/");
     }
+    let endpoint_settings = endpoint_args.settings(manifest.storage.endpoints.clone());
+    let (rest_stop, rest_signal) = rolehost_runtime::stop::stop_signal();
+    let keys = rolehost_rest::KeyFiles::open(
+        data_dir.join(rolehost_runtime::storage_rest::KEYS_DIR),
+        endpoint_settings.dev_storage,
+    )?;
+    let account_keys = keys
+        .ensure(service.name())
+        .context("making the storage account's keys")?;
+    let service = Arc::new(service);
+    let door = Arc::new(rolehost_rest::Door::new(
+        service.storage().0,
+        keys,
+        Arc::new(ServiceEvents(Arc::downgrade(&service))),
+    ));
+    let bound = endpoints::start(door, &endpoint_settings, &data_dir, rest_signal).await?;
+    if bound.endpoints.blob.is_some()
+        || bound.endpoints.queue.is_some()
+        || bound.endpoints.table.is_some()
+    {
+        eprintln!(
+            "rolehost: connection string: {}",
+            rolehost_rest::keys::connection_string(
+                service.name(),
+                &account_keys.primary,
+                &bound.endpoints
+            )
+        );
+    }
     let stop_timer = async {
         match stop_after {
             Some(secs) => tokio::time::sleep(Duration::from_secs(secs)).await,
@@ -374,6 +422,10 @@ async fn run(
         () = stop_timer => {}
     }
     eprintln!("rolehost: stopping (Ctrl-C again to quit at once)");
+    rest_stop.request();
+    rolehost_runtime::storage_rest::remove_endpoints(&data_dir);
+    let service = Arc::try_unwrap(service)
+        .map_err(|_| anyhow::anyhow!("the service is still in use by the storage endpoints"))?;
     let shutdown = tokio::spawn(service.shutdown());
     tokio::select! {
         statuses = shutdown => {
@@ -388,6 +440,17 @@ async fn run(
         () = stop_signals.next() => bail!("interrupted before every instance stopped"),
     }
     Ok(())
+}
+
+/// Wakes the service's waiting workers when a message is put over REST.
+struct ServiceEvents(std::sync::Weak<Service>);
+
+impl rolehost_rest::Events for ServiceEvents {
+    fn message_visible(&self, _: &rolehost_storage::AccountName, queue: &str) {
+        if let Some(s) = self.0.upgrade() {
+            s.wake_queue(queue);
+        }
+    }
 }
 
 /// Ctrl-C (SIGINT) and SIGTERM, listened to from the moment they are installed.

@@ -41,6 +41,28 @@ enum StorageCommand {
     /// Tables and entities.
     #[command(subcommand)]
     Table(TableCmd),
+    /// Print a service's storage account keys (primary, secondary), kept by the host in
+    /// `<data dir>/storage-keys/` (owner-only). The data directory is `--data-dir`, else the
+    /// host's (`ROLEHOST_HOST_DATA_DIR`, default ~/.local/share/rolehost).
+    Keys {
+        /// The service (its account).
+        #[arg(value_name = "SERVICE")]
+        name: String,
+        /// Replace this key (primary or secondary) with a new random one first; requests
+        /// signed with the old one are refused from then on, also by a running host.
+        #[arg(long, value_name = "KEY")]
+        regenerate: Option<rolehost_rest::keys::Which>,
+    },
+    /// Print a connection string for a service's account on the running host of the data
+    /// directory: its storage endpoints and a key. Azure SDKs and tools take it as it is.
+    ConnectionString {
+        /// The service (its account).
+        #[arg(value_name = "SERVICE")]
+        name: String,
+        /// Use the secondary key.
+        #[arg(long)]
+        secondary: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -214,13 +236,93 @@ fn open(args: &StorageArgs) -> anyhow::Result<(RedbStore, AccountName)> {
 }
 
 pub(crate) fn run(args: StorageArgs) -> anyhow::Result<()> {
+    match &args.command {
+        StorageCommand::Keys { name, regenerate } => {
+            return keys(args.data_dir.clone(), name, *regenerate);
+        }
+        StorageCommand::ConnectionString { name, secondary } => {
+            return connection_string(args.data_dir.clone(), name, *secondary);
+        }
+        _ => {}
+    }
     let (store, account) = open(&args)?;
     let mut out = std::io::stdout().lock();
     match args.command {
         StorageCommand::Blob(cmd) => blob(&store, &account, cmd, &mut out),
         StorageCommand::Queue(cmd) => queue(&store, &account, cmd, &mut out),
         StorageCommand::Table(cmd) => table(&store, &account, cmd, &mut out),
+        StorageCommand::Keys { .. } | StorageCommand::ConnectionString { .. } => Ok(()),
     }
+}
+
+/// The data directory holding a host's (or `rolehost run`'s) keys and endpoints.
+fn key_dir(data_dir: Option<PathBuf>) -> PathBuf {
+    data_dir
+        .or_else(|| std::env::var_os("ROLEHOST_HOST_DATA_DIR").map(PathBuf::from))
+        .unwrap_or_else(crate::client::default_host_data_dir)
+}
+
+fn account_keys(
+    data_dir: &std::path::Path,
+    service: &str,
+) -> anyhow::Result<rolehost_rest::AccountKeys> {
+    let files = rolehost_rest::KeyFiles::open(
+        data_dir.join(rolehost_runtime::storage_rest::KEYS_DIR),
+        false,
+    )?;
+    files.read(service)?.with_context(|| {
+        format!(
+            "no storage keys for {service:?} in {}: is it deployed on the host of this data directory (--data-dir)?",
+            data_dir.display()
+        )
+    })
+}
+
+fn keys(
+    data_dir: Option<PathBuf>,
+    service: &str,
+    regenerate: Option<rolehost_rest::keys::Which>,
+) -> anyhow::Result<()> {
+    let dir = key_dir(data_dir);
+    let mut keys = account_keys(&dir, service)?;
+    if let Some(which) = regenerate {
+        let files = rolehost_rest::KeyFiles::open(
+            dir.join(rolehost_runtime::storage_rest::KEYS_DIR),
+            false,
+        )?;
+        keys = files.rotate(service, which)?;
+        eprintln!(
+            "rolehost: regenerated the {which:?} key of {service}; the old one is refused from now on"
+        );
+    }
+    println!("primary: {}", keys.primary.to_base64());
+    println!("secondary: {}", keys.secondary.to_base64());
+    Ok(())
+}
+
+fn connection_string(
+    data_dir: Option<PathBuf>,
+    service: &str,
+    secondary: bool,
+) -> anyhow::Result<()> {
+    let dir = key_dir(data_dir);
+    let keys = account_keys(&dir, service)?;
+    let endpoints = rolehost_runtime::storage_rest::read_endpoints(&dir).with_context(|| {
+        format!(
+            "no storage endpoints in {}: is a host running on this data directory (--data-dir), with its storage endpoints on?",
+            dir.display()
+        )
+    })?;
+    let key = if secondary {
+        &keys.secondary
+    } else {
+        &keys.primary
+    };
+    println!(
+        "{}",
+        rolehost_rest::keys::connection_string(service, key, &endpoints)
+    );
+    Ok(())
 }
 
 fn all_pages<T>(

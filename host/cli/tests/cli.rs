@@ -7,6 +7,7 @@ use std::process::{Command, Output};
 fn rolehost<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_rolehost"))
         .args(args)
+        .envs(rolehost_tests::STORAGE_ON_ANY_PORT)
         .env("RUST_LOG", "info")
         .env_remove("ROLEHOST_DATA_DIR")
         .output()
@@ -209,6 +210,7 @@ fn ctrl_c_stops_every_instance_gracefully() {
     let mut child = KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_rolehost"))
             .args(["run", &svc])
+            .envs(rolehost_tests::STORAGE_ON_ANY_PORT)
             .env("RUST_LOG", "info")
             .stderr(std::process::Stdio::piped())
             .spawn()

@@ -226,6 +226,7 @@ fn the_data_directory_and_its_secrets_are_private() {
     .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_rolehost"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .envs(rolehost_tests::STORAGE_ON_ANY_PORT)
         .arg(&data)
         .output()
         .unwrap();
@@ -259,6 +260,7 @@ fn a_damaged_storage_database_is_named_not_a_panic() {
         std::fs::write(&db, bytes).unwrap();
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_rolehost"))
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .envs(rolehost_tests::STORAGE_ON_ANY_PORT)
             .arg(&data)
             .output()
             .unwrap();

@@ -25,6 +25,7 @@ pub mod quota;
 pub mod secret;
 pub mod service;
 pub mod stop;
+pub mod storage_rest;
 pub mod verify;
 pub mod web;
 pub mod worker;

@@ -18,6 +18,14 @@
 //! max-tables = 1000
 //! max-entities = 1000000
 //!
+//! [storage.endpoints]           # `rolehost run`'s storage REST endpoints (Azure-compatible);
+//! blob = "127.0.0.1:10000"      # "off" turns one off; the --blob-listen flags override
+//! queue = "127.0.0.1:10001"
+//! table = "127.0.0.1:10002"
+//! certificate = "tls/cert.pem"  # HTTPS (both or neither)
+//! key = "tls/key.pem"
+//! dev-storage = false           # also serve devstoreaccount1 (loopback only)
+//!
 //! [roles.Counter]
 //! kind = "worker"               # "worker" or "web"
 //! crate = "counter"             # a guest crate to build, or: component = "counter.wasm"
@@ -153,6 +161,8 @@ pub struct StorageSettings {
     pub queue_message_max_bytes: usize,
     /// `[storage.quota]`: the limits the manifest sets (the host's for the others).
     pub quota: QuotaSettings,
+    /// `[storage.endpoints]`: where `rolehost run` serves storage over REST.
+    pub endpoints: crate::storage_rest::EndpointSettings,
 }
 
 /// `[storage.quota]`: the limits a service sets for its account; the others are the host's.
@@ -379,6 +389,50 @@ struct StorageSection {
     queue_message_max_bytes: Option<usize>,
     #[serde(default)]
     quota: QuotaSection,
+    #[serde(default)]
+    endpoints: EndpointsSection,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct EndpointsSection {
+    blob: Option<String>,
+    queue: Option<String>,
+    table: Option<String>,
+    certificate: Option<PathBuf>,
+    key: Option<PathBuf>,
+    dev_storage: Option<bool>,
+}
+
+impl EndpointsSection {
+    fn settings(self, base: &Path) -> Result<crate::storage_rest::EndpointSettings, ManifestError> {
+        use crate::storage_rest as r;
+        let addr = |key: &'static str, v: Option<String>, default| match v {
+            None => Ok(Some(default)),
+            Some(v) => r::parse_listen(&v).map_err(|e| ManifestError::invalid(key, e)),
+        };
+        let tls = match (self.certificate, self.key) {
+            (None, None) => None,
+            (Some(c), Some(k)) => Some(TlsFiles {
+                certificate: base.join(c),
+                key: base.join(k),
+            }),
+            _ => {
+                return Err(ManifestError::invalid(
+                    "storage.endpoints.certificate",
+                    "certificate and key go together",
+                ));
+            }
+        };
+        Ok(r::EndpointSettings {
+            blob: addr("storage.endpoints.blob", self.blob, r::DEFAULT_BLOB)?,
+            queue: addr("storage.endpoints.queue", self.queue, r::DEFAULT_QUEUE)?,
+            table: addr("storage.endpoints.table", self.table, r::DEFAULT_TABLE)?,
+            tls,
+            dev_storage: self.dev_storage.unwrap_or(false),
+            limits: crate::conn::ConnLimits::default(),
+        })
+    }
 }
 
 #[derive(Default, Deserialize)]
@@ -547,6 +601,7 @@ impl Manifest {
         }
         let storage = StorageSettings {
             quota: file.storage.quota.settings()?,
+            endpoints: file.storage.endpoints.settings(&base)?,
             data_dir: base.join(file.storage.data_dir.unwrap_or_else(|| ".rolehost".into())),
             queue_message_max_bytes,
         };

@@ -1010,6 +1010,11 @@ impl Service {
             .collect()
     }
 
+    /// Wakes the instances waiting on `queue` (a message was put from outside the service).
+    pub fn wake_queue(&self, queue: &str) {
+        self.shared.wakers.wake(queue);
+    }
+
     /// The storage this service runs on, and its account.
     pub fn storage(&self) -> (Arc<dyn Backend>, AccountName) {
         (self.shared.backend.clone(), self.shared.account.clone())

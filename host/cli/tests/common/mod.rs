@@ -43,6 +43,7 @@ impl Host {
         let _ = std::fs::remove_file(dir.join("management.url"));
         let mut command = Command::new(env!("CARGO_BIN_EXE_rolehost"));
         command.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]);
+        command.envs(rolehost_tests::STORAGE_ON_ANY_PORT);
         command.arg(dir);
         if !more.iter().any(|a| *a == "--max-instances") {
             command.args(["--max-instances", "64"]);

@@ -324,6 +324,9 @@ pub struct FabricOptions {
     pub account_quota: rolehost_storage::AccountQuota,
     /// Bytes of the storage database's disk no write may take.
     pub storage_headroom: u64,
+    /// Also serve the development account (`devstoreaccount1`, its published key) over the
+    /// storage REST endpoints.
+    pub dev_storage: bool,
 }
 
 /// What status reads of a service without waiting for an operation in progress.
@@ -341,6 +344,8 @@ pub struct Fabric {
     storage: Arc<RedbStore>,
     /// The connections all services' web endpoints hold together.
     connections: Arc<crate::conn::HostBudget>,
+    /// Each service's storage account keys, for the storage REST endpoints.
+    keys: Arc<rolehost_rest::KeyFiles>,
     snapshots: snapshots::SnapshotStore,
     snapshot_key: crate::freeze::SnapshotKey,
     logs: Arc<LogHub>,
@@ -465,7 +470,11 @@ impl Fabric {
         })
         .map_err(|e| crate::error::RuntimeError::Engine(format!("{e:#}")))?;
         let storage = Arc::new(storage);
+        let keys_dir = data_dir.join(crate::storage_rest::KEYS_DIR);
+        let keys = rolehost_rest::KeyFiles::open(&keys_dir, options.dev_storage)
+            .map_err(|e| FabricError::Storage(format!("the storage keys: {e}")))?;
         let fabric = Arc::new(Fabric {
+            keys,
             data_dir,
             engine,
             snapshots: snapshots::SnapshotStore::new(storage.clone()),
@@ -491,6 +500,20 @@ impl Fabric {
     /// The hub of guest output.
     pub fn logs(&self) -> &Arc<LogHub> {
         &self.logs
+    }
+
+    /// The storage accounts' keys.
+    pub fn storage_keys(&self) -> &Arc<rolehost_rest::KeyFiles> {
+        &self.keys
+    }
+
+    /// Wakes the instances of the service owning `account` that wait on `queue` (a message
+    /// was put over REST).
+    pub fn wake_queue(&self, account: &rolehost_storage::AccountName, queue: &str) {
+        let view = self.view.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, Some(service))) = view.get(account.as_str()) {
+            service.wake_queue(queue);
+        }
     }
 
     /// The host's storage.
@@ -871,6 +894,9 @@ impl Fabric {
         progress: Progress<'_>,
     ) -> Result<Service, FabricError> {
         self.set_account_quota(manifest)?;
+        self.keys.ensure(&manifest.service).map_err(|e| {
+            FabricError::Storage(format!("the storage keys of {}: {e}", manifest.service))
+        })?;
         let options = ServiceOptions {
             deployment_id: Some(record.deployment.id()),
             frozen: record.frozen.keys().cloned().collect(),
@@ -1107,6 +1133,9 @@ impl Fabric {
         }
         if purge_storage {
             purge_account(&*self.storage, name)?;
+            self.keys
+                .remove(name)
+                .map_err(|e| FabricError::Storage(format!("the storage keys of {name}: {e}")))?;
         }
         crate::crash::point("delete.storage");
         let local = self.data_dir.join("services").join(name);
