@@ -87,3 +87,11 @@ fn the_python_sdk_drives_the_queue_service() {
     host.stop();
 }
 
+#[test]
+fn the_python_sdk_drives_the_blob_service() {
+    let python = sdk_python();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut host, conn, dev) = host_with_service(dir.path(), "sdkblob");
+    run_python(&python, "test_blob.py", &conn, &dev);
+    host.stop();
+}

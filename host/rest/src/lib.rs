@@ -12,7 +12,7 @@
 //! # Layout
 //! - [`request`]: which service, account and resource a request names; `x-ms-version`.
 //! - [`auth`]: signatures and what a SAS grants. [`keys`]: accounts' keys, kept 0600.
-//! - [`queue`]: the queue service (blob and table follow the same shape).
+//! - [`blob`], [`queue`]: the services (table follows the same shape).
 //! - [`body`]: bodies that stream both ways through bounded buffers. [`xml`]: XML in and out.
 //! - [`error`]: [`RestError`], an Azure status, code and message.
 //!
@@ -25,6 +25,7 @@
 #![deny(missing_docs)]
 
 pub mod auth;
+pub mod blob;
 pub mod body;
 pub mod error;
 pub mod keys;
@@ -147,7 +148,7 @@ impl Door {
         };
         match req.service {
             Service::Queue => queue::handle(&ctx, req, body).await,
-            Service::Blob => Err(RestError::unsupported("the blob service over REST yet")),
+            Service::Blob => blob::handle(&ctx, req, body).await,
             Service::Table => Err(RestError::unsupported("the table service over REST yet")),
         }
     }
