@@ -95,3 +95,12 @@ fn the_python_sdk_drives_the_blob_service() {
     run_python(&python, "test_blob.py", &conn, &dev);
     host.stop();
 }
+
+#[test]
+fn the_python_sdk_drives_the_table_service() {
+    let python = sdk_python();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut host, conn, dev) = host_with_service(dir.path(), "sdktable");
+    run_python(&python, "test_table.py", &conn, &dev);
+    host.stop();
+}

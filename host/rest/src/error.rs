@@ -96,7 +96,7 @@ impl RestError {
 }
 
 /// The message of an engine error as Azure words its messages: a sentence.
-fn sentence(e: &dyn std::fmt::Display) -> String {
+pub(crate) fn sentence(e: &dyn std::fmt::Display) -> String {
     let s = e.to_string();
     let mut c = s.chars();
     let mut out: String = match c.next() {

@@ -12,7 +12,7 @@
 //! # Layout
 //! - [`request`]: which service, account and resource a request names; `x-ms-version`.
 //! - [`auth`]: signatures and what a SAS grants. [`keys`]: accounts' keys, kept 0600.
-//! - [`blob`], [`queue`]: the services (table follows the same shape).
+//! - [`blob`], [`queue`], [`table`]: the three services.
 //! - [`body`]: bodies that stream both ways through bounded buffers. [`xml`]: XML in and out.
 //! - [`error`]: [`RestError`], an Azure status, code and message.
 //!
@@ -31,6 +31,7 @@ pub mod error;
 pub mod keys;
 pub mod queue;
 pub mod request;
+pub mod table;
 pub mod xml;
 
 use std::net::IpAddr;
@@ -149,7 +150,7 @@ impl Door {
         match req.service {
             Service::Queue => queue::handle(&ctx, req, body).await,
             Service::Blob => blob::handle(&ctx, req, body).await,
-            Service::Table => Err(RestError::unsupported("the table service over REST yet")),
+            Service::Table => table::handle(&ctx, req, body).await,
         }
     }
 }
