@@ -42,6 +42,35 @@ pub struct Grant {
     pub permissions: String,
     /// What it covers.
     pub scope: Scope,
+    /// The stored access policy it names (`si`), not yet applied: the door looks it up in
+    /// the container's ACL and takes the permissions and times the token leaves out from it.
+    pub policy: Option<String>,
+}
+
+impl Grant {
+    /// Applies the stored access policy the token names: its permissions where the token has
+    /// none, and its start and expiry, checked against `now`. A policy that is gone (revoked)
+    /// fails as a bad signature does.
+    pub fn apply_policy(
+        &mut self,
+        policy: Option<&rolehost_storage::blob::AccessPolicy>,
+        now: SystemTime,
+    ) -> Result<(), RestError> {
+        let Some(p) = policy else {
+            return Err(RestError::auth_failed());
+        };
+        let at = |t: rolehost_storage::Timestamp| {
+            SystemTime::UNIX_EPOCH + Duration::from_micros(t.as_micros())
+        };
+        if p.expiry.is_some_and(|e| now > at(e)) || p.start.is_some_and(|s| now < at(s)) {
+            return Err(RestError::auth_failed());
+        }
+        if self.permissions.is_empty() {
+            self.permissions = p.permissions.clone();
+        }
+        self.policy = None;
+        Ok(())
+    }
 }
 
 /// What a SAS covers.
@@ -547,8 +576,9 @@ fn sas(req: &Parsed, keys: &AccountKeys, now: SystemTime) -> Result<Grant, RestE
     if sv.len() != 10 || sv < "2013-08-15" {
         return Err(RestError::auth_failed());
     }
-    if !p("si").is_empty() {
-        // Stored access policies are not kept by rolehost: a SAS naming one cannot be checked.
+    let policy = (!p("si").is_empty()).then(|| p("si").to_string());
+    if policy.is_some() && (req.service != Service::Blob || req.q("ss").is_some()) {
+        // Stored access policies are kept for containers only: such a SAS cannot be checked.
         return Err(RestError::auth_failed());
     }
     let account_sas = req.q("ss").is_some();
@@ -589,9 +619,12 @@ fn sas(req: &Parsed, keys: &AccountKeys, now: SystemTime) -> Result<Grant, RestE
             u64::try_from(micros.div_euclid(1_000_000)).map_err(|_| RestError::auth_failed())?;
         Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
     };
-    let expiry = at(p("se"))?;
-    if now > expiry {
-        return Err(RestError::auth_failed());
+    // A token naming a policy may leave its expiry to the policy.
+    if !(policy.is_some() && p("se").is_empty()) {
+        let expiry = at(p("se"))?;
+        if now > expiry {
+            return Err(RestError::auth_failed());
+        }
     }
     if !p("st").is_empty() && now < at(p("st"))? {
         return Err(RestError::auth_failed());
@@ -615,6 +648,7 @@ fn sas(req: &Parsed, keys: &AccountKeys, now: SystemTime) -> Result<Grant, RestE
     Ok(Grant {
         permissions: p("sp").to_string(),
         scope,
+        policy,
     })
 }
 

@@ -9,13 +9,13 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use http::{HeaderName, HeaderValue, Method, Response};
 use rolehost_storage::blob::{
-    BlobListItem, BlobProperties, BlockListType, BlockRef, ByteRange, Conditions, ContentSettings,
-    ETagMatch, GetBlobOptions, LeaseAction, LeaseInfo, MAX_BLOCK_BYTES, MAX_PUT_BLOB_BYTES,
-    PutBlobOptions,
+    AccessPolicy, BlobListItem, BlobProperties, BlockListType, BlockRef, ByteRange, Conditions,
+    ContainerAcl, ContentSettings, ETagMatch, GetBlobOptions, LeaseAction, LeaseInfo,
+    MAX_BLOCK_BYTES, MAX_PUT_BLOB_BYTES, PublicAccess, PutBlobOptions,
 };
 use rolehost_storage::{BlobError, ListOptions, Timestamp};
 
-use crate::auth::{Level, Need};
+use crate::auth::{Access, Level, Need};
 use crate::body::{BodyReader, TooLarge, collect_limited};
 use crate::xml::{self, Xml};
 use crate::{
@@ -59,8 +59,8 @@ pub async fn handle(
             h.extend(header("x-ms-account-kind", "StorageV2"));
             Ok(reply(200, h, RestBody::empty()))
         }
-        (None, None, _, Some("service"), _) => {
-            Err(RestError::unsupported("blob service properties (CORS) yet"))
+        (None, None, m, Some("service"), _) => {
+            crate::properties::handle(ctx, &req, m, Service::Blob, body).await
         }
         (Some(c), None, &Method::PUT, Some("container"), None) => {
             create_container(ctx, &req, c).await
@@ -78,9 +78,12 @@ pub async fn handle(
         (Some(c), None, &Method::PUT, Some("container"), Some("metadata")) => {
             set_container_metadata(ctx, &req, c).await
         }
-        (Some(_), None, _, Some("container"), Some("acl")) => Err(RestError::unsupported(
-            "container access policies and public access yet",
-        )),
+        (Some(c), None, &Method::GET | &Method::HEAD, Some("container"), Some("acl")) => {
+            get_acl(ctx, &req, c).await
+        }
+        (Some(c), None, &Method::PUT, Some("container"), Some("acl")) => {
+            set_acl(ctx, &req, c, body).await
+        }
         (Some(c), None, &Method::PUT, Some("container"), Some("lease")) => {
             lease(ctx, &req, c, None).await
         }
@@ -301,22 +304,178 @@ fn etag_and_modified(etag: &str, last_modified: Timestamp, h: &mut Headers) {
     h.extend(header("last-modified", &http_date(last_modified)));
 }
 
+/// Authorizes `need`; an anonymous caller is let through where the container's public
+/// access level (`at_least`) allows it, and told the resource does not exist elsewhere.
+async fn allow(
+    ctx: &Ctx<'_>,
+    need: Need<'_>,
+    container: &str,
+    at_least: PublicAccess,
+) -> Result<(), RestError> {
+    if ctx.access != Access::Anonymous {
+        return ctx.authorize(Service::Blob, &need);
+    }
+    let (account, cn) = (ctx.account.clone(), container.to_string());
+    let level = ctx
+        .blocking(move |s| s.get_container_acl(&account, &cn, None))
+        .await
+        .map(|(_, acl)| acl.public_access)
+        .unwrap_or(PublicAccess::Off);
+    let rank = |p: PublicAccess| match p {
+        PublicAccess::Off => 0,
+        PublicAccess::Blob => 1,
+        PublicAccess::Container => 2,
+    };
+    if at_least != PublicAccess::Off && rank(level) >= rank(at_least) {
+        Ok(())
+    } else {
+        ctx.authorize(Service::Blob, &need)
+    }
+}
+
+fn public_access_header(req: &Parsed) -> Result<PublicAccess, RestError> {
+    match req.header("x-ms-blob-public-access") {
+        None | Some("") => Ok(PublicAccess::Off),
+        Some("blob") => Ok(PublicAccess::Blob),
+        Some("container") => Ok(PublicAccess::Container),
+        Some(v) => Err(RestError::bad_header(
+            "x-ms-blob-public-access",
+            format!("{v:?}: say blob or container"),
+        )),
+    }
+}
+
+fn public_access_value(p: PublicAccess) -> Option<&'static str> {
+    match p {
+        PublicAccess::Off => None,
+        PublicAccess::Blob => Some("blob"),
+        PublicAccess::Container => Some("container"),
+    }
+}
+
+async fn get_acl(ctx: &Ctx<'_>, req: &Parsed, c: &str) -> Result<Response<RestBody>, RestError> {
+    ctx.authorize(Service::Blob, &Need::new(Level::Container, "r").on(c))?;
+    let lease = lease_id(req);
+    let (account, cn) = (ctx.account.clone(), c.to_string());
+    let (p, acl) = ctx
+        .blocking(move |s| s.get_container_acl(&account, &cn, lease.as_deref()))
+        .await?;
+    let mut h = Headers::new();
+    etag_and_modified(&p.etag, p.last_modified, &mut h);
+    if let Some(v) = public_access_value(acl.public_access) {
+        h.extend(header("x-ms-blob-public-access", v));
+    }
+    let mut x = Xml::new();
+    x.open("SignedIdentifiers");
+    for pol in &acl.policies {
+        x.open("SignedIdentifier")
+            .elem("Id", &pol.id)
+            .open("AccessPolicy");
+        if let Some(t) = pol.start {
+            x.elem("Start", &iso(t));
+        }
+        if let Some(t) = pol.expiry {
+            x.elem("Expiry", &iso(t));
+        }
+        x.elem("Permission", &pol.permissions)
+            .close("AccessPolicy")
+            .close("SignedIdentifier");
+    }
+    x.close("SignedIdentifiers");
+    h.push((
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/xml"),
+    ));
+    Ok(reply(200, h, RestBody::full(x.finish())))
+}
+
+fn iso(t: Timestamp) -> String {
+    rolehost_storage::table::datetime::format_micros(
+        i64::try_from(t.as_micros()).unwrap_or(i64::MAX),
+    )
+}
+
+fn parse_time(field: &str, v: &str) -> Result<Timestamp, RestError> {
+    let micros = rolehost_storage::table::datetime::parse_rfc3339(v.trim()).ok_or_else(|| {
+        RestError::bad_body(
+            "InvalidXmlNodeValue",
+            format!("{field} {v:?} is not a date"),
+        )
+    })?;
+    Ok(Timestamp(u64::try_from(micros).unwrap_or(0)))
+}
+
+/// Largest Set Container ACL body: five policies are a few hundred bytes each.
+const MAX_ACL_BODY: usize = 64 * 1024;
+
+async fn set_acl(
+    ctx: &Ctx<'_>,
+    req: &Parsed,
+    c: &str,
+    body: InBody,
+) -> Result<Response<RestBody>, RestError> {
+    ctx.authorize(Service::Blob, &Need::new(Level::Container, "w").on(c))?;
+    let public_access = public_access_header(req)?;
+    let raw = collect_limited(body, MAX_ACL_BODY).await?;
+    let mut policies = Vec::new();
+    if !raw.iter().all(u8::is_ascii_whitespace) {
+        let root = xml::parse(&raw)?;
+        if root.name != "SignedIdentifiers" {
+            return Err(RestError::bad_body(
+                "InvalidXmlDocument",
+                "the root element must be SignedIdentifiers",
+            ));
+        }
+        for si in root.all("SignedIdentifier") {
+            let ap = si.child("AccessPolicy");
+            let get = |n: &str| {
+                ap.and_then(|a| a.child_text(n))
+                    .filter(|t| !t.trim().is_empty())
+            };
+            policies.push(AccessPolicy {
+                id: si.child_text("Id").unwrap_or("").to_string(),
+                start: get("Start").map(|v| parse_time("Start", v)).transpose()?,
+                expiry: get("Expiry").map(|v| parse_time("Expiry", v)).transpose()?,
+                permissions: get("Permission").unwrap_or("").to_string(),
+            });
+        }
+    }
+    let acl = ContainerAcl {
+        public_access,
+        policies,
+    };
+    let conds = conditions(req)?;
+    let lease = lease_id(req);
+    let (account, cn) = (ctx.account.clone(), c.to_string());
+    let p = ctx
+        .blocking(move |s| s.set_container_acl(&account, &cn, acl, &conds, lease.as_deref()))
+        .await?;
+    let mut h = Headers::new();
+    etag_and_modified(&p.etag, p.last_modified, &mut h);
+    Ok(reply(200, h, RestBody::empty()))
+}
+
 async fn create_container(
     ctx: &Ctx<'_>,
     req: &Parsed,
     c: &str,
 ) -> Result<Response<RestBody>, RestError> {
     ctx.authorize(Service::Blob, &Need::new(Level::Container, "cw").on(c))?;
-    if req
-        .header("x-ms-blob-public-access")
-        .is_some_and(|v| !v.is_empty())
-    {
-        return Err(RestError::unsupported("public access to containers yet"));
-    }
+    let public_access = public_access_header(req)?;
     let metadata = metadata_from(req)?;
     let (account, cn) = (ctx.account.clone(), c.to_string());
     let p = ctx
-        .blocking(move |s| s.create_container(&account, &cn, metadata))
+        .blocking(move |s| {
+            let p = s.create_container(&account, &cn, metadata)?;
+            if public_access == PublicAccess::Off {
+                return Ok(p);
+            }
+            let acl = ContainerAcl {
+                public_access,
+                policies: Vec::new(),
+            };
+            s.set_container_acl(&account, &cn, acl, &Conditions::none(), None)
+        })
         .await?;
     let mut h = Headers::new();
     etag_and_modified(&p.etag, p.last_modified, &mut h);
@@ -342,14 +501,23 @@ async fn container_properties(
     req: &Parsed,
     c: &str,
 ) -> Result<Response<RestBody>, RestError> {
-    ctx.authorize(Service::Blob, &Need::new(Level::Container, "r").on(c))?;
+    allow(
+        ctx,
+        Need::new(Level::Container, "r").on(c),
+        c,
+        PublicAccess::Container,
+    )
+    .await?;
     let lease = lease_id(req);
     let (account, cn) = (ctx.account.clone(), c.to_string());
-    let p = ctx
-        .blocking(move |s| s.get_container_properties(&account, &cn, lease.as_deref()))
+    let (p, acl) = ctx
+        .blocking(move |s| s.get_container_acl(&account, &cn, lease.as_deref()))
         .await?;
     let mut h = Headers::new();
     etag_and_modified(&p.etag, p.last_modified, &mut h);
+    if let Some(v) = public_access_value(acl.public_access) {
+        h.extend(header("x-ms-blob-public-access", v));
+    }
     lease_headers(&p.lease, &mut h);
     metadata_headers(&p.metadata, &mut h);
     h.extend(header("x-ms-has-immutability-policy", "false"));
@@ -458,10 +626,8 @@ async fn lease(
 }
 
 async fn list_blobs(ctx: &Ctx<'_>, req: &Parsed, c: &str) -> Result<Response<RestBody>, RestError> {
-    ctx.authorize(
-        Service::Blob,
-        &Need::new(Level::Container, "l").on(c).by_service_sas(),
-    )?;
+    let need = Need::new(Level::Container, "l").on(c).by_service_sas();
+    allow(ctx, need, c, PublicAccess::Container).await?;
     let options = list_options(req)?;
     let delimiter = req
         .q("delimiter")
@@ -725,7 +891,13 @@ async fn get_blob(
     c: &str,
     b: &str,
 ) -> Result<Response<RestBody>, RestError> {
-    ctx.authorize(Service::Blob, &Need::new(Level::Object, "r").on(c).blob(b))?;
+    allow(
+        ctx,
+        Need::new(Level::Object, "r").on(c).blob(b),
+        c,
+        PublicAccess::Blob,
+    )
+    .await?;
     let options = GetBlobOptions {
         range: range(req),
         conditions: conditions(req)?,
@@ -769,7 +941,13 @@ async fn blob_properties(
     b: &str,
     metadata_only: bool,
 ) -> Result<Response<RestBody>, RestError> {
-    ctx.authorize(Service::Blob, &Need::new(Level::Object, "r").on(c).blob(b))?;
+    allow(
+        ctx,
+        Need::new(Level::Object, "r").on(c).blob(b),
+        c,
+        PublicAccess::Blob,
+    )
+    .await?;
     let conds = conditions(req)?;
     let lease = lease_id(req);
     let (account, cn, bn) = (ctx.account.clone(), c.to_string(), b.to_string());

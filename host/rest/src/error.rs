@@ -128,6 +128,12 @@ fn engine_failure(e: &StorageError) -> RestError {
     }
 }
 
+impl From<StorageError> for RestError {
+    fn from(e: StorageError) -> Self {
+        engine_failure(&e)
+    }
+}
+
 impl From<BlobError> for RestError {
     fn from(e: BlobError) -> Self {
         match &e {

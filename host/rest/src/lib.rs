@@ -29,6 +29,7 @@ pub mod blob;
 pub mod body;
 pub mod error;
 pub mod keys;
+pub mod properties;
 pub mod queue;
 pub mod request;
 pub mod table;
@@ -110,14 +111,37 @@ impl Door {
         let body: InBody = body.map_err(Into::into).boxed_unsync();
         let head_only = head.method == Method::HEAD;
         let client_id = head.headers.get("x-ms-client-request-id").cloned();
+        let mut cors_origin = None;
         let result = match Parsed::new(service, &head, peer, https) {
-            Ok(parsed) => self.route(parsed, body).await,
+            Ok(parsed) if parsed.method == Method::OPTIONS => {
+                let served = self.keys.keys(&parsed.account).is_some();
+                properties::preflight(self.store.clone(), &parsed, served).await
+            }
+            Ok(parsed) => {
+                if let Some(o) = parsed.header("origin") {
+                    cors_origin = Some((o.to_string(), parsed.account.clone()));
+                }
+                self.route(parsed, body).await
+            }
             Err(e) => Err(e),
         };
         let mut resp = match result {
             Ok(r) => r,
             Err(e) => error_response(service, e, &request_id, head_only),
         };
+        // A cross-origin request: the account's CORS rules say whether the page may read the
+        // answer (its errors too). Only for an account this host serves.
+        if let Some((origin, account)) = cors_origin
+            && self.keys.keys(&account).is_some()
+            && let Ok(account) = AccountName::new(account)
+        {
+            let store = self.store.clone();
+            let props =
+                tokio::task::spawn_blocking(move || properties::load(&*store, &account, service))
+                    .await
+                    .unwrap_or_default();
+            properties::decorate(&props, &origin, &head.method, &mut resp);
+        }
         let h = resp.headers_mut();
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             h.insert("x-ms-request-id", v);
@@ -138,10 +162,27 @@ impl Door {
 
     async fn route(&self, req: Parsed, body: InBody) -> Result<Response<RestBody>, RestError> {
         let keys = self.keys.keys(&req.account);
-        let access = auth::authenticate(&req, keys.as_ref(), SystemTime::now())?;
+        let mut access = auth::authenticate(&req, keys.as_ref(), SystemTime::now())?;
         // Past authentication the account is one this host serves, so its name is valid.
         let account =
             AccountName::new(req.account.clone()).map_err(|_| RestError::auth_failed())?;
+        if let auth::Access::Sas(grant) = &mut access
+            && let Some(id) = grant.policy.clone()
+        {
+            // A container's stored access policy: looked up now, so revoking it revokes
+            // every token naming it.
+            let container = req.segments.first().cloned().unwrap_or_default();
+            let (store, a) = (self.store.clone(), account.clone());
+            let acl =
+                tokio::task::spawn_blocking(move || store.get_container_acl(&a, &container, None))
+                    .await
+                    .map_err(|_| RestError::auth_failed())?
+                    .map_err(|_| RestError::auth_failed())?;
+            grant.apply_policy(
+                acl.1.policies.iter().find(|p| p.id == id),
+                SystemTime::now(),
+            )?;
+        }
         let ctx = Ctx {
             door: self,
             account,

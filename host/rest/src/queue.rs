@@ -37,9 +37,9 @@ pub async fn handle(
     let m = req.method.clone();
     match (segs.as_slice(), &m) {
         ([], &Method::GET) if req.comp() == Some("list") => list_queues(ctx, &req).await,
-        ([], _) if req.restype() == Some("service") => Err(RestError::unsupported(
-            "queue service properties and statistics yet",
-        )),
+        ([], m) if req.restype() == Some("service") => {
+            crate::properties::handle(ctx, &req, m, Service::Queue, body).await
+        }
         ([q], &Method::PUT) if req.comp().is_none() => create_queue(ctx, &req, q).await,
         ([q], &Method::DELETE) if req.comp().is_none() => delete_queue(ctx, q).await,
         ([q], &Method::GET | &Method::HEAD) if req.comp() == Some("metadata") => {

@@ -172,9 +172,8 @@ pub async fn handle(
     body: InBody,
 ) -> Result<Response<RestBody>, RestError> {
     if req.restype() == Some("service") {
-        return Err(RestError::unsupported(
-            "table service properties (CORS) yet",
-        ));
+        let m = req.method.clone();
+        return crate::properties::handle(ctx, &req, &m, Service::Table, body).await;
     }
     if req.comp() == Some("acl") {
         return Err(RestError::unsupported(

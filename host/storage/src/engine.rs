@@ -69,6 +69,13 @@ pub(crate) const MESSAGES: TableDefinition<(&str, &str, u64), &[u8]> =
 /// (account, queue, visible-at micros, seq) -> (). The order in which messages are handed out.
 pub(crate) const VISIBLE: TableDefinition<(&str, &str, u64, u64), ()> =
     TableDefinition::new("visible");
+/// (account, container) -> ContainerAcl: public access and stored access policies. Removed
+/// with its container, so a new container of the same name starts private.
+pub(crate) const CONTAINER_ACLS: TableDefinition<(&str, &str), &[u8]> =
+    TableDefinition::new("container_acls");
+/// (account, setting) -> bytes: an account's settings kept for the REST door (each service's
+/// properties), opaque to the engine.
+pub(crate) const SETTINGS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("settings");
 /// (account, lowercase table name) -> table name as created
 pub(crate) const TABLES: TableDefinition<(&str, &str), &str> = TableDefinition::new("tables");
 /// (account, lowercase table name, PartitionKey, RowKey) -> EntityRecord
@@ -598,6 +605,8 @@ impl Engine {
                 salt,
             };
             txn.open_table(CONTAINERS)?;
+            txn.open_table(CONTAINER_ACLS)?;
+            txn.open_table(SETTINGS)?;
             txn.open_table(BLOBS)?;
             txn.open_table(BLOCKS)?;
             txn.open_table(QUEUES)?;

@@ -318,9 +318,13 @@ pub enum BlobError {
         /// Its allowed range.
         reason: &'static str,
     },
+    /// An access control list that breaks Azure's rules (too many policies, a bad id).
+    #[error("the access policies are not valid: {0}")]
+    InvalidAcl(String),
 }
 
 error_codes!(BlobError {
+    InvalidAcl => (400, "InvalidXmlDocument"),
     ContainerNotFound => (404, "ContainerNotFound"),
     ContainerAlreadyExists => (409, "ContainerAlreadyExists"),
     BlobNotFound => (404, "BlobNotFound"),

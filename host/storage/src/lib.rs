@@ -12,6 +12,7 @@
 //! - [`error`]: one error enum per family, each carrying its Azure code and HTTP status.
 //! - [`names`]: naming rules, checked at the start of every operation.
 //! - [`quota`]: what each account may store and stores, and the disk room the host keeps.
+//! - [`settings`]: small named values per account kept for the layers above (service properties).
 //!
 //! # Guarantees
 //! - **Durable before acknowledged.** A write returns `Ok` only after the commit carrying it is
@@ -49,6 +50,7 @@ pub mod error;
 pub mod names;
 pub mod queue;
 pub mod quota;
+pub mod settings;
 pub mod table;
 
 use std::path::Path;
@@ -276,6 +278,9 @@ impl RedbStore {
 
 /// Everything a storage engine offers: the seam the runtime calls through. A distributed engine
 /// implements these three traits and nothing above it changes.
-pub trait Backend: blob::BlobStore + queue::QueueStore + table::TableStore + Send + Sync {}
+pub trait Backend:
+    blob::BlobStore + queue::QueueStore + table::TableStore + settings::SettingsStore + Send + Sync
+{
+}
 
 impl Backend for RedbStore {}

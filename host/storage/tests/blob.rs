@@ -913,3 +913,97 @@ fn a_failing_body_reader_leaves_nothing() {
         "BlobNotFound"
     );
 }
+
+#[test]
+fn container_acls_are_checked_kept_and_die_with_their_container() {
+    let f = setup();
+    let (s, a) = (&f.store, &f.acct);
+    let (_, acl) = s.get_container_acl(a, "box", None).unwrap();
+    assert_eq!(acl, ContainerAcl::default(), "private, no policies");
+    let policy = |id: &str| AccessPolicy {
+        id: id.into(),
+        start: None,
+        expiry: Some(Timestamp::from_secs(4_000_000_000)),
+        permissions: "rl".into(),
+    };
+    let before = s.get_container_properties(a, "box", None).unwrap().etag;
+    let acl = ContainerAcl {
+        public_access: PublicAccess::Container,
+        policies: vec![policy("readers")],
+    };
+    let after = s
+        .set_container_acl(a, "box", acl.clone(), &Conditions::none(), None)
+        .unwrap();
+    assert_ne!(
+        after.etag, before,
+        "an ACL change is a change of the container"
+    );
+    assert_eq!(s.get_container_acl(a, "box", None).unwrap().1, acl);
+    for bad in [
+        (0..6).map(|i| policy(&format!("p{i}"))).collect::<Vec<_>>(),
+        vec![policy("")],
+        vec![policy(&"x".repeat(65))],
+        vec![policy("twice"), policy("twice")],
+        vec![AccessPolicy {
+            permissions: "rz".into(),
+            ..policy("p")
+        }],
+    ] {
+        let e = s.set_container_acl(
+            a,
+            "box",
+            ContainerAcl {
+                public_access: PublicAccess::Off,
+                policies: bad,
+            },
+            &Conditions::none(),
+            None,
+        );
+        assert_eq!(code(e), "InvalidXmlDocument");
+    }
+    assert_eq!(
+        s.get_container_acl(a, "box", None).unwrap().1,
+        acl,
+        "refused changes change nothing"
+    );
+    s.delete_container(a, "box", &Conditions::none(), None)
+        .unwrap();
+    assert_eq!(
+        code(s.get_container_acl(a, "box", None)),
+        "ContainerNotFound"
+    );
+    s.create_container(a, "box", vec![]).unwrap();
+    assert_eq!(
+        s.get_container_acl(a, "box", None).unwrap().1,
+        ContainerAcl::default(),
+        "a container made again starts private"
+    );
+}
+
+#[test]
+fn settings_are_per_account_bounded_and_cleared() {
+    use rolehost_storage::settings::{MAX_SETTING_BYTES, SettingsStore};
+    let f = fixture();
+    let other = rolehost_storage::AccountName::new("other").unwrap();
+    f.store
+        .set_setting(&f.acct, "properties/blob", b"mine".to_vec())
+        .unwrap();
+    assert_eq!(
+        f.store.get_setting(&f.acct, "properties/blob").unwrap(),
+        Some(b"mine".to_vec())
+    );
+    assert_eq!(
+        f.store.get_setting(&other, "properties/blob").unwrap(),
+        None
+    );
+    assert!(
+        f.store
+            .set_setting(&f.acct, "big", vec![0; MAX_SETTING_BYTES + 1])
+            .is_err()
+    );
+    f.store.clear_settings(&f.acct).unwrap();
+    assert_eq!(
+        f.store.get_setting(&f.acct, "properties/blob").unwrap(),
+        None
+    );
+}

@@ -8,6 +8,8 @@ import datetime
 import hashlib
 import os
 import unittest
+import urllib.error
+import urllib.request
 import uuid
 
 from azure.core import MatchConditions
@@ -19,7 +21,10 @@ from azure.core.exceptions import (
     ResourceNotFoundError,
 )
 from azure.storage.blob import (
+    AccessPolicy,
     BlobBlock,
+    CorsRule,
+    PublicAccess,
     BlobClient,
     BlobSasPermissions,
     BlobServiceClient,
@@ -206,6 +211,93 @@ class BlobTest(unittest.TestCase):
         self.assertIn("block blobs only", e.exception.message)
 
 
+class PublicAndPolicyTest(unittest.TestCase):
+    def setUp(self):
+        self.account, self.key, self.endpoint = parts(CONN)
+        self.svc = BlobServiceClient.from_connection_string(CONN)
+        self.name = fresh("pub")
+        self.c = self.svc.create_container(self.name)
+        self.c.get_blob_client("page.html").upload_blob(b"<h1>hi</h1>")
+
+    def tearDown(self):
+        self.c.delete_container()
+
+    def anonymous(self, path):
+        try:
+            with urllib.request.urlopen(f"{self.endpoint}/{self.name}{path}") as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    def test_public_access_levels(self):
+        self.assertEqual(self.anonymous("/page.html")[0], 404, "private by default")
+        self.c.set_container_access_policy(signed_identifiers={}, public_access=PublicAccess.Blob)
+        self.assertEqual(self.c.get_container_access_policy()["public_access"], "blob")
+        self.assertEqual(self.anonymous("/page.html"), (200, b"<h1>hi</h1>"))
+        self.assertEqual(self.anonymous("?restype=container&comp=list")[0], 404, "blob level does not list")
+        self.c.set_container_access_policy(signed_identifiers={}, public_access=PublicAccess.Container)
+        status, body = self.anonymous("?restype=container&comp=list")
+        self.assertEqual(status, 200)
+        self.assertIn(b"<Name>page.html</Name>", body)
+        # Anonymous callers never write.
+        req = urllib.request.Request(f"{self.endpoint}/{self.name}/x", data=b"x", method="PUT", headers={"x-ms-blob-type": "BlockBlob"})
+        with self.assertRaises(urllib.error.HTTPError):
+            urllib.request.urlopen(req)
+        # A container made again with the same name starts private.
+        self.c.delete_container()
+        self.c = self.svc.create_container(self.name)
+        self.c.get_blob_client("page.html").upload_blob(b"again")
+        self.assertEqual(self.anonymous("/page.html")[0], 404)
+
+    def test_stored_access_policies_grant_and_revoke(self):
+        policy = AccessPolicy(permission=BlobSasPermissions(read=True), expiry=future(), start=None)
+        self.c.set_container_access_policy(signed_identifiers={"readers": policy})
+        ids = self.c.get_container_access_policy()["signed_identifiers"]
+        self.assertEqual([i.id for i in ids], ["readers"])
+        sas = generate_blob_sas(self.account, self.name, "page.html", account_key=self.key, policy_id="readers")
+        url = f"{self.endpoint}/{self.name}/page.html?{sas}"
+        self.assertEqual(BlobClient.from_blob_url(url).download_blob().readall(), b"<h1>hi</h1>")
+        with self.assertRaises(HttpResponseError):
+            BlobClient.from_blob_url(url).upload_blob(b"x", overwrite=True)
+        # Removing the policy revokes every token naming it.
+        self.c.set_container_access_policy(signed_identifiers={})
+        with self.assertRaises(ClientAuthenticationError):
+            BlobClient.from_blob_url(url).download_blob()
+        too_many = {f"p{i}": policy for i in range(6)}
+        with self.assertRaises((HttpResponseError, ValueError)):
+            self.c.set_container_access_policy(signed_identifiers=too_many)
+
+
+class ServicePropertiesTest(unittest.TestCase):
+    def test_cors_rules_round_trip_and_answer_preflights(self):
+        svc = BlobServiceClient.from_connection_string(CONN)
+        rule = CorsRule(["https://app.example"], ["GET", "PUT"], allowed_headers=["x-ms-*", "content-type"],
+                        exposed_headers=["x-ms-*"], max_age_in_seconds=300)
+        svc.set_service_properties(cors=[rule])
+        props = svc.get_service_properties()
+        self.assertEqual(len(props["cors"]), 1)
+        self.assertEqual(props["cors"][0].allowed_origins, "https://app.example")
+        _, _, endpoint = parts(CONN)
+        pre = urllib.request.Request(f"{endpoint}/any/blob", method="OPTIONS", headers={
+            "Origin": "https://app.example", "Access-Control-Request-Method": "PUT",
+            "Access-Control-Request-Headers": "x-ms-blob-type,content-type"})
+        with urllib.request.urlopen(pre) as r:
+            self.assertEqual(r.status, 200)
+            self.assertEqual(r.headers["Access-Control-Allow-Origin"], "https://app.example")
+            self.assertIn("PUT", r.headers["Access-Control-Allow-Methods"])
+            self.assertEqual(r.headers["Access-Control-Max-Age"], "300")
+        bad = urllib.request.Request(f"{endpoint}/any/blob", method="OPTIONS", headers={
+            "Origin": "https://evil.example", "Access-Control-Request-Method": "PUT"})
+        with self.assertRaises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(bad)
+        self.assertEqual(e.exception.code, 403)
+        self.assertEqual(e.exception.headers["x-ms-error-code"], "CorsPreflightFailure")
+        with self.assertRaises(HttpResponseError):
+            svc.set_service_properties(cors=[rule] * 6)
+        svc.set_service_properties(cors=[])
+        self.assertEqual(svc.get_service_properties()["cors"], [])
+
+
 class BlobAuthTest(unittest.TestCase):
     def setUp(self):
         self.account, self.key, self.endpoint = parts(CONN)
@@ -243,6 +335,7 @@ class BlobAuthTest(unittest.TestCase):
         self.assertEqual(e.exception.status_code, 403)
 
     def test_anonymous_reads_of_a_private_container_are_not_found(self):
+        # (public containers: PublicAndPolicyTest)
         with self.assertRaises(ResourceNotFoundError):
             BlobClient.from_blob_url(f"{self.endpoint}/{self.name}/secret.txt").download_blob()
 

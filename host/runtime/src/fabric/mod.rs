@@ -1431,5 +1431,6 @@ fn purge_account(storage: &dyn Backend, name: &str) -> Result<(), FabricError> {
                 .items)
         },
         &|t| storage.delete_table(&account, t).map_err(|e| err(&e)),
-    )
+    )?;
+    storage.clear_settings(&account).map_err(|e| err(&e))
 }

@@ -29,6 +29,45 @@ pub const MAX_COMMITTED_BLOCKS: usize = 50_000;
 /// Most uncommitted blocks a blob may hold.
 pub const MAX_UNCOMMITTED_BLOCKS: usize = 100_000;
 
+/// Most stored access policies a container may hold (Azure's limit).
+pub const MAX_ACCESS_POLICIES: usize = 5;
+/// Longest stored access policy id.
+pub const MAX_POLICY_ID_CHARS: usize = 64;
+
+/// Who may read a container without credentials.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum PublicAccess {
+    /// Nobody (the default).
+    #[default]
+    Off,
+    /// Anyone may read blobs (not list them).
+    Blob,
+    /// Anyone may read blobs and list the container.
+    Container,
+}
+
+/// A stored access policy: what a service SAS naming it (`si`) grants, and when.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AccessPolicy {
+    /// Its id (1..=64 characters), what a SAS names.
+    pub id: String,
+    /// Not before.
+    pub start: Option<Timestamp>,
+    /// Not after.
+    pub expiry: Option<Timestamp>,
+    /// Permission letters (`racwdl...`).
+    pub permissions: String,
+}
+
+/// A container's access control: its public access level and stored access policies.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ContainerAcl {
+    /// Who may read without credentials.
+    pub public_access: PublicAccess,
+    /// At most [`MAX_ACCESS_POLICIES`].
+    pub policies: Vec<AccessPolicy>,
+}
+
 /// Standard HTTP properties of a blob.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ContentSettings {
@@ -223,6 +262,26 @@ pub trait BlobStore: Send + Sync {
         account: &AccountName,
         options: &ListOptions,
     ) -> Result<Page<ContainerProperties>, BlobError>;
+
+    /// A container's properties and access control.
+    fn get_container_acl(
+        &self,
+        account: &AccountName,
+        container: &str,
+        lease_id: Option<&str>,
+    ) -> Result<(ContainerProperties, ContainerAcl), BlobError>;
+
+    /// Replaces a container's access control (a new ETag). More than
+    /// [`MAX_ACCESS_POLICIES`] policies, or an id that is empty, too long or repeated, is
+    /// `InvalidXmlDocument`. Only date conditions apply; a leased container needs its lease id.
+    fn set_container_acl(
+        &self,
+        account: &AccountName,
+        container: &str,
+        acl: ContainerAcl,
+        conditions: &Conditions,
+        lease_id: Option<&str>,
+    ) -> Result<ContainerProperties, BlobError>;
 
     /// Acquires, renews, changes, releases or breaks a container lease.
     fn lease_container(

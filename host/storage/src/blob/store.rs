@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use super::lease::LeaseRecord;
 use super::*;
 use crate::engine::{
-    BLOBS, BLOCKS, CHUNK_SIZE, CHUNKS, CONTAINERS, PENDING, WriteCtx, decode, delete_data, encode,
-    get_record,
+    BLOBS, BLOCKS, CHUNK_SIZE, CHUNKS, CONTAINER_ACLS, CONTAINERS, PENDING, WriteCtx, decode,
+    delete_data, encode, get_record,
 };
 use crate::names::{check_blob, check_container, check_metadata};
 use crate::quota::{Delta, Resource, SEGMENT_BYTES, Usage, metadata_bytes};
@@ -186,6 +186,36 @@ fn container_props(name: &str, rec: &ContainerRecord, now: Timestamp) -> Contain
         metadata: rec.metadata.clone(),
         lease: rec.lease.info(now),
     }
+}
+
+/// Azure's rules for an access control list.
+fn check_acl(acl: &ContainerAcl) -> Result<(), BlobError> {
+    if acl.policies.len() > MAX_ACCESS_POLICIES {
+        return Err(BlobError::InvalidAcl(format!(
+            "{} policies, at most {MAX_ACCESS_POLICIES} are allowed",
+            acl.policies.len()
+        )));
+    }
+    for (i, p) in acl.policies.iter().enumerate() {
+        if p.id.is_empty() || p.id.chars().count() > MAX_POLICY_ID_CHARS {
+            return Err(BlobError::InvalidAcl(format!(
+                "policy ids are 1 to {MAX_POLICY_ID_CHARS} characters"
+            )));
+        }
+        if acl.policies[..i].iter().any(|q| q.id == p.id) {
+            return Err(BlobError::InvalidAcl(format!(
+                "the id {:?} is given twice",
+                p.id
+            )));
+        }
+        if !p.permissions.chars().all(|c| "racwdxltmeop".contains(c)) || p.permissions.len() > 16 {
+            return Err(BlobError::InvalidAcl(format!(
+                "permissions {:?}: letters of racwdxltmeop",
+                p.permissions
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn get_container(
@@ -554,6 +584,7 @@ impl BlobStore for RedbStore {
             conditions.check_container(rec.last_modified)?;
             containers.remove((a, c))?;
             drop(containers);
+            ctx.txn.open_table(CONTAINER_ACLS)?.remove((a, c))?;
             let mut freed_usage = Delta::default();
             freed_usage.remove_item(Resource::Containers, container_bytes(c, &rec.metadata));
             // Names cannot contain NUL, so "c\0" bounds exactly the keys of container c.
@@ -676,6 +707,59 @@ impl BlobStore for RedbStore {
             items.push(props);
         }
         Ok(Page { items, next_marker })
+    }
+
+    fn get_container_acl(
+        &self,
+        account: &AccountName,
+        container: &str,
+        lease_id: Option<&str>,
+    ) -> Result<(ContainerProperties, ContainerAcl), BlobError> {
+        check_container(container)?;
+        let now = self.engine.now();
+        let txn = self.engine.read()?;
+        let a = account.as_str();
+        let rec = get_container(&txn.open_table(CONTAINERS)?, a, container)?;
+        rec.lease.check_read(lease_id, now, true)?;
+        let acl = get_record::<(&str, &str), ContainerAcl>(
+            &txn.open_table(CONTAINER_ACLS)?,
+            "container_acls",
+            (a, container),
+        )?
+        .unwrap_or_default();
+        Ok((container_props(container, &rec, now), acl))
+    }
+
+    fn set_container_acl(
+        &self,
+        account: &AccountName,
+        container: &str,
+        acl: ContainerAcl,
+        conditions: &Conditions,
+        lease_id: Option<&str>,
+    ) -> Result<ContainerProperties, BlobError> {
+        check_container(container)?;
+        check_acl(&acl)?;
+        let (a, c) = (account.as_str().to_owned(), container.to_owned());
+        let (conditions, lease_id) = (conditions.clone(), lease_id.map(str::to_owned));
+        self.engine.write(true, move |ctx| {
+            let mut containers = ctx.txn.open_table(CONTAINERS)?;
+            let mut rec = get_container(&containers, &a, &c)?;
+            rec.lease.check_read(lease_id.as_deref(), ctx.now, true)?;
+            conditions.check_container(rec.last_modified)?;
+            rec.etag = ctx.ids.etag();
+            rec.last_modified = ctx.now;
+            containers.insert((a.as_str(), c.as_str()), encode(&rec).as_slice())?;
+            drop(containers);
+            // Bounded by MAX_ACCESS_POLICIES of bounded size: not charged to the quota.
+            let mut acls = ctx.txn.open_table(CONTAINER_ACLS)?;
+            if acl == ContainerAcl::default() {
+                acls.remove((a.as_str(), c.as_str()))?;
+            } else {
+                acls.insert((a.as_str(), c.as_str()), encode(&acl).as_slice())?;
+            }
+            Ok(container_props(&c, &rec, ctx.now))
+        })
     }
 
     fn lease_container(
