@@ -104,3 +104,29 @@ fn the_python_sdk_drives_the_table_service() {
     run_python(&python, "test_table.py", &conn, &dev);
     host.stop();
 }
+
+/// The demo's shout workers, fed by a Python script over REST while `rolehost serve` runs
+/// them; the script reads their results back over REST too.
+#[test]
+fn a_python_script_feeds_the_demo_workers() {
+    let python = sdk_python();
+    let dir = tempfile::tempdir().unwrap();
+    let mut host = Host::start(&dir.path().join("host"));
+    let svc = service_dir(
+        &dir.path().join("svc"),
+        "[service]\nname = \"demo\"\n[roles.ShoutWorker]\nkind = \"worker\"\n\
+         component = \"{guest:shout_worker}\"\ninstances = 2\ngrace-period-secs = 2\n",
+    );
+    host.ok(&["deploy", &svc]);
+    let conn = host
+        .ok(&["storage", "connection-string", "demo"])
+        .trim()
+        .to_string();
+    run_python(&python, "test_demo_jobs.py", &conn, "");
+    let logs = host.ok(&["logs", "demo"]);
+    assert!(
+        logs.contains("HELLO NUMBER 0!"),
+        "the workers did the work: {logs}"
+    );
+    host.stop();
+}
