@@ -8,6 +8,7 @@
 //! cargo run --release -p rolehost-bench -- verify
 //! cargo run --release -p rolehost-bench -- freeze
 //! cargo run --release -p rolehost-bench -- hostile
+//! cargo run --release -p rolehost-bench -- rest
 //! ```
 //!
 //! Each suite prints its figures as `key: value` lines, all measured in one run on the same disk,
@@ -17,6 +18,7 @@
 mod fabric;
 mod freeze;
 mod hostile;
+mod rest;
 mod runtime;
 mod verify;
 mod web;
@@ -44,6 +46,9 @@ fn main() {
         Some("verify") => verify::verify(),
         Some("freeze") => freeze::freeze(),
         Some("hostile") => hostile::hostile(),
+        Some("rest") => rest::rest(),
+        // Internal: rolehost's storage endpoints, in a process of its own (its peak RSS).
+        Some("rest-host") => rest::host_child(&args[1]),
         // Internal: the web role `hostile` floods, in a process with 1,024 descriptors.
         Some("hostile-serve") => hostile::serve_child(),
         // Internal: the fabric measurement in a process of its own.
@@ -54,7 +59,7 @@ fn main() {
         Some("storage-blob-1gib") => blob_1gib(&args[1]),
         _ => {
             eprintln!(
-                "usage: rolehost-bench <suite>\nsuites: storage, runtime, web, fabric, verify, freeze, hostile"
+                "usage: rolehost-bench <suite>\nsuites: storage, runtime, web, fabric, verify, freeze, hostile, rest"
             );
             std::process::exit(2);
         }
@@ -223,10 +228,14 @@ fn table_figures(store: &Arc<RedbStore>) -> (f64, f64, f64, f64) {
     (inserts_per_s, single_inserts_per_s, p50, p99)
 }
 
+/// A temporary directory on the disk `ROLEHOST_BENCH_DIR` names (default: here).
+pub(crate) fn bench_dir() -> tempfile::TempDir {
+    tempfile::tempdir_in(std::env::var_os("ROLEHOST_BENCH_DIR").unwrap_or_else(|| ".".into()))
+        .expect("tempdir")
+}
+
 fn storage() {
-    let dir =
-        tempfile::tempdir_in(std::env::var_os("ROLEHOST_BENCH_DIR").unwrap_or_else(|| ".".into()))
-            .expect("tempdir");
+    let dir = bench_dir();
     eprintln!(
         "storage bench in {} ({}s per phase)",
         dir.path().display(),

@@ -130,3 +130,47 @@ fn a_python_script_feeds_the_demo_workers() {
     );
     host.stop();
 }
+
+/// Headless Chromium on a page of another origin uploads into a blob with a SAS: the CORS
+/// preflight and the PUT, allowed by the account's rule; a page of an origin no rule names
+/// is blocked and writes nothing.
+#[test]
+fn a_browser_uploads_with_a_sas_after_a_cors_preflight() {
+    let python = sdk_python();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut host, conn, dev) = host_with_service(dir.path(), "sdkcors");
+    run_python(&python, "test_browser_cors.py", &conn, &dev);
+    host.stop();
+}
+
+/// The official JavaScript SDKs: a smoke test of each service.
+#[test]
+fn the_javascript_sdks_reach_each_service() {
+    let out = Command::new(repo().join("scripts/azure-sdks"))
+        .arg("node")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let modules = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let dir = tempfile::tempdir().unwrap();
+    let (mut host, conn, _) = host_with_service(dir.path(), "sdkjs");
+    // Node resolves packages from the script's directory up: run a copy beside node_modules.
+    let script = modules.parent().unwrap().join("smoke.mjs");
+    std::fs::copy(repo().join("tests/azure-sdk/js/smoke.mjs"), &script).unwrap();
+    let out = Command::new("node")
+        .arg(&script)
+        .env("ROLEHOST_CONNECTION_STRING", &conn)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("blob, queue and table OK"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    host.stop();
+}

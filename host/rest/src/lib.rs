@@ -129,19 +129,6 @@ impl Door {
             Ok(r) => r,
             Err(e) => error_response(service, e, &request_id, head_only),
         };
-        // A cross-origin request: the account's CORS rules say whether the page may read the
-        // answer (its errors too). Only for an account this host serves.
-        if let Some((origin, account)) = cors_origin
-            && self.keys.keys(&account).is_some()
-            && let Ok(account) = AccountName::new(account)
-        {
-            let store = self.store.clone();
-            let props =
-                tokio::task::spawn_blocking(move || properties::load(&*store, &account, service))
-                    .await
-                    .unwrap_or_default();
-            properties::decorate(&props, &origin, &head.method, &mut resp);
-        }
         let h = resp.headers_mut();
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             h.insert("x-ms-request-id", v);
@@ -156,6 +143,20 @@ impl Door {
         }
         if let Some(id) = client_id {
             h.insert("x-ms-client-request-id", id);
+        }
+        // A cross-origin request: the account's CORS rules say whether the page may read the
+        // answer (its errors too), once every header is set so the rule can expose them. Only
+        // for an account this host serves.
+        if let Some((origin, account)) = cors_origin
+            && self.keys.keys(&account).is_some()
+            && let Ok(account) = AccountName::new(account)
+        {
+            let store = self.store.clone();
+            let props =
+                tokio::task::spawn_blocking(move || properties::load(&*store, &account, service))
+                    .await
+                    .unwrap_or_default();
+            properties::decorate(&props, &origin, &head.method, &mut resp);
         }
         resp
     }
