@@ -65,7 +65,12 @@ fn rolehost_rest_dev_key() -> &'static str {
 }
 
 fn run_python(python: &Path, script: &str, conn: &str, other: &str) {
+    run_python_env(python, script, conn, other, &[]);
+}
+
+fn run_python_env(python: &Path, script: &str, conn: &str, other: &str, env: &[(&str, &Path)]) {
     let out = Command::new(python)
+        .envs(env.iter().copied())
         .arg(repo().join("tests/azure-sdk/python").join(script))
         .env("ROLEHOST_CONNECTION_STRING", conn)
         .env("ROLEHOST_OTHER_CONNECTION_STRING", other)
@@ -171,6 +176,44 @@ fn the_javascript_sdks_reach_each_service() {
         out.status.success() && stdout.contains("blob, queue and table OK"),
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    host.stop();
+}
+
+/// The storage endpoints over HTTPS (`--storage-tls-cert`, `--storage-tls-key`): the SDKs
+/// reach them with the host's CA, and a client that does not trust it is refused.
+#[test]
+fn the_storage_endpoints_speak_https() {
+    let python = sdk_python();
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = repo().join("tests/fixtures");
+    let cert = fixtures.join("localhost.crt");
+    let key = fixtures.join("localhost.key");
+    let mut host = Host::start_with(
+        &dir.path().join("host"),
+        &[
+            "--storage-tls-cert".as_ref(),
+            cert.as_os_str(),
+            "--storage-tls-key".as_ref(),
+            key.as_os_str(),
+        ],
+    );
+    let svc = service_dir(
+        &dir.path().join("svc"),
+        "[service]\nname = \"sdktls\"\n[roles.Web]\nkind = \"web\"\ncomponent = \"{guest:hello_web}\"\n\
+         instances = 1\n[[roles.Web.endpoints]]\nport = 0\n",
+    );
+    host.ok(&["deploy", &svc]);
+    let conn = host
+        .ok(&["storage", "connection-string", "sdktls"])
+        .trim()
+        .to_string();
+    run_python_env(
+        &python,
+        "test_https.py",
+        &conn,
+        "",
+        &[("ROLEHOST_CA", &fixtures.join("ca.crt"))],
     );
     host.stop();
 }

@@ -152,13 +152,24 @@ pub enum KeyError {
     Damaged(String),
 }
 
+/// How often a cached key file is looked at again for a rotation by another process.
+pub const RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+#[derive(Debug, Clone)]
+struct Cached {
+    keys: AccountKeys,
+    modified: Option<std::time::SystemTime>,
+    checked: std::time::Instant,
+}
+
 /// Keys kept in `<dir>/<account>.json` (0600, the directory 0700), cached in memory.
 #[derive(Debug)]
 pub struct KeyFiles {
     dir: PathBuf,
-    /// Keys read, with the modification time of their file: a key rotated by another process
-    /// (`rolehost storage keys --regenerate` while the host runs) is seen at the next request.
-    cache: RwLock<HashMap<String, (AccountKeys, Option<std::time::SystemTime>)>>,
+    /// Keys read, with the modification time of their file and when it was last looked at: a
+    /// key rotated by another process (`rolehost storage keys --regenerate` while the host
+    /// runs) is seen within [`RECHECK`], without a `stat` on every request.
+    cache: RwLock<HashMap<String, Cached>>,
     /// Served in addition when the host serves the development account.
     dev: bool,
 }
@@ -239,17 +250,27 @@ impl KeyFiles {
         if rolehost_storage::names::check_account(account).is_err() {
             return Ok(None);
         }
-        let path = self.path(account);
-        let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
-        if let Some((k, m)) = self
+        if let Some(c) = self
             .cache
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(account)
-            && *m == modified
+            && c.checked.elapsed() < RECHECK
+        {
+            return Ok(Some(c.keys.clone()));
+        }
+        let path = self.path(account);
+        let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        if let Some(c) = self
+            .cache
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(account)
+            && c.modified == modified
             && modified.is_some()
         {
-            return Ok(Some(k.clone()));
+            c.checked = std::time::Instant::now();
+            return Ok(Some(c.keys.clone()));
         }
         let shown = path.display().to_string();
         let text = match std::fs::read_to_string(&path) {
@@ -269,7 +290,14 @@ impl KeyFiles {
         self.cache
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(account.to_string(), (keys.clone(), modified));
+            .insert(
+                account.to_string(),
+                Cached {
+                    keys: keys.clone(),
+                    modified,
+                    checked: std::time::Instant::now(),
+                },
+            );
         Ok(Some(keys))
     }
 
@@ -389,10 +417,11 @@ mod tests {
         let r = again.rotate("demo", Which::Secondary).unwrap();
         assert_eq!(r.primary, k.primary);
         assert_ne!(r.secondary, k.secondary);
-        // Another process (the CLI) rotating is seen by the host's cache.
+        // Another process (the CLI) rotating is seen by the host's cache within RECHECK.
         let _ = files.keys("demo");
         std::thread::sleep(std::time::Duration::from_millis(20));
         let r2 = again.rotate("demo", Which::Primary).unwrap();
+        std::thread::sleep(RECHECK + std::time::Duration::from_millis(50));
         assert_eq!(files.keys("demo"), Some(r2));
         again.remove("demo").unwrap();
         assert!(again.keys("demo").is_none());

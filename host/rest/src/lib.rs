@@ -109,10 +109,11 @@ impl Door {
         let request_id = self.request_ids.next();
         let (head, body) = req.into_parts();
         let body: InBody = body.map_err(Into::into).boxed_unsync();
-        let head_only = head.method == Method::HEAD;
+        let method = head.method.clone();
+        let head_only = method == Method::HEAD;
         let client_id = head.headers.get("x-ms-client-request-id").cloned();
         let mut cors_origin = None;
-        let result = match Parsed::new(service, &head, peer, https) {
+        let result = match Parsed::new(service, head, peer, https) {
             Ok(parsed) if parsed.method == Method::OPTIONS => {
                 let served = self.keys.keys(&parsed.account).is_some();
                 properties::preflight(self.store.clone(), &parsed, served).await
@@ -156,7 +157,7 @@ impl Door {
                 tokio::task::spawn_blocking(move || properties::load(&*store, &account, service))
                     .await
                     .unwrap_or_default();
-            properties::decorate(&props, &origin, &head.method, &mut resp);
+            properties::decorate(&props, &origin, &method, &mut resp);
         }
         resp
     }

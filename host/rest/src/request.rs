@@ -79,7 +79,7 @@ impl Parsed {
     /// Parses what the door needs from a request's head.
     pub fn new(
         service: Service,
-        head: &http::request::Parts,
+        head: http::request::Parts,
         peer: IpAddr,
         https: bool,
     ) -> Result<Parsed, RestError> {
@@ -158,7 +158,7 @@ impl Parsed {
             raw_path,
             segments,
             query,
-            headers: head.headers.clone(),
+            headers: head.headers,
             peer,
             https,
         };
@@ -267,7 +267,7 @@ mod tests {
             .body(())
             .unwrap();
         let (head, ()) = req.into_parts();
-        Parsed::new(Service::Blob, &head, IpAddr::from([127, 0, 0, 1]), false)
+        Parsed::new(Service::Blob, head, IpAddr::from([127, 0, 0, 1]), false)
     }
 
     #[test]
@@ -301,7 +301,7 @@ mod tests {
                 .body(())
                 .unwrap();
             let (head, ()) = req.into_parts();
-            Parsed::new(Service::Queue, &head, IpAddr::from([127, 0, 0, 1]), false)
+            Parsed::new(Service::Queue, head, IpAddr::from([127, 0, 0, 1]), false)
         };
         assert!(mk("2009-09-19").is_ok());
         assert!(mk("2099-01-01").is_ok(), "newer than ours is served");
