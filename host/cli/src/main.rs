@@ -3,6 +3,7 @@
 mod client;
 mod endpoints;
 mod fabric_cmd;
+mod remote;
 mod storage_cmd;
 mod verify_cmd;
 
@@ -233,12 +234,18 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let quiet = matches!(&cli.command, Command::Verify(a) if !a.single_case());
     init_logging(cli.verbose, quiet);
+    // Storage commands block (on the engine, or on their own client's runtime when they go to a
+    // running host), so they run outside the async runtime.
+    let command = match cli.command {
+        Command::Storage(args) => return storage_cmd::run(args),
+        other => other,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        match cli.command {
+        match command {
             Command::Run {
                 path,
                 data_dir,
@@ -259,7 +266,7 @@ fn main() -> anyhow::Result<()> {
                 .await
             }
             Command::Build { path, target_dir } => build(&path, target_dir.as_deref()),
-            Command::Storage(args) => storage_cmd::run(args),
+            Command::Storage(_) => unreachable!("storage commands ran above"),
             Command::Verify(args) => {
                 if !verify_cmd::verify(args).await? {
                     std::process::exit(1);

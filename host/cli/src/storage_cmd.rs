@@ -1,4 +1,6 @@
-//! `rolehost storage ...`: the storage of a data directory from the command line.
+//! `rolehost storage ...`: the storage of a data directory from the command line. While a host
+//! runs on the data directory (it holds the database), the commands go to its storage REST
+//! endpoints instead ([`crate::remote`]), as they do with `--connection-string`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -17,7 +19,18 @@ use rolehost_storage::{AccountName, ListOptions, RedbStore, StorageOptions};
 /// Where the storage is and which account to use.
 #[derive(Args, Debug)]
 pub(crate) struct StorageArgs {
-    /// The data directory. Default: the manifest's `storage.data-dir`.
+    /// Talk to this storage endpoint (an Azure connection string, as `rolehost storage
+    /// connection-string` prints) instead of a data directory. Without it, a data directory a
+    /// host is running on is reached through that host's endpoints.
+    #[arg(
+        long,
+        env = "AZURE_STORAGE_CONNECTION_STRING",
+        global = true,
+        hide_env_values = true
+    )]
+    connection_string: Option<String>,
+    /// The data directory. Default: the manifest's `storage.data-dir`, else the host's
+    /// (`ROLEHOST_HOST_DATA_DIR`, default ~/.local/share/rolehost).
     #[arg(long, env = "ROLEHOST_DATA_DIR", global = true)]
     data_dir: Option<PathBuf>,
     /// The service (directory or manifest) whose storage to use.
@@ -198,7 +211,41 @@ enum TableCmd {
     },
 }
 
-fn open(args: &StorageArgs) -> anyhow::Result<(RedbStore, AccountName)> {
+/// Where the commands act: a data directory opened here, or a running host over REST.
+enum Target {
+    Local(RedbStore, AccountName),
+    Remote(crate::remote::Remote),
+}
+
+fn target(args: &StorageArgs) -> anyhow::Result<Target> {
+    if let Some(cs) = &args.connection_string {
+        return Ok(Target::Remote(
+            crate::remote::Remote::from_connection_string(cs)?,
+        ));
+    }
+    let (data_dir, account) = locate(args)?;
+    let Some(endpoints) = rolehost_runtime::storage_rest::read_endpoints(&data_dir) else {
+        return Ok(Target::Local(open(&data_dir)?, account));
+    };
+    // A host wrote where it serves this data directory. If it still holds the database, it is
+    // running: go through its endpoints. If not, it stopped without removing the file.
+    if let Ok(store) = open(&data_dir) {
+        tracing::debug!("no host holds {}: opened it here", data_dir.display());
+        return Ok(Target::Local(store, account));
+    }
+    let keys = account_keys(&data_dir, account.as_str())?;
+    let cs = rolehost_rest::keys::connection_string(account.as_str(), &keys.primary, &endpoints);
+    tracing::debug!(
+        "a host runs on {}: using its storage endpoints",
+        data_dir.display()
+    );
+    Ok(Target::Remote(
+        crate::remote::Remote::from_connection_string(&cs)?,
+    ))
+}
+
+/// The data directory and account the arguments name.
+fn locate(args: &StorageArgs) -> anyhow::Result<(PathBuf, AccountName)> {
     let manifest_path = if args.service.is_dir() {
         args.service.join(MANIFEST_FILE)
     } else {
@@ -212,10 +259,8 @@ fn open(args: &StorageArgs) -> anyhow::Result<(RedbStore, AccountName)> {
     let data_dir = match (&args.data_dir, &manifest) {
         (Some(d), _) => d.clone(),
         (None, Some(m)) => m.storage.data_dir.clone(),
-        (None, None) => bail!(
-            "no {MANIFEST_FILE} in {}; give --service or --data-dir",
-            args.service.display()
-        ),
+        // No service named: the host's data directory (where `rolehost serve` keeps it).
+        (None, None) => key_dir(None),
     };
     let account = match (&args.account, &manifest) {
         (Some(a), _) => a.clone(),
@@ -223,16 +268,19 @@ fn open(args: &StorageArgs) -> anyhow::Result<(RedbStore, AccountName)> {
         (None, None) => bail!("no manifest to take the account from; give --account"),
     };
     let account = AccountName::new(account).context("--account")?;
-    std::fs::create_dir_all(&data_dir)
+    Ok((data_dir, account))
+}
+
+fn open(data_dir: &std::path::Path) -> anyhow::Result<RedbStore> {
+    std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let path = data_dir.join(DATABASE_FILE);
-    let store = RedbStore::open(&path, StorageOptions::default()).with_context(|| {
+    RedbStore::open(&path, StorageOptions::default()).with_context(|| {
         format!(
-            "opening {} (a running `rolehost run` holds it; stop it first)",
+            "opening {} (a running host holds it and serves no storage endpoints: stop it, or turn its endpoints on)",
             path.display()
         )
-    })?;
-    Ok((store, account))
+    })
 }
 
 pub(crate) fn run(args: StorageArgs) -> anyhow::Result<()> {
@@ -245,13 +293,22 @@ pub(crate) fn run(args: StorageArgs) -> anyhow::Result<()> {
         }
         _ => {}
     }
-    let (store, account) = open(&args)?;
+    let target = target(&args)?;
     let mut out = std::io::stdout().lock();
-    match args.command {
-        StorageCommand::Blob(cmd) => blob(&store, &account, cmd, &mut out),
-        StorageCommand::Queue(cmd) => queue(&store, &account, cmd, &mut out),
-        StorageCommand::Table(cmd) => table(&store, &account, cmd, &mut out),
-        StorageCommand::Keys { .. } | StorageCommand::ConnectionString { .. } => Ok(()),
+    match (target, args.command) {
+        (Target::Local(store, account), StorageCommand::Blob(cmd)) => {
+            blob(&store, &account, cmd, &mut out)
+        }
+        (Target::Local(store, account), StorageCommand::Queue(cmd)) => {
+            queue(&store, &account, cmd, &mut out)
+        }
+        (Target::Local(store, account), StorageCommand::Table(cmd)) => {
+            table(&store, &account, cmd, &mut out)
+        }
+        (Target::Remote(r), StorageCommand::Blob(cmd)) => remote_blob(&r, cmd, &mut out),
+        (Target::Remote(r), StorageCommand::Queue(cmd)) => remote_queue(&r, cmd, &mut out),
+        (Target::Remote(r), StorageCommand::Table(cmd)) => remote_table(&r, cmd, &mut out),
+        (_, StorageCommand::Keys { .. } | StorageCommand::ConnectionString { .. }) => Ok(()),
     }
 }
 
@@ -588,6 +645,385 @@ fn table(
                 match page.continuation {
                     Some(c) => query.continuation = Some(c),
                     None => break,
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---- The same commands against a running host, over its storage REST endpoints ----
+
+use crate::remote::{Remote, enc, enc_blob, full, odata_key};
+use rolehost_rest::Service;
+
+/// Follows `NextMarker` through every page of an XML listing; `items` takes each page.
+fn remote_pages(
+    r: &Remote,
+    service: Service,
+    path: &str,
+    mut items: impl FnMut(&rolehost_rest::xml::Node) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut marker = String::new();
+    loop {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let url = if marker.is_empty() {
+            path.to_string()
+        } else {
+            format!("{path}{sep}marker={}", enc(&marker))
+        };
+        let root = r.ok(service, "GET", &url, &[], None)?.xml()?;
+        items(&root)?;
+        match root.child_text("NextMarker") {
+            Some(m) if !m.is_empty() => marker = m.to_string(),
+            _ => return Ok(()),
+        }
+    }
+}
+
+fn remote_blob(r: &Remote, cmd: BlobCmd, out: &mut impl Write) -> anyhow::Result<()> {
+    let create = |c: &str| -> anyhow::Result<bool> {
+        let path = format!("/{}?restype=container", enc(c));
+        let a = r.call(Service::Blob, "PUT", &path, &[], None, None)?;
+        if a.status == 409 {
+            return Ok(false);
+        }
+        crate::remote::check(a, "PUT", &path).map(|_| true)
+    };
+    match cmd {
+        BlobCmd::CreateContainer { container } => {
+            if !create(&container)? {
+                bail!("container {container} already exists");
+            }
+            writeln!(out, "created container {container}")?;
+        }
+        BlobCmd::Containers => remote_pages(r, Service::Blob, "/?comp=list", |root| {
+            for c in root
+                .child("Containers")
+                .into_iter()
+                .flat_map(|n| n.all("Container"))
+            {
+                writeln!(out, "{}", c.child_text("Name").unwrap_or(""))?;
+            }
+            Ok(())
+        })?,
+        BlobCmd::Put {
+            container,
+            name,
+            file,
+            text,
+            content_type,
+        } => {
+            create(&container)?;
+            let body = match (file, text) {
+                (Some(f), _) => r.file_body(&f)?,
+                (None, Some(t)) => {
+                    let len = t.len() as u64;
+                    (full(bytes::Bytes::from(t)), len)
+                }
+                (None, None) => bail!("give --file or --text"),
+            };
+            let size = body.1;
+            let mut headers = vec![("x-ms-blob-type", "BlockBlob".to_string())];
+            if let Some(t) = content_type {
+                headers.push(("x-ms-blob-content-type", t));
+            }
+            let path = format!("/{}/{}", enc(&container), enc_blob(&name));
+            let a = r.ok(Service::Blob, "PUT", &path, &headers, Some(body))?;
+            writeln!(
+                out,
+                "{container}/{name}: {size} bytes, etag {}",
+                a.header("etag").unwrap_or("")
+            )?;
+        }
+        BlobCmd::Get {
+            container,
+            name,
+            output,
+        } => {
+            let path = format!("/{}/{}", enc(&container), enc_blob(&name));
+            let a = match &output {
+                Some(p) => {
+                    // Written to a temporary file and renamed once whole, so a failed
+                    // download never leaves a partial file under the name asked for.
+                    let tmp = p.with_extension("rolehost-partial");
+                    let mut f = std::fs::File::create(&tmp)
+                        .with_context(|| format!("creating {}", tmp.display()))?;
+                    let a = r.call(Service::Blob, "GET", &path, &[], None, Some(&mut f))?;
+                    if (200..300).contains(&a.status) {
+                        f.sync_all()?;
+                        std::fs::rename(&tmp, p)
+                            .with_context(|| format!("renaming to {}", p.display()))?;
+                    } else {
+                        let _ = std::fs::remove_file(&tmp);
+                    }
+                    a
+                }
+                None => r.call(Service::Blob, "GET", &path, &[], None, Some(out))?,
+            };
+            crate::remote::check(a, "GET", &path)?;
+        }
+        BlobCmd::List { container, prefix } => {
+            let mut path = format!("/{}?restype=container&comp=list", enc(&container));
+            if let Some(p) = prefix {
+                path.push_str(&format!("&prefix={}", enc(&p)));
+            }
+            remote_pages(r, Service::Blob, &path, |root| {
+                for b in root.child("Blobs").into_iter().flat_map(|n| n.all("Blob")) {
+                    let props = b.child("Properties");
+                    let prop = |n: &str| props.and_then(|p| p.child_text(n)).unwrap_or("");
+                    writeln!(
+                        out,
+                        "{}\t{}\t{}",
+                        b.child_text("Name").unwrap_or(""),
+                        prop("Content-Length"),
+                        prop("Etag")
+                    )?;
+                }
+                Ok(())
+            })?;
+        }
+        BlobCmd::Delete { container, name } => {
+            let path = format!("/{}/{}", enc(&container), enc_blob(&name));
+            r.ok(Service::Blob, "DELETE", &path, &[], None)?;
+            writeln!(out, "deleted {container}/{name}")?;
+        }
+    }
+    Ok(())
+}
+
+fn remote_queue(r: &Remote, cmd: QueueCmd, out: &mut impl Write) -> anyhow::Result<()> {
+    let count = |q: &str| -> anyhow::Result<String> {
+        let a = r.ok(
+            Service::Queue,
+            "GET",
+            &format!("/{}?comp=metadata", enc(q)),
+            &[],
+            None,
+        )?;
+        Ok(a.header("x-ms-approximate-messages-count")
+            .unwrap_or("0")
+            .to_string())
+    };
+    match cmd {
+        QueueCmd::Create { queue } => {
+            r.ok(
+                Service::Queue,
+                "PUT",
+                &format!("/{}", enc(&queue)),
+                &[],
+                None,
+            )?;
+            writeln!(out, "created queue {queue}")?;
+        }
+        QueueCmd::List => {
+            let mut names = Vec::new();
+            remote_pages(r, Service::Queue, "/?comp=list", |root| {
+                for q in root
+                    .child("Queues")
+                    .into_iter()
+                    .flat_map(|n| n.all("Queue"))
+                {
+                    names.push(q.child_text("Name").unwrap_or("").to_string());
+                }
+                Ok(())
+            })?;
+            for name in names {
+                writeln!(out, "{name}\t{}", count(&name)?)?;
+            }
+        }
+        QueueCmd::Put {
+            queue,
+            bodies,
+            repeat,
+        } => {
+            r.ok(
+                Service::Queue,
+                "PUT",
+                &format!("/{}", enc(&queue)),
+                &[],
+                None,
+            )?;
+            let path = format!("/{}/messages", enc(&queue));
+            let mut n = 0u64;
+            for body in &bodies {
+                for i in 0..repeat {
+                    let text = if repeat > 1 {
+                        body.replace("{n}", &i.to_string())
+                    } else {
+                        body.clone()
+                    };
+                    let mut x = rolehost_rest::xml::Xml::new();
+                    x.open("QueueMessage")
+                        .elem("MessageText", &text)
+                        .close("QueueMessage");
+                    let xml = x.finish();
+                    let len = xml.len() as u64;
+                    r.ok(
+                        Service::Queue,
+                        "POST",
+                        &path,
+                        &[("content-type", "application/xml".into())],
+                        Some((full(bytes::Bytes::from(xml)), len)),
+                    )?;
+                    n += 1;
+                }
+            }
+            writeln!(out, "put {n} message(s) on {queue}")?;
+        }
+        QueueCmd::Peek { queue, count } => {
+            let path = format!(
+                "/{}/messages?peekonly=true&numofmessages={count}",
+                enc(&queue)
+            );
+            let root = r.ok(Service::Queue, "GET", &path, &[], None)?.xml()?;
+            for m in root.all("QueueMessage") {
+                writeln!(
+                    out,
+                    "{}\t{}\t{}",
+                    m.child_text("MessageId").unwrap_or(""),
+                    m.child_text("DequeueCount").unwrap_or(""),
+                    m.child_text("MessageText").unwrap_or("")
+                )?;
+            }
+        }
+        QueueCmd::Count { queue } => writeln!(out, "{}", count(&queue)?)?,
+        QueueCmd::Clear { queue } => {
+            let path = format!("/{}/messages", enc(&queue));
+            r.ok(Service::Queue, "DELETE", &path, &[], None)?;
+            writeln!(out, "cleared {queue}")?;
+        }
+    }
+    Ok(())
+}
+
+fn remote_table(r: &Remote, cmd: TableCmd, out: &mut impl Write) -> anyhow::Result<()> {
+    let json = [
+        (
+            "accept",
+            "application/json;odata=minimalmetadata".to_string(),
+        ),
+        ("content-type", "application/json".to_string()),
+    ];
+    let entity_path = |t: &str, pk: &str, rk: &str| {
+        format!(
+            "/{}(PartitionKey='{}',RowKey='{}')",
+            enc(t),
+            odata_key(pk),
+            odata_key(rk)
+        )
+    };
+    match cmd {
+        TableCmd::Create { table } => {
+            let body = serde_json::json!({ "TableName": table }).to_string();
+            let len = body.len() as u64;
+            r.ok(
+                Service::Table,
+                "POST",
+                "/Tables",
+                &json,
+                Some((full(bytes::Bytes::from(body)), len)),
+            )?;
+            writeln!(out, "created table {table}")?;
+        }
+        TableCmd::List => {
+            let mut next: Option<String> = None;
+            loop {
+                let path = match &next {
+                    Some(n) => format!("/Tables?NextTableName={}", enc(n)),
+                    None => "/Tables".to_string(),
+                };
+                let a = r.ok(Service::Table, "GET", &path, &json, None)?;
+                for t in a
+                    .json()?
+                    .get("value")
+                    .and_then(|v| v.as_array())
+                    .into_iter()
+                    .flatten()
+                {
+                    writeln!(out, "{}", t["TableName"].as_str().unwrap_or(""))?;
+                }
+                next = a
+                    .header("x-ms-continuation-nexttablename")
+                    .map(str::to_string);
+                if next.is_none() {
+                    break;
+                }
+            }
+        }
+        TableCmd::Upsert {
+            table,
+            partition_key,
+            row_key,
+            properties,
+        } => {
+            let mut entity = Entity::new(partition_key.clone(), row_key.clone());
+            for p in &properties {
+                let (name, value) = property(p)?;
+                entity = entity.with(name, value);
+            }
+            let body = serde_json::Value::Object(rolehost_rest::table::entity_to_json(&entity))
+                .to_string();
+            let len = body.len() as u64;
+            let a = r.ok(
+                Service::Table,
+                "PUT",
+                &entity_path(&table, &partition_key, &row_key),
+                &json,
+                Some((full(bytes::Bytes::from(body)), len)),
+            )?;
+            writeln!(out, "etag {}", a.header("etag").unwrap_or(""))?;
+        }
+        TableCmd::Get {
+            table,
+            partition_key,
+            row_key,
+        } => {
+            let a = r.ok(
+                Service::Table,
+                "GET",
+                &entity_path(&table, &partition_key, &row_key),
+                &json,
+                None,
+            )?;
+            show(out, &crate::remote::stored_entity(&a.json()?)?)?;
+        }
+        TableCmd::Query { table, filter } => {
+            let mut next: Option<(String, String)> = None;
+            loop {
+                let mut q = Vec::new();
+                if let Some(f) = &filter {
+                    q.push(format!("$filter={}", enc(f)));
+                }
+                if let Some((p, rk)) = &next {
+                    q.push(format!(
+                        "NextPartitionKey={}&NextRowKey={}",
+                        enc(p),
+                        enc(rk)
+                    ));
+                }
+                let path = format!("/{}()?{}", enc(&table), q.join("&"));
+                let a = r.ok(Service::Table, "GET", &path, &json, None)?;
+                for e in a
+                    .json()?
+                    .get("value")
+                    .and_then(|v| v.as_array())
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(o) = e.as_object() {
+                        show(out, &crate::remote::stored_entity(o)?)?;
+                    }
+                }
+                next = match (
+                    a.header("x-ms-continuation-nextpartitionkey"),
+                    a.header("x-ms-continuation-nextrowkey"),
+                ) {
+                    (Some(p), Some(rk)) => Some((p.to_string(), rk.to_string())),
+                    _ => None,
+                };
+                if next.is_none() {
+                    break;
                 }
             }
         }

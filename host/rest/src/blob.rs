@@ -1,6 +1,7 @@
 //! The blob service: containers (create, delete, properties, metadata, lease, list) and block
 //! blobs (put, get with ranges, properties, metadata, delete, lease, put block, put block list,
-//! get block list, list with prefix, delimiter and marker), with Azure's conditional headers.
+//! get block list, list with prefix, delimiter and marker, copy within and across the host's
+//! accounts), with Azure's conditional headers.
 //!
 //! Bodies stream: an upload is read by the engine straight from the connection, chunk by
 //! chunk, and a download is written from the engine's reader; neither is held whole.
@@ -9,18 +10,18 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use http::{HeaderName, HeaderValue, Method, Response};
 use rolehost_storage::blob::{
-    AccessPolicy, BlobListItem, BlobProperties, BlockListType, BlockRef, ByteRange, Conditions,
-    ContainerAcl, ContentSettings, ETagMatch, GetBlobOptions, LeaseAction, LeaseInfo,
-    MAX_BLOCK_BYTES, MAX_PUT_BLOB_BYTES, PublicAccess, PutBlobOptions,
+    BlobListItem, BlobProperties, BlobRef, BlockListType, BlockRef, ByteRange, Conditions,
+    ContainerAcl, ContentSettings, CopyOptions, ETagMatch, GetBlobOptions, LeaseAction, LeaseInfo,
+    MAX_BLOCK_BYTES, MAX_COPY_SOURCE_BYTES, MAX_PUT_BLOB_BYTES, PublicAccess, PutBlobOptions,
 };
-use rolehost_storage::{BlobError, ListOptions, Timestamp};
+use rolehost_storage::{AccountName, BlobError, Timestamp};
 
 use crate::auth::{Access, Level, Need};
 use crate::body::{BodyReader, TooLarge, collect_limited};
 use crate::xml::{self, Xml};
 use crate::{
     Ctx, InBody, Parsed, RestBody, RestError, Service, header, http_date, metadata_from,
-    metadata_headers, reply,
+    metadata_headers, reply, xml_reply,
 };
 
 /// Largest Put Block List body read: 50,000 block ids of 64 bytes in base64, in XML.
@@ -92,10 +93,11 @@ pub async fn handle(
         }
         (Some(c), Some(b), &Method::PUT, _, None) => {
             if req.header("x-ms-copy-source").is_some() {
-                return Err(RestError::unsupported("Copy Blob yet"));
+                return copy_blob(ctx, &req, c, b).await;
             }
             put_blob(ctx, &req, c, b, body).await
         }
+        (Some(c), Some(b), &Method::PUT, _, Some("copy")) => abort_copy(ctx, &req, c, b),
         (Some(c), Some(b), &Method::GET, _, None) => get_blob(ctx, &req, c, b).await,
         (Some(c), Some(b), &Method::HEAD, _, None) => blob_properties(ctx, &req, c, b, false).await,
         (Some(c), Some(b), &Method::GET | &Method::HEAD, _, Some("metadata")) => {
@@ -128,7 +130,6 @@ pub async fn handle(
                 | "page"
                 | "pagelist"
                 | "snapshot"
-                | "copy"
                 | "tier"
                 | "tags"
                 | "incrementalcopy"
@@ -142,13 +143,7 @@ pub async fn handle(
             "this blob operation (comp={}): rolehost has block blobs only",
             comp.as_deref().unwrap_or("")
         ))),
-        _ => Err(RestError::bad(
-            "InvalidUri",
-            format!(
-                "The requested URI does not represent any resource on the server ({} {}).",
-                req.method, req.raw_path
-            ),
-        )),
+        _ => Err(req.no_such_operation()),
     }
 }
 
@@ -191,54 +186,6 @@ fn lease_id(req: &Parsed) -> Option<String> {
     req.header("x-ms-lease-id").map(str::to_string)
 }
 
-fn max_results(req: &Parsed) -> Result<Option<u32>, RestError> {
-    match req.q("maxresults") {
-        None | Some("") => Ok(None),
-        Some(v) => match v.parse::<i64>() {
-            Ok(n) if n >= 1 => Ok(Some(u32::try_from(n).unwrap_or(u32::MAX))),
-            Ok(_) => Err(RestError::bad(
-                "OutOfRangeQueryParameterValue",
-                "One of the query parameters specified in the request URI is outside the permissible range: maxresults must be at least 1.",
-            )),
-            Err(_) => Err(RestError::bad_query(
-                "maxresults",
-                format!("{v:?} is not an integer"),
-            )),
-        },
-    }
-}
-
-fn includes(req: &Parsed, what: &str) -> bool {
-    req.q("include")
-        .is_some_and(|i| i.split(',').any(|x| x.trim().eq_ignore_ascii_case(what)))
-}
-
-fn list_options(req: &Parsed) -> Result<ListOptions, RestError> {
-    Ok(ListOptions {
-        prefix: req
-            .q("prefix")
-            .filter(|p| !p.is_empty())
-            .map(str::to_string),
-        marker: req
-            .q("marker")
-            .filter(|p| !p.is_empty())
-            .map(str::to_string),
-        max_results: max_results(req)?,
-        include_metadata: includes(req, "metadata"),
-    })
-}
-
-fn xml_reply(status: u16, x: Xml) -> Response<RestBody> {
-    reply(
-        status,
-        vec![(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/xml"),
-        )],
-        RestBody::full(x.finish()),
-    )
-}
-
 fn lease_headers(l: &LeaseInfo, h: &mut Headers) {
     h.extend(header("x-ms-lease-state", l.state));
     h.extend(header("x-ms-lease-status", l.status));
@@ -264,7 +211,7 @@ fn write_metadata_xml(md: &rolehost_storage::Metadata, x: &mut Xml) {
 
 async fn list_containers(ctx: &Ctx<'_>, req: &Parsed) -> Result<Response<RestBody>, RestError> {
     ctx.authorize(Service::Blob, &Need::new(Level::Service, "l"))?;
-    let options = list_options(req)?;
+    let options = req.list_options()?;
     let (account, opts) = (ctx.account.clone(), options.clone());
     let page = ctx
         .blocking(move |s| s.list_containers(&account, &opts))
@@ -365,48 +312,13 @@ async fn get_acl(ctx: &Ctx<'_>, req: &Parsed, c: &str) -> Result<Response<RestBo
     if let Some(v) = public_access_value(acl.public_access) {
         h.extend(header("x-ms-blob-public-access", v));
     }
-    let mut x = Xml::new();
-    x.open("SignedIdentifiers");
-    for pol in &acl.policies {
-        x.open("SignedIdentifier")
-            .elem("Id", &pol.id)
-            .open("AccessPolicy");
-        if let Some(t) = pol.start {
-            x.elem("Start", &iso(t));
-        }
-        if let Some(t) = pol.expiry {
-            x.elem("Expiry", &iso(t));
-        }
-        x.elem("Permission", &pol.permissions)
-            .close("AccessPolicy")
-            .close("SignedIdentifier");
-    }
-    x.close("SignedIdentifiers");
+    let x = crate::acl::policies_xml(&acl.policies);
     h.push((
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/xml"),
     ));
     Ok(reply(200, h, RestBody::full(x.finish())))
 }
-
-fn iso(t: Timestamp) -> String {
-    rolehost_storage::table::datetime::format_micros(
-        i64::try_from(t.as_micros()).unwrap_or(i64::MAX),
-    )
-}
-
-fn parse_time(field: &str, v: &str) -> Result<Timestamp, RestError> {
-    let micros = rolehost_storage::table::datetime::parse_rfc3339(v.trim()).ok_or_else(|| {
-        RestError::bad_body(
-            "InvalidXmlNodeValue",
-            format!("{field} {v:?} is not a date"),
-        )
-    })?;
-    Ok(Timestamp(u64::try_from(micros).unwrap_or(0)))
-}
-
-/// Largest Set Container ACL body: five policies are a few hundred bytes each.
-const MAX_ACL_BODY: usize = 64 * 1024;
 
 async fn set_acl(
     ctx: &Ctx<'_>,
@@ -416,30 +328,7 @@ async fn set_acl(
 ) -> Result<Response<RestBody>, RestError> {
     ctx.authorize(Service::Blob, &Need::new(Level::Container, "w").on(c))?;
     let public_access = public_access_header(req)?;
-    let raw = collect_limited(body, MAX_ACL_BODY).await?;
-    let mut policies = Vec::new();
-    if !raw.iter().all(u8::is_ascii_whitespace) {
-        let root = xml::parse(&raw)?;
-        if root.name != "SignedIdentifiers" {
-            return Err(RestError::bad_body(
-                "InvalidXmlDocument",
-                "the root element must be SignedIdentifiers",
-            ));
-        }
-        for si in root.all("SignedIdentifier") {
-            let ap = si.child("AccessPolicy");
-            let get = |n: &str| {
-                ap.and_then(|a| a.child_text(n))
-                    .filter(|t| !t.trim().is_empty())
-            };
-            policies.push(AccessPolicy {
-                id: si.child_text("Id").unwrap_or("").to_string(),
-                start: get("Start").map(|v| parse_time("Start", v)).transpose()?,
-                expiry: get("Expiry").map(|v| parse_time("Expiry", v)).transpose()?,
-                permissions: get("Permission").unwrap_or("").to_string(),
-            });
-        }
-    }
+    let policies = crate::acl::read_policies(body).await?;
     let acl = ContainerAcl {
         public_access,
         policies,
@@ -628,7 +517,7 @@ async fn lease(
 async fn list_blobs(ctx: &Ctx<'_>, req: &Parsed, c: &str) -> Result<Response<RestBody>, RestError> {
     let need = Need::new(Level::Container, "l").on(c).by_service_sas();
     allow(ctx, need, c, PublicAccess::Container).await?;
-    let options = list_options(req)?;
+    let options = req.list_options()?;
     let delimiter = req
         .q("delimiter")
         .filter(|d| !d.is_empty())
@@ -699,6 +588,13 @@ async fn list_blobs(ctx: &Ctx<'_>, req: &Parsed, c: &str) -> Result<Response<Res
                     .elem("AccessTier", "Hot")
                     .elem("AccessTierInferred", "true");
                 lease_xml(&p.lease, &mut x);
+                if let Some(copy) = p.copy.as_ref().filter(|_| req.includes("copy")) {
+                    x.elem("CopyId", &copy.id)
+                        .elem("CopyStatus", "success")
+                        .elem("CopySource", &copy.source)
+                        .elem("CopyProgress", &format!("{0}/{0}", copy.bytes))
+                        .elem("CopyCompletionTime", &http_date(copy.completed));
+                }
                 x.elem("ServerEncrypted", "false").close("Properties");
                 if options.include_metadata {
                     write_metadata_xml(&p.metadata, &mut x);
@@ -882,6 +778,19 @@ fn blob_headers(p: &BlobProperties, h: &mut Headers) {
     h.extend(header("accept-ranges", "bytes"));
     h.extend(header("x-ms-server-encrypted", "true"));
     lease_headers(&p.lease, h);
+    if let Some(copy) = &p.copy {
+        h.extend(header("x-ms-copy-id", &copy.id));
+        h.extend(header("x-ms-copy-source", &copy.source));
+        h.extend(header("x-ms-copy-status", "success"));
+        h.extend(header(
+            "x-ms-copy-progress",
+            &format!("{0}/{0}", copy.bytes),
+        ));
+        h.extend(header(
+            "x-ms-copy-completion-time",
+            &http_date(copy.completed),
+        ));
+    }
     metadata_headers(&p.metadata, h);
 }
 
@@ -1154,4 +1063,262 @@ async fn get_block_list(
     }
     x.close("BlockList");
     Ok(xml_reply(200, x))
+}
+
+// ---- Copy Blob, Copy Blob From URL ----
+
+/// Copy Blob (`x-ms-copy-source`) and, with `x-ms-requires-sync: true`, Copy Blob From URL.
+/// Both finish before answering: rolehost copies within the host, so the answer already says
+/// `success` and there is nothing to poll or abort.
+async fn copy_blob(
+    ctx: &Ctx<'_>,
+    req: &Parsed,
+    c: &str,
+    b: &str,
+) -> Result<Response<RestBody>, RestError> {
+    ctx.authorize(Service::Blob, &Need::new(Level::Object, "cw").on(c).blob(b))?;
+    if req.header("x-ms-copy-source-authorization").is_some() {
+        return Err(RestError::unsupported(
+            "x-ms-copy-source-authorization: authorize the copy source with a SAS in its URL",
+        ));
+    }
+    if req.header("x-ms-incremental-copy").is_some() {
+        return Err(RestError::unsupported(
+            "incremental copy: rolehost has block blobs only",
+        ));
+    }
+    let from_url = req
+        .header("x-ms-requires-sync")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let url = req
+        .header("x-ms-copy-source")
+        .unwrap_or_default()
+        .to_string();
+    let (src_account, src_container, src_blob) = copy_source(ctx, req, &url, from_url).await?;
+    let metadata = metadata_from(req)?;
+    let options = CopyOptions {
+        source_url: url,
+        // No metadata given: the source's is copied.
+        metadata: (!metadata.is_empty()).then_some(metadata),
+        source_conditions: source_conditions(req)?,
+        conditions: conditions(req)?,
+        lease_id: lease_id(req),
+    };
+    let (account, cn, bn) = (ctx.account.clone(), c.to_string(), b.to_string());
+    let p = ctx
+        .blocking(move |s| {
+            s.copy_blob(
+                BlobRef {
+                    account: &src_account,
+                    container: &src_container,
+                    blob: &src_blob,
+                },
+                BlobRef {
+                    account: &account,
+                    container: &cn,
+                    blob: &bn,
+                },
+                options,
+            )
+        })
+        .await?;
+    let mut h = written_headers(&p, from_url);
+    if let Some(copy) = &p.copy {
+        h.extend(header("x-ms-copy-id", &copy.id));
+    }
+    h.extend(header("x-ms-copy-status", "success"));
+    Ok(reply(202, h, RestBody::empty()))
+}
+
+/// Abort Copy Blob: every copy has finished by the time its id is known.
+fn abort_copy(
+    ctx: &Ctx<'_>,
+    req: &Parsed,
+    c: &str,
+    b: &str,
+) -> Result<Response<RestBody>, RestError> {
+    ctx.authorize(Service::Blob, &Need::new(Level::Object, "w").on(c).blob(b))?;
+    if req.header("x-ms-copy-action") != Some("abort") || req.q("copyid").is_none() {
+        return Err(RestError::bad(
+            "MissingRequiredHeader",
+            "Abort Copy Blob needs x-ms-copy-action: abort and a copyid.",
+        ));
+    }
+    Err(RestError::new(
+        409,
+        "NoPendingCopyOperation",
+        "There is currently no pending copy operation.",
+    ))
+}
+
+/// The source conditions of a copy (`x-ms-source-if-*`).
+fn source_conditions(req: &Parsed) -> Result<Conditions, RestError> {
+    Ok(Conditions {
+        if_match: etag_header(req, "x-ms-source-if-match"),
+        if_none_match: etag_header(req, "x-ms-source-if-none-match"),
+        if_modified_since: date_header(req, "x-ms-source-if-modified-since")?,
+        if_unmodified_since: date_header(req, "x-ms-source-if-unmodified-since")?,
+    })
+}
+
+/// Azure's answer for a copy source that does not exist or may not be read: the same for
+/// both, so that a copy cannot probe which private blobs exist.
+fn unverifiable_source() -> RestError {
+    RestError::new(
+        404,
+        "CannotVerifyCopySource",
+        "The specified resource does not exist.",
+    )
+}
+
+/// Resolves a copy source URL to a blob of this host and checks the copy may read it: a SAS in
+/// the URL (signed by the source account's key), a public container, or, for Copy Blob within
+/// one account, the destination request's own key. rolehost fetches no other URL: a source
+/// must be addressed through the endpoint the request came to (path-style or host-style), so
+/// a copy can never make the host call out.
+async fn copy_source(
+    ctx: &Ctx<'_>,
+    req: &Parsed,
+    url: &str,
+    from_url: bool,
+) -> Result<(AccountName, String, String), RestError> {
+    let bad = |why: &str| RestError::bad_header("x-ms-copy-source", why.to_string());
+    if url.len() > MAX_COPY_SOURCE_BYTES {
+        return Err(bad(&format!("longer than {MAX_COPY_SOURCE_BYTES} bytes")));
+    }
+    let uri: http::Uri = url.parse().map_err(|_| bad("not a URL"))?;
+    let https = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err(bad("not an http or https URL")),
+    };
+    let authority = uri.authority().ok_or_else(|| bad("not an absolute URL"))?;
+    if !same_endpoint(
+        authority,
+        req.header("host").unwrap_or(""),
+        https,
+        req.https,
+    ) {
+        return Err(RestError::bad(
+            "CannotVerifyCopySource",
+            "rolehost copies only blobs of this host, addressed through the blob endpoint the request came to; it fetches no other URL.",
+        ));
+    }
+    let head = http::Request::builder()
+        .method(Method::GET)
+        .uri(uri.path_and_query().map_or("/", |p| p.as_str()))
+        .header(http::header::HOST, authority.as_str())
+        .header("x-ms-version", crate::request::SERVED_VERSION)
+        .body(())
+        .map_err(|_| bad("not a URL"))?
+        .into_parts()
+        .0;
+    let src = Parsed::new(Service::Blob, head, req.peer, https)
+        .map_err(|_| bad("does not name a blob of this host"))?;
+    if src.segments.len() < 2 || src.segments[1..].join("/").is_empty() {
+        return Err(bad("does not name a blob"));
+    }
+    if src.q("snapshot").is_some() || src.q("versionid").is_some() {
+        return Err(RestError::unsupported(
+            "copies of blob snapshots and versions",
+        ));
+    }
+    let container = src.segments[0].clone();
+    let blob = src.segments[1..].join("/");
+    let keys = ctx.keys_of(&src.account).ok_or_else(unverifiable_source)?;
+    let account = AccountName::new(src.account.clone()).map_err(|_| unverifiable_source())?;
+    let need = Need::new(Level::Object, "r").on(&container).blob(&blob);
+    if src.q("sig").is_some() {
+        let mut access = crate::auth::authenticate(&src, Some(&keys), std::time::SystemTime::now())
+            .map_err(|_| unverifiable_source())?;
+        if let Access::Sas(grant) = &mut access {
+            ctx.apply_stored_policy(&account, grant)
+                .await
+                .map_err(|_| unverifiable_source())?;
+        }
+        return crate::auth::authorize(Service::Blob, &access, &need)
+            .map(|()| (account, container, blob))
+            .map_err(|_| unverifiable_source());
+    }
+    // Copy Blob within one account may ride on the request's own key; Copy Blob From URL
+    // needs the source authorized in its URL, as Azure requires.
+    if !from_url && ctx.access == Access::Key && account == ctx.account {
+        return Ok((account, container, blob));
+    }
+    let (a, cn) = (account.clone(), container.clone());
+    let public = ctx
+        .blocking(move |s| s.get_container_acl(&a, &cn, None))
+        .await
+        .map(|(_, acl)| acl.public_access != PublicAccess::Off)
+        .unwrap_or(false);
+    if public {
+        Ok((account, container, blob))
+    } else {
+        Err(unverifiable_source())
+    }
+}
+
+/// Whether a copy source's authority is the endpoint the request came to: the same port, and
+/// the same host, another loopback name for it, or a host-style name on it
+/// (`<account>.blob.localhost`).
+fn same_endpoint(
+    src: &http::uri::Authority,
+    req_host: &str,
+    src_https: bool,
+    req_https: bool,
+) -> bool {
+    let port = |p: Option<u16>, https: bool| p.unwrap_or(if https { 443 } else { 80 });
+    let Ok(req) = req_host.parse::<http::uri::Authority>() else {
+        return false;
+    };
+    if port(src.port_u16(), src_https) != port(req.port_u16(), req_https) {
+        return false;
+    }
+    let (s, r) = (
+        src.host().to_ascii_lowercase(),
+        req.host().to_ascii_lowercase(),
+    );
+    let loopback = |h: &str| {
+        h == "localhost"
+            || h.ends_with(".localhost")
+            || h.trim_matches(|c| c == '[' || c == ']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    };
+    // `<account>.blob.<host>` is `<host>` with the account in front.
+    let base = |h: &str| {
+        h.split_once(".blob.")
+            .map_or(h, |(_, rest)| rest)
+            .to_string()
+    };
+    base(&s) == base(&r) || (loopback(&s) && loopback(&r))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn same(src: &str, host: &str) -> bool {
+        same_endpoint(&src.parse().unwrap(), host, false, false)
+    }
+
+    #[test]
+    fn a_copy_source_must_be_this_endpoint() {
+        assert!(same("127.0.0.1:10000", "127.0.0.1:10000"));
+        assert!(same("localhost:10000", "127.0.0.1:10000"), "loopback names");
+        assert!(same("acct.blob.localhost:10000", "127.0.0.1:10000"));
+        assert!(
+            same("a.blob.example.com", "b.blob.example.com"),
+            "host-style"
+        );
+        assert!(same("example.com:80", "example.com"), "default port");
+        assert!(!same("127.0.0.1:10001", "127.0.0.1:10000"), "another port");
+        assert!(
+            !same("169.254.169.254:10000", "127.0.0.1:10000"),
+            "another host"
+        );
+        assert!(!same("evil.example:10000", "127.0.0.1:10000"));
+        assert!(!same("a.blob.evil.example", "b.blob.example.com"));
+        assert!(!same("127.0.0.1:10000", "not a host"));
+    }
 }

@@ -64,6 +64,16 @@ impl RestError {
         )
     }
 
+    /// 400 OutOfRangeQueryParameterValue naming the parameter and its range.
+    pub fn out_of_range(name: &str, range: &str) -> Self {
+        RestError::bad(
+            "OutOfRangeQueryParameterValue",
+            format!(
+                "One of the query parameters specified in the request URI is outside the permissible range: {name} must be {range}."
+            ),
+        )
+    }
+
     /// 400 InvalidHeaderValue naming the header.
     pub fn bad_header(name: &str, why: impl std::fmt::Display) -> Self {
         RestError::bad(

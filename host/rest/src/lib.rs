@@ -24,6 +24,7 @@
 
 #![deny(missing_docs)]
 
+pub mod acl;
 pub mod auth;
 pub mod blob;
 pub mod body;
@@ -168,22 +169,8 @@ impl Door {
         // Past authentication the account is one this host serves, so its name is valid.
         let account =
             AccountName::new(req.account.clone()).map_err(|_| RestError::auth_failed())?;
-        if let auth::Access::Sas(grant) = &mut access
-            && let Some(id) = grant.policy.clone()
-        {
-            // A container's stored access policy: looked up now, so revoking it revokes
-            // every token naming it.
-            let container = req.segments.first().cloned().unwrap_or_default();
-            let (store, a) = (self.store.clone(), account.clone());
-            let acl =
-                tokio::task::spawn_blocking(move || store.get_container_acl(&a, &container, None))
-                    .await
-                    .map_err(|_| RestError::auth_failed())?
-                    .map_err(|_| RestError::auth_failed())?;
-            grant.apply_policy(
-                acl.1.policies.iter().find(|p| p.id == id),
-                SystemTime::now(),
-            )?;
+        if let auth::Access::Sas(grant) = &mut access {
+            self.apply_stored_policy(&account, grant).await?;
         }
         let ctx = Ctx {
             door: self,
@@ -195,6 +182,35 @@ impl Door {
             Service::Blob => blob::handle(&ctx, req, body).await,
             Service::Table => table::handle(&ctx, req, body).await,
         }
+    }
+
+    /// Applies the stored access policy a service SAS names (`si`), if it names one, of the
+    /// container, queue or table the SAS covers: looked up now, so revoking the policy revokes
+    /// every token naming it.
+    async fn apply_stored_policy(
+        &self,
+        account: &AccountName,
+        grant: &mut auth::Grant,
+    ) -> Result<(), RestError> {
+        let Some(id) = grant.policy.clone() else {
+            return Ok(());
+        };
+        let (store, a, scope) = (self.store.clone(), account.clone(), grant.scope.clone());
+        let found = tokio::task::spawn_blocking(move || -> Option<Vec<_>> {
+            match &scope {
+                auth::Scope::Container(c) | auth::Scope::Blob(c, _) => store
+                    .get_container_acl(&a, c, None)
+                    .ok()
+                    .map(|acl| acl.1.policies),
+                auth::Scope::Queue(q) => store.get_queue_acl(&a, q).ok(),
+                auth::Scope::Table { table, .. } => store.get_table_acl(&a, table).ok(),
+                auth::Scope::Account { .. } => None,
+            }
+        })
+        .await
+        .map_err(|_| RestError::auth_failed())?
+        .ok_or_else(RestError::auth_failed)?;
+        grant.apply_policy(found.iter().find(|p| p.id == id), SystemTime::now())
     }
 }
 
@@ -239,6 +255,20 @@ impl Ctx<'_> {
     /// Authorizes the operation described by `need`.
     pub fn authorize(&self, service: Service, need: &auth::Need<'_>) -> Result<(), RestError> {
         auth::authorize(service, &self.access, need)
+    }
+
+    /// The keys of `account`, if this host serves it.
+    pub fn keys_of(&self, account: &str) -> Option<AccountKeys> {
+        self.door.keys.keys(account)
+    }
+
+    /// Applies the stored access policy `grant` names in `account`, if any.
+    pub async fn apply_stored_policy(
+        &self,
+        account: &AccountName,
+        grant: &mut auth::Grant,
+    ) -> Result<(), RestError> {
+        self.door.apply_stored_policy(account, grant).await
     }
 
     /// Tells the host a message became visible.
@@ -292,6 +322,23 @@ pub fn reply(
         h.append(k, v);
     }
     r
+}
+
+/// An XML answer.
+pub fn xml_reply(status: u16, x: xml::Xml) -> Response<RestBody> {
+    reply(
+        status,
+        vec![(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/xml"),
+        )],
+        RestBody::full(x.finish()),
+    )
+}
+
+/// An answer with no body and no headers of its own.
+pub fn empty(status: u16) -> Response<RestBody> {
+    reply(status, Vec::new(), RestBody::empty())
 }
 
 /// A header value from text a client or the engine chose; one that cannot be a header value

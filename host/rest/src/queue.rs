@@ -9,15 +9,14 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use http::{HeaderName, HeaderValue, Method, Response};
-use rolehost_storage::ListOptions;
 use rolehost_storage::queue::{MessageTtl, PutMessageOptions};
 
 use crate::auth::{Level, Need};
 use crate::body::collect_limited;
 use crate::xml::{self, Xml};
 use crate::{
-    Ctx, InBody, Parsed, RestBody, RestError, Service, header, http_date, metadata_from,
-    metadata_headers, reply,
+    Ctx, InBody, Parsed, RestBody, RestError, Service, empty, header, http_date, metadata_from,
+    metadata_headers, reply, xml_reply,
 };
 
 /// Largest `<QueueMessage>` body read: the 64 KiB message limit with room for XML escapes
@@ -46,9 +45,8 @@ pub async fn handle(
             get_metadata(ctx, q).await
         }
         ([q], &Method::PUT) if req.comp() == Some("metadata") => set_metadata(ctx, &req, q).await,
-        ([_], _) if req.comp() == Some("acl") => Err(RestError::unsupported(
-            "queue access policies (stored access policies) yet",
-        )),
+        ([q], &Method::GET | &Method::HEAD) if req.comp() == Some("acl") => get_acl(ctx, q).await,
+        ([q], &Method::PUT) if req.comp() == Some("acl") => set_acl(ctx, q, body).await,
         ([q, "messages"], &Method::POST) => put_message(ctx, &req, q, body).await,
         ([q, "messages"], &Method::GET) => {
             if req
@@ -63,38 +61,8 @@ pub async fn handle(
         ([q, "messages"], &Method::DELETE) => clear_messages(ctx, q).await,
         ([q, "messages", id], &Method::DELETE) => delete_message(ctx, &req, q, id).await,
         ([q, "messages", id], &Method::PUT) => update_message(ctx, &req, q, id, body).await,
-        _ => Err(unknown(&req)),
+        _ => Err(req.no_such_operation()),
     }
-}
-
-/// 400 for a request that names no queue operation.
-fn unknown(req: &Parsed) -> RestError {
-    RestError::bad(
-        "InvalidUri",
-        format!(
-            "The requested URI does not represent any resource on the server ({} {}).",
-            req.method, req.raw_path
-        ),
-    )
-}
-
-fn int_param(req: &Parsed, name: &'static str) -> Result<Option<i64>, RestError> {
-    match req.q(name) {
-        None | Some("") => Ok(None),
-        Some(v) => v
-            .parse::<i64>()
-            .map(Some)
-            .map_err(|_| RestError::bad_query(name, format!("{v:?} is not an integer"))),
-    }
-}
-
-fn out_of_range(name: &'static str, range: &'static str) -> RestError {
-    RestError::bad(
-        "OutOfRangeQueryParameterValue",
-        format!(
-            "One of the query parameters specified in the request URI is outside the permissible range: {name} must be {range}."
-        ),
-    )
 }
 
 fn seconds(
@@ -104,44 +72,27 @@ fn seconds(
     min: i64,
     max: i64,
 ) -> Result<Option<Duration>, RestError> {
-    match int_param(req, name)? {
+    match req.int_query(name)? {
         None => Ok(None),
         Some(s) if (min..=max).contains(&s) => Ok(Some(Duration::from_secs(s.unsigned_abs()))),
-        Some(_) => Err(out_of_range(name, range)),
+        Some(_) => Err(RestError::out_of_range(name, range)),
     }
 }
 
 const WEEK: i64 = 7 * 24 * 3600;
 
 fn count(req: &Parsed) -> Result<u32, RestError> {
-    match int_param(req, "numofmessages")? {
+    match req.int_query("numofmessages")? {
         None => Ok(1),
         Some(n) if (1..=32).contains(&n) => Ok(n as u32),
-        Some(_) => Err(out_of_range("numofmessages", "1 to 32")),
+        Some(_) => Err(RestError::out_of_range("numofmessages", "1 to 32")),
     }
 }
 
 async fn list_queues(ctx: &Ctx<'_>, req: &Parsed) -> Result<Response<RestBody>, RestError> {
     ctx.authorize(Service::Queue, &Need::new(Level::Service, "l"))?;
-    let max = match int_param(req, "maxresults")? {
-        None => None,
-        Some(n) if n >= 1 => Some(u32::try_from(n).unwrap_or(u32::MAX)),
-        Some(_) => return Err(out_of_range("maxresults", "at least 1")),
-    };
-    let options = ListOptions {
-        prefix: req
-            .q("prefix")
-            .filter(|p| !p.is_empty())
-            .map(str::to_string),
-        marker: req
-            .q("marker")
-            .filter(|p| !p.is_empty())
-            .map(str::to_string),
-        max_results: max,
-        include_metadata: req
-            .q("include")
-            .is_some_and(|i| i.split(',').any(|x| x == "metadata")),
-    };
+    let options = req.list_options()?;
+    let max = options.max_results;
     let account = ctx.account.clone();
     let opts = options.clone();
     let page = ctx
@@ -173,21 +124,6 @@ async fn list_queues(ctx: &Ctx<'_>, req: &Parsed) -> Result<Response<RestBody>, 
     x.elem("NextMarker", page.next_marker.as_deref().unwrap_or(""));
     x.close("EnumerationResults");
     Ok(xml_reply(200, x))
-}
-
-fn xml_reply(status: u16, x: Xml) -> Response<RestBody> {
-    reply(
-        status,
-        vec![(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/xml"),
-        )],
-        RestBody::full(x.finish()),
-    )
-}
-
-fn empty(status: u16) -> Response<RestBody> {
-    reply(status, Vec::new(), RestBody::empty())
 }
 
 async fn create_queue(
@@ -282,11 +218,16 @@ async fn put_message(
     ctx.authorize(Service::Queue, &Need::new(Level::Object, "a").on(q))?;
     let delay =
         seconds(req, "visibilitytimeout", "0 to 604800 seconds", 0, WEEK)?.unwrap_or_default();
-    let ttl = match int_param(req, "messagettl")? {
+    let ttl = match req.int_query("messagettl")? {
         None => MessageTtl::Default,
         Some(-1) => MessageTtl::Never,
         Some(s) if s >= 1 => MessageTtl::After(Duration::from_secs(s.unsigned_abs())),
-        Some(_) => return Err(out_of_range("messagettl", "-1 or at least 1 second")),
+        Some(_) => {
+            return Err(RestError::out_of_range(
+                "messagettl",
+                "-1 or at least 1 second",
+            ));
+        }
     };
     let text = message_text(body).await?;
     let (account, qn) = (ctx.account.clone(), q.to_string());
@@ -441,4 +382,25 @@ async fn update_message(
         &http_date(updated.time_next_visible),
     ));
     Ok(reply(204, headers, RestBody::empty()))
+}
+
+/// Get Queue ACL: the queue's stored access policies.
+async fn get_acl(ctx: &Ctx<'_>, q: &str) -> Result<Response<RestBody>, RestError> {
+    ctx.authorize(Service::Queue, &Need::new(Level::Container, "r").on(q))?;
+    let (account, qn) = (ctx.account.clone(), q.to_string());
+    let policies = ctx
+        .blocking(move |s| s.get_queue_acl(&account, &qn))
+        .await?;
+    Ok(xml_reply(200, crate::acl::policies_xml(&policies)))
+}
+
+/// Set Queue ACL: replaces them; a queue SAS naming one of them (`si`) takes what it leaves
+/// out from it.
+async fn set_acl(ctx: &Ctx<'_>, q: &str, body: InBody) -> Result<Response<RestBody>, RestError> {
+    ctx.authorize(Service::Queue, &Need::new(Level::Container, "w").on(q))?;
+    let policies = crate::acl::read_policies(body).await?;
+    let (account, qn) = (ctx.account.clone(), q.to_string());
+    ctx.blocking(move |s| s.set_queue_acl(&account, &qn, policies))
+        .await?;
+    Ok(empty(204))
 }

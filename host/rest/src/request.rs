@@ -218,6 +218,51 @@ impl Parsed {
         Ok(())
     }
 
+    /// An integer query parameter (`None` when absent or empty).
+    pub fn int_query(&self, name: &str) -> Result<Option<i64>, RestError> {
+        match self.q(name) {
+            None | Some("") => Ok(None),
+            Some(v) => v
+                .parse::<i64>()
+                .map(Some)
+                .map_err(|_| RestError::bad_query(name, format!("{v:?} is not an integer"))),
+        }
+    }
+
+    /// The options of a listing: `prefix`, `marker`, `maxresults` (at least 1) and
+    /// `include=metadata`.
+    pub fn list_options(&self) -> Result<rolehost_storage::ListOptions, RestError> {
+        let max_results = match self.int_query("maxresults")? {
+            None => None,
+            Some(n) if n >= 1 => Some(u32::try_from(n).unwrap_or(u32::MAX)),
+            Some(_) => return Err(RestError::out_of_range("maxresults", "at least 1")),
+        };
+        let text = |n: &str| self.q(n).filter(|p| !p.is_empty()).map(str::to_string);
+        Ok(rolehost_storage::ListOptions {
+            prefix: text("prefix"),
+            marker: text("marker"),
+            max_results,
+            include_metadata: self.includes("metadata"),
+        })
+    }
+
+    /// Whether `include=` names `what`.
+    pub fn includes(&self, what: &str) -> bool {
+        self.q("include")
+            .is_some_and(|i| i.split(',').any(|x| x.trim().eq_ignore_ascii_case(what)))
+    }
+
+    /// 400 InvalidUri: the request names no operation of its service.
+    pub fn no_such_operation(&self) -> RestError {
+        RestError::bad(
+            "InvalidUri",
+            format!(
+                "The requested URI does not represent any resource on the server ({} {}).",
+                self.method, self.raw_path
+            ),
+        )
+    }
+
     /// The client's request id, echoed back.
     pub fn client_request_id(&self) -> Option<&http::HeaderValue> {
         self.headers.get("x-ms-client-request-id")

@@ -176,9 +176,11 @@ pub async fn handle(
         return crate::properties::handle(ctx, &req, &m, Service::Table, body).await;
     }
     if req.comp() == Some("acl") {
-        return Err(RestError::unsupported(
-            "table access policies (stored access policies) yet",
-        ));
+        return match (req.segments.as_slice(), req.method.as_str()) {
+            ([t], "GET" | "HEAD") => get_acl(ctx, t).await,
+            ([t], "PUT") => set_acl(ctx, t, body).await,
+            _ => Err(req.no_such_operation()),
+        };
     }
     let seg = match req.segments.as_slice() {
         [s] => s.clone(),
@@ -210,13 +212,7 @@ pub async fn handle(
         }
         (Target::Entity(name, pk, rk), "DELETE") => delete_entity(ctx, &req, &name, pk, rk).await,
         (Target::Batch, "POST") => batch(ctx, &req, body).await,
-        _ => Err(RestError::bad(
-            "InvalidUri",
-            format!(
-                "The requested URI does not represent any resource on the server ({} {}).",
-                req.method, req.raw_path
-            ),
-        )),
+        _ => Err(req.no_such_operation()),
     }
 }
 
@@ -431,9 +427,22 @@ fn invalid(why: impl std::fmt::Display) -> RestError {
     )
 }
 
+/// An entity as a client sends it: its keys and properties, annotated with `@odata.type` where
+/// the JSON value alone would read back as another type.
+pub fn entity_to_json(e: &Entity) -> Map<String, Value> {
+    let mut o = Map::new();
+    o.insert("PartitionKey".into(), Value::from(e.partition_key.as_str()));
+    o.insert("RowKey".into(), Value::from(e.row_key.as_str()));
+    for (name, v) in &e.properties {
+        put_value(&mut o, name, v, Meta::Minimal);
+    }
+    o
+}
+
 /// An entity from its JSON: types from `@odata.type` annotations, else from the JSON value
-/// (string, Int32 for an integer that fits, Double, Boolean). Nulls are not stored.
-fn entity_from_json(
+/// (string, Int32 for an integer that fits, Double, Boolean). Nulls are not stored. `keys`
+/// are the URL's, when it names them.
+pub fn entity_from_json(
     o: &Map<String, Value>,
     keys: Option<(&str, &str)>,
 ) -> Result<Entity, RestError> {
@@ -1136,6 +1145,27 @@ fn uuid_like(n: usize) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
     format!("{:016x}{:04x}", t, n as u16)
+}
+
+/// Get Table ACL: the table's stored access policies (XML, as Azure answers it).
+async fn get_acl(ctx: &Ctx<'_>, t: &str) -> Result<Response<RestBody>, RestError> {
+    ctx.authorize(Service::Table, &Need::new(Level::Container, "r").on(t))?;
+    let (account, tn) = (ctx.account.clone(), t.to_string());
+    let policies = ctx
+        .blocking(move |s| s.get_table_acl(&account, &tn))
+        .await?;
+    Ok(crate::xml_reply(200, crate::acl::policies_xml(&policies)))
+}
+
+/// Set Table ACL: replaces them; a table SAS naming one of them (`si`) takes what it leaves
+/// out from it.
+async fn set_acl(ctx: &Ctx<'_>, t: &str, body: InBody) -> Result<Response<RestBody>, RestError> {
+    ctx.authorize(Service::Table, &Need::new(Level::Container, "w").on(t))?;
+    let policies = crate::acl::read_policies(body).await?;
+    let (account, tn) = (ctx.account.clone(), t.to_string());
+    ctx.blocking(move |s| s.set_table_acl(&account, &tn, policies))
+        .await?;
+    Ok(reply(204, Vec::new(), RestBody::empty()))
 }
 
 #[cfg(test)]

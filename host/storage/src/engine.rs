@@ -73,6 +73,11 @@ pub(crate) const VISIBLE: TableDefinition<(&str, &str, u64, u64), ()> =
 /// with its container, so a new container of the same name starts private.
 pub(crate) const CONTAINER_ACLS: TableDefinition<(&str, &str), &[u8]> =
     TableDefinition::new("container_acls");
+/// (account, kind, name) -> Vec<AccessPolicy>: the stored access policies of a queue
+/// (`queue`, its name) or a table (`table`, its lowercase name). Removed with the queue or
+/// table, so one made again under the name starts with none.
+pub(crate) const SIGNED_IDENTIFIERS: TableDefinition<(&str, &str, &str), &[u8]> =
+    TableDefinition::new("signed_identifiers");
 /// (account, setting) -> bytes: an account's settings kept for the REST door (each service's
 /// properties), opaque to the engine.
 pub(crate) const SETTINGS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("settings");
@@ -607,6 +612,7 @@ impl Engine {
             txn.open_table(CONTAINERS)?;
             txn.open_table(CONTAINER_ACLS)?;
             txn.open_table(SETTINGS)?;
+            txn.open_table(SIGNED_IDENTIFIERS)?;
             txn.open_table(BLOBS)?;
             txn.open_table(BLOCKS)?;
             txn.open_table(QUEUES)?;

@@ -321,10 +321,22 @@ pub enum BlobError {
     /// An access control list that breaks Azure's rules (too many policies, a bad id).
     #[error("the access policies are not valid: {0}")]
     InvalidAcl(String),
+    /// A copy's source blob could not be read (it or its container does not exist).
+    #[error("{0}")]
+    CannotVerifyCopySource(String),
+    /// A copy's source conditions (`x-ms-source-if-*`) failed.
+    #[error("the source condition specified using HTTP conditional header(s) is not met")]
+    SourceConditionNotMet,
+    /// A copy source URL longer than [`crate::blob::MAX_COPY_SOURCE_BYTES`].
+    #[error("the copy source is too long: {0} bytes")]
+    CopySourceTooLong(usize),
 }
 
 error_codes!(BlobError {
     InvalidAcl => (400, "InvalidXmlDocument"),
+    CannotVerifyCopySource => (404, "CannotVerifyCopySource"),
+    SourceConditionNotMet => (412, "SourceConditionNotMet"),
+    CopySourceTooLong => (400, "InvalidHeaderValue"),
     ContainerNotFound => (404, "ContainerNotFound"),
     ContainerAlreadyExists => (409, "ContainerAlreadyExists"),
     BlobNotFound => (404, "BlobNotFound"),
@@ -401,9 +413,13 @@ pub enum QueueError {
         /// Why.
         reason: &'static str,
     },
+    /// Stored access policies that break Azure's rules (too many, a bad id or permission).
+    #[error("the access policies are not valid: {0}")]
+    InvalidAcl(String),
 }
 
 error_codes!(QueueError {
+    InvalidAcl => (400, "InvalidXmlDocument"),
     QueueNotFound => (404, "QueueNotFound"),
     QueueAlreadyExists => (409, "QueueAlreadyExists"),
     MessageNotFound => (404, "MessageNotFound"),
@@ -472,6 +488,9 @@ pub enum TableError {
         /// Why it failed.
         source: Box<TableError>,
     },
+    /// Stored access policies that break Azure's rules (too many, a bad id or permission).
+    #[error("the access policies are not valid: {0}")]
+    InvalidAcl(String),
 }
 
 impl TableError {
@@ -495,6 +514,7 @@ impl TableError {
                 "CommandsInBatchActOnDifferentPartitions"
             }
             TableError::InvalidDuplicateRow(_) => "InvalidDuplicateRow",
+            TableError::InvalidAcl(_) => "InvalidXmlDocument",
             TableError::BatchOperationFailed { source, .. } => source.code(),
         }
     }

@@ -48,6 +48,7 @@ pub mod clock;
 mod engine;
 pub mod error;
 pub mod names;
+mod policies;
 pub mod queue;
 pub mod quota;
 pub mod settings;

@@ -1007,3 +1007,162 @@ fn settings_are_per_account_bounded_and_cleared() {
         None
     );
 }
+
+#[test]
+fn copies_carry_content_properties_and_their_record() {
+    let f = setup();
+    let (s, a) = (&f.store, &f.acct);
+    let other = rolehost_storage::AccountName::new("other").unwrap();
+    s.create_container(&other, "dst", vec![]).unwrap();
+    // Larger than a chunk, so the copy streams through several.
+    let body: Vec<u8> = (0..CHUNK_SIZE * 2 + 17).map(|i| (i % 251) as u8).collect();
+    let src = put(
+        &f,
+        "src",
+        &body,
+        PutBlobOptions {
+            content: ContentSettings {
+                content_type: Some("text/plain".into()),
+                cache_control: Some("no-cache".into()),
+                ..Default::default()
+            },
+            metadata: vec![("origin".into(), "here".into())],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let from = BlobRef {
+        account: a,
+        container: "box",
+        blob: "src",
+    };
+    let to = BlobRef {
+        account: &other,
+        container: "dst",
+        blob: "copy",
+    };
+    let options = |url: &str| CopyOptions {
+        source_url: url.into(),
+        ..Default::default()
+    };
+    let copied = s
+        .copy_blob(from, to, options("http://h/acct/box/src"))
+        .unwrap();
+    assert_eq!(copied.size, body.len() as u64);
+    assert_eq!(copied.content.content_type.as_deref(), Some("text/plain"));
+    assert_eq!(copied.content.cache_control.as_deref(), Some("no-cache"));
+    assert_eq!(copied.content.content_md5, src.content.content_md5);
+    assert_eq!(
+        copied.metadata, src.metadata,
+        "the source's metadata by default"
+    );
+    assert_ne!(copied.etag, src.etag);
+    let copy = copied.copy.clone().expect("the copy is recorded");
+    assert_eq!(copy.source, "http://h/acct/box/src");
+    assert_eq!(copy.bytes, body.len() as u64);
+    assert_eq!(copy.id.len(), 36, "a GUID: {}", copy.id);
+    let mut got = Vec::new();
+    let mut r = s
+        .get_blob(&other, "dst", "copy", &GetBlobOptions::default())
+        .unwrap();
+    r.reader.read_to_end(&mut got).unwrap();
+    assert!(got == body, "the content is the source's");
+    assert_eq!(r.properties.copy, Some(copy.clone()), "kept with the blob");
+    // Listing shows it too.
+    let page = s
+        .list_blobs(&other, "dst", &ListOptions::default(), None)
+        .unwrap();
+    assert!(matches!(&page.items[0], BlobListItem::Blob(p) if p.copy == Some(copy.clone())));
+
+    // Given metadata replaces the source's; the source's conditions hold the copy.
+    let meta = CopyOptions {
+        metadata: Some(vec![("mine".into(), "yes".into())]),
+        ..options("u")
+    };
+    assert_eq!(
+        s.copy_blob(from, to, meta).unwrap().metadata,
+        vec![("mine".to_string(), "yes".to_string())]
+    );
+    let stale = CopyOptions {
+        source_conditions: Conditions::if_match("\"0x8Dnope\""),
+        ..options("u")
+    };
+    assert_eq!(code(s.copy_blob(from, to, stale)), "SourceConditionNotMet");
+    let create_only = CopyOptions {
+        conditions: Conditions::create_only(),
+        ..options("u")
+    };
+    assert_eq!(
+        code(s.copy_blob(from, to, create_only)),
+        "BlobAlreadyExists"
+    );
+    let missing = BlobRef {
+        blob: "nothing",
+        ..from
+    };
+    assert_eq!(
+        code(s.copy_blob(missing, to, options("u"))),
+        "CannotVerifyCopySource"
+    );
+    assert_eq!(
+        code(s.copy_blob(from, to, options(&"u".repeat(MAX_COPY_SOURCE_BYTES + 1)))),
+        "InvalidHeaderValue"
+    );
+    // A leased destination needs its lease.
+    s.lease_blob(
+        &other,
+        "dst",
+        "copy",
+        LeaseAction::Acquire {
+            duration: None,
+            proposed_id: Some("00000000-0000-0000-0000-000000000001".into()),
+        },
+    )
+    .unwrap();
+    assert_eq!(code(s.copy_blob(from, to, options("u"))), "LeaseIdMissing");
+    let leased = CopyOptions {
+        lease_id: Some("00000000-0000-0000-0000-000000000001".into()),
+        ..options("u")
+    };
+    assert!(s.copy_blob(from, to, leased).is_ok());
+
+    // A blob copied onto itself keeps its content.
+    let itself = s
+        .copy_blob(from, from, options("http://h/acct/box/src"))
+        .unwrap();
+    assert_eq!(itself.size, body.len() as u64);
+    assert_eq!(read_all(&f, "src", &GetBlobOptions::default()), body);
+
+    // Set Blob Properties and Put Blob forget the copy; Set Blob Metadata does not.
+    s.set_blob_metadata(a, "box", "src", vec![], &Conditions::none(), None)
+        .unwrap();
+    assert!(
+        s.get_blob_properties(a, "box", "src", &Conditions::none(), None)
+            .unwrap()
+            .copy
+            .is_some()
+    );
+    s.set_blob_properties(
+        a,
+        "box",
+        "src",
+        ContentSettings::default(),
+        &Conditions::none(),
+        None,
+    )
+    .unwrap();
+    assert!(
+        s.get_blob_properties(a, "box", "src", &Conditions::none(), None)
+            .unwrap()
+            .copy
+            .is_none()
+    );
+    s.copy_blob(from, from, options("x")).unwrap();
+    put(&f, "src", b"new", PutBlobOptions::default()).unwrap();
+    assert!(
+        s.get_blob_properties(a, "box", "src", &Conditions::none(), None)
+            .unwrap()
+            .copy
+            .is_none()
+    );
+}

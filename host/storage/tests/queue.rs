@@ -429,3 +429,53 @@ fn concurrent_workers_each_message_once_with_group_commit() {
     all.sort_unstable();
     assert_eq!(all, (0..400).collect::<Vec<_>>());
 }
+
+#[test]
+fn queue_access_policies_are_checked_kept_and_die_with_their_queue() {
+    use rolehost_storage::blob::AccessPolicy;
+    let f = fixture();
+    let (s, a) = (&f.store, &f.acct);
+    let policy = |id: &str, perms: &str| AccessPolicy {
+        id: id.into(),
+        start: None,
+        expiry: None,
+        permissions: perms.into(),
+    };
+    assert_eq!(code(s.get_queue_acl(a, "nope")), "QueueNotFound");
+    assert_eq!(code(s.set_queue_acl(a, "nope", vec![])), "QueueNotFound");
+    s.create_queue(a, "pol", vec![]).unwrap();
+    assert!(s.get_queue_acl(a, "pol").unwrap().is_empty());
+    s.set_queue_acl(a, "pol", vec![policy("readers", "rp")])
+        .unwrap();
+    assert_eq!(
+        s.get_queue_acl(a, "pol").unwrap(),
+        vec![policy("readers", "rp")]
+    );
+    for bad in [
+        (0..6)
+            .map(|i| policy(&format!("p{i}"), "r"))
+            .collect::<Vec<_>>(),
+        vec![policy("", "r")],
+        vec![policy("x", "w")],
+        vec![policy("twice", "r"), policy("twice", "a")],
+    ] {
+        assert_eq!(code(s.set_queue_acl(a, "pol", bad)), "InvalidXmlDocument");
+    }
+    assert_eq!(
+        s.get_queue_acl(a, "pol").unwrap().len(),
+        1,
+        "refusals change nothing"
+    );
+    let other = AccountName::new("other").unwrap();
+    s.create_queue(&other, "pol", vec![]).unwrap();
+    assert!(
+        s.get_queue_acl(&other, "pol").unwrap().is_empty(),
+        "per account"
+    );
+    s.delete_queue(a, "pol").unwrap();
+    s.create_queue(a, "pol", vec![]).unwrap();
+    assert!(
+        s.get_queue_acl(a, "pol").unwrap().is_empty(),
+        "a new queue starts with none"
+    );
+}

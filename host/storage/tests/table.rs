@@ -389,3 +389,32 @@ fn a_page_of_large_entities_is_bounded_in_bytes() {
     assert_eq!(seen, 20);
     assert!(pages >= 3, "{pages} pages");
 }
+
+#[test]
+fn table_access_policies_are_checked_kept_and_die_with_their_table() {
+    use rolehost_storage::blob::AccessPolicy;
+    let f = fixture();
+    let (s, a) = (&f.store, &f.acct);
+    let policy = |id: &str, perms: &str| AccessPolicy {
+        id: id.into(),
+        start: None,
+        expiry: None,
+        permissions: perms.into(),
+    };
+    assert_eq!(code(s.get_table_acl(a, "Nope")), "TableNotFound");
+    s.create_table(a, "People").unwrap();
+    s.set_table_acl(a, "people", vec![policy("readers", "r")])
+        .unwrap();
+    assert_eq!(
+        s.get_table_acl(a, "PEOPLE").unwrap(),
+        vec![policy("readers", "r")],
+        "names compare ignoring case"
+    );
+    assert_eq!(
+        code(s.set_table_acl(a, "People", vec![policy("x", "p")])),
+        "InvalidXmlDocument"
+    );
+    s.delete_table(a, "People").unwrap();
+    s.create_table(a, "People").unwrap();
+    assert!(s.get_table_acl(a, "People").unwrap().is_empty());
+}

@@ -9,6 +9,7 @@ import hashlib
 import os
 import unittest
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 
@@ -347,6 +348,119 @@ class BlobAuthTest(unittest.TestCase):
             cross.download_blob()
         with self.assertRaises(ResourceNotFoundError):
             BlobServiceClient.from_connection_string(OTHER).get_container_client(self.name).get_container_properties()
+
+
+class CopyTest(unittest.TestCase):
+    """Copy Blob and Copy Blob From URL, within one account and across the host's accounts."""
+
+    def setUp(self):
+        self.account, self.key, self.endpoint = parts(CONN)
+        self.svc = BlobServiceClient.from_connection_string(CONN)
+        self.name = fresh("copy")
+        self.c = self.svc.create_container(self.name)
+        self.src = self.c.get_blob_client("src.txt")
+        self.src.upload_blob(b"copy me", metadata={"origin": "here"},
+                             content_settings=ContentSettings(content_type="text/plain"))
+        self.other = BlobServiceClient.from_connection_string(OTHER)
+        self.oc = self.other.create_container(fresh("dest"))
+
+    def tearDown(self):
+        self.c.delete_container()
+        self.oc.delete_container()
+
+    def sas(self, key=None, **perms):
+        return generate_blob_sas(self.account, self.name, "src.txt", account_key=key or self.key,
+                                 permission=BlobSasPermissions(**perms), expiry=future())
+
+    def test_copy_blob_in_one_account_and_its_status(self):
+        # Within one account the destination's key authorizes the source.
+        dst = self.c.get_blob_client("dst.txt")
+        started = dst.start_copy_from_url(self.src.url)
+        self.assertEqual(started["copy_status"], "success")
+        props = dst.get_blob_properties()
+        self.assertEqual(dst.download_blob().readall(), b"copy me")
+        self.assertEqual(props.metadata, {"origin": "here"})
+        self.assertEqual(props.content_settings.content_type, "text/plain")
+        self.assertEqual(props.content_settings.content_md5, self.src.get_blob_properties().content_settings.content_md5)
+        self.assertEqual(props.copy.id, started["copy_id"])
+        self.assertEqual(props.copy.status, "success")
+        self.assertEqual(props.copy.source, self.src.url)
+        self.assertEqual(props.copy.progress, "7/7")
+        self.assertIsNotNone(props.copy.completion_time)
+        listed = [b for b in self.c.list_blobs(include=["copy"]) if b.name == "dst.txt"]
+        self.assertEqual(listed[0].copy.id, started["copy_id"])
+        # Given metadata replaces the source's.
+        dst.start_copy_from_url(self.src.url, metadata={"mine": "yes"})
+        self.assertEqual(dst.get_blob_properties().metadata, {"mine": "yes"})
+        # Nothing is ever pending, so there is nothing to abort.
+        with self.assertRaises(HttpResponseError) as e:
+            dst.abort_copy(started["copy_id"])
+        self.assertEqual(e.exception.error_code, "NoPendingCopyOperation")
+        # Setting properties forgets the copy, as Azure does.
+        dst.set_http_headers(ContentSettings(content_type="text/csv"))
+        self.assertIsNone(dst.get_blob_properties().copy.id)
+
+    def test_copy_conditions(self):
+        dst = self.c.get_blob_client("dst.txt")
+        with self.assertRaises(HttpResponseError) as e:
+            dst.start_copy_from_url(self.src.url, source_etag='"0x8D0000000000000000"',
+                                    source_match_condition=MatchConditions.IfNotModified)
+        self.assertEqual(e.exception.status_code, 412)
+        self.assertEqual(e.exception.error_code, "SourceConditionNotMet")
+        dst.upload_blob(b"old")
+        with self.assertRaises(HttpResponseError) as e:
+            dst.start_copy_from_url(self.src.url, etag='"0x8D0000000000000000"',
+                                    match_condition=MatchConditions.IfNotModified)
+        self.assertEqual(e.exception.error_code, "ConditionNotMet")
+        self.assertEqual(dst.download_blob().readall(), b"old", "a refused copy changes nothing")
+        with self.assertRaises(ResourceNotFoundError) as e:
+            dst.start_copy_from_url(f"{self.endpoint}/{self.name}/missing.txt")
+        self.assertEqual(e.exception.error_code, "CannotVerifyCopySource")
+
+    def test_copy_blob_from_url_needs_the_source_authorized_in_its_url(self):
+        dst = self.c.get_blob_client("sync.txt")
+        with self.assertRaises(ResourceNotFoundError) as e:
+            dst.start_copy_from_url(self.src.url, requires_sync=True)
+        self.assertEqual(e.exception.error_code, "CannotVerifyCopySource")
+        done = dst.start_copy_from_url(f"{self.src.url}?{self.sas(read=True)}", requires_sync=True)
+        self.assertEqual(done["copy_status"], "success")
+        self.assertEqual(dst.download_blob().readall(), b"copy me")
+        self.assertIn("?", dst.get_blob_properties().copy.source, "the source as given")
+
+    def test_across_accounts_only_with_a_sas_of_the_source_account(self):
+        dst = self.oc.get_blob_client("copied.txt")
+        other_account, other_key, _ = parts(OTHER)
+        # The destination account's key is no key to the source.
+        with self.assertRaises(ResourceNotFoundError) as e:
+            dst.start_copy_from_url(self.src.url)
+        self.assertEqual(e.exception.error_code, "CannotVerifyCopySource")
+        # Nor is a SAS signed with it, or one without read.
+        for bad in (self.sas(key=other_key, read=True), self.sas(write=True)):
+            with self.assertRaises(ResourceNotFoundError):
+                dst.start_copy_from_url(f"{self.src.url}?{bad}")
+        self.assertEqual([b.name for b in self.oc.list_blobs()], [], "refused copies wrote nothing")
+        # A read SAS of the source account works, for both kinds of copy.
+        for sync in (False, True):
+            dst.start_copy_from_url(f"{self.src.url}?{self.sas(read=True)}", requires_sync=sync)
+            self.assertEqual(dst.download_blob().readall(), b"copy me")
+        # A public container needs no SAS.
+        self.c.set_container_access_policy(signed_identifiers={}, public_access=PublicAccess.BLOB)
+        self.oc.get_blob_client("public.txt").start_copy_from_url(self.src.url)
+        self.assertEqual(self.oc.get_blob_client("public.txt").download_blob().readall(), b"copy me")
+
+    def test_the_host_fetches_no_other_url(self):
+        dst = self.c.get_blob_client("dst.txt")
+        here = urllib.parse.urlsplit(self.src.url)
+        another_port = f"{here.scheme}://{here.hostname}:{here.port + 1}{here.path}"
+        for url in ("http://169.254.169.254/latest/meta-data", "http://example.com/acct/c/b", another_port):
+            with self.assertRaises(HttpResponseError) as e:
+                dst.start_copy_from_url(url)
+            self.assertEqual(e.exception.error_code, "CannotVerifyCopySource", url)
+        with self.assertRaises(HttpResponseError) as e:
+            dst.start_copy_from_url("not a url")
+        self.assertEqual(e.exception.status_code, 400)
+        with self.assertRaises(ResourceNotFoundError):
+            dst.get_blob_properties()
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from azure.core.exceptions import (
     ResourceNotFoundError,
 )
 from azure.storage.queue import (
+    AccessPolicy,
     AccountSasPermissions,
     QueueClient,
     QueueSasPermissions,
@@ -218,6 +219,30 @@ class AuthTest(unittest.TestCase):
         other = QueueClient.from_queue_url(f"{self.endpoint}/{fresh('other')}", credential=sas)
         with self.assertRaises(ClientAuthenticationError):
             other.send_message("x")
+
+    def test_stored_access_policies_grant_and_revoke(self):
+        future = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)
+        policy = AccessPolicy(permission=QueueSasPermissions(read=True), expiry=future)
+        self.q.set_queue_access_policy(signed_identifiers={"readers": policy})
+        self.assertEqual(list(self.q.get_queue_access_policy()), ["readers"])
+        self.q.send_message("for readers")
+        sas = generate_queue_sas(self.account, self.name, self.key, policy_id="readers")
+        reader = QueueClient.from_queue_url(self.url(), credential=sas)
+        self.assertEqual([m.content for m in reader.peek_messages()], ["for readers"])
+        with self.assertRaises(HttpResponseError) as e:
+            reader.send_message("not allowed")
+        self.assertEqual(e.exception.error_code, "AuthorizationPermissionMismatch")
+        # Removing the policy revokes every token naming it.
+        self.q.set_queue_access_policy(signed_identifiers={})
+        with self.assertRaises(ClientAuthenticationError):
+            reader.peek_messages()
+        with self.assertRaises((HttpResponseError, ValueError)):
+            self.q.set_queue_access_policy(signed_identifiers={f"p{i}": policy for i in range(6)})
+        # A queue made again under the name starts with none.
+        self.q.set_queue_access_policy(signed_identifiers={"readers": policy})
+        self.q.delete_queue()
+        self.q.create_queue()
+        self.assertEqual(self.q.get_queue_access_policy(), {})
 
     def test_expired_and_tampered_sas_are_refused(self):
         past = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=1)

@@ -19,6 +19,7 @@ from azure.core.exceptions import (
 from azure.data.tables import (
     EdmType,
     EntityProperty,
+    TableAccessPolicy,
     TableClient,
     TableSasPermissions,
     TableServiceClient,
@@ -198,6 +199,22 @@ class TableAuthTest(unittest.TestCase):
         other = TableServiceClient.from_connection_string(OTHER).get_table_client(self.name)
         with self.assertRaises(ResourceNotFoundError):
             other.get_entity("a", "1")
+
+    def test_stored_access_policies_grant_and_revoke(self):
+        expiry = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)
+        policy = TableAccessPolicy(permission="r", expiry=expiry)
+        self.t.set_table_access_policy(signed_identifiers={"readers": policy})
+        self.assertEqual(list(self.t.get_table_access_policy()), ["readers"])
+        sas = generate_table_sas(AzureNamedKeyCredential(self.account, self.key), self.name, policy_id="readers")
+        c = TableClient(self.endpoint, self.name, credential=AzureSasCredential(sas))
+        self.assertEqual(c.get_entity("b", "1")["v"], "b")
+        with self.assertRaises(HttpResponseError) as e:
+            c.create_entity({"PartitionKey": "b", "RowKey": "9"})
+        self.assertEqual(e.exception.status_code, 403)
+        self.t.set_table_access_policy(signed_identifiers={})
+        with self.assertRaises(HttpResponseError) as e:
+            c.get_entity("b", "1")
+        self.assertEqual(e.exception.status_code, 403, "revoked with its policy")
 
     def test_a_table_sas_held_to_a_key_range(self):
         expiry = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)

@@ -34,6 +34,11 @@ pub const MAX_ACCESS_POLICIES: usize = 5;
 /// Longest stored access policy id.
 pub const MAX_POLICY_ID_CHARS: usize = 64;
 
+/// Longest copy source URL kept with a blob: a 1,024-character blob name percent-encoded, its
+/// account and container, and a SAS, with room to spare. Kept once per blob, so bounded by the
+/// account's blob quota too.
+pub const MAX_COPY_SOURCE_BYTES: usize = 8 * 1024;
+
 /// Who may read a container without credentials.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum PublicAccess {
@@ -57,6 +62,35 @@ pub struct AccessPolicy {
     pub expiry: Option<Timestamp>,
     /// Permission letters (`racwdl...`).
     pub permissions: String,
+}
+
+/// Azure's rules for stored access policies (of a container, queue or table): at most
+/// [`MAX_ACCESS_POLICIES`], ids of 1 to [`MAX_POLICY_ID_CHARS`] characters and distinct,
+/// permissions of `letters`. The error says which rule broke.
+pub fn check_policies(policies: &[AccessPolicy], letters: &str) -> Result<(), String> {
+    if policies.len() > MAX_ACCESS_POLICIES {
+        return Err(format!(
+            "{} policies, at most {MAX_ACCESS_POLICIES} are allowed",
+            policies.len()
+        ));
+    }
+    for (i, p) in policies.iter().enumerate() {
+        if p.id.is_empty() || p.id.chars().count() > MAX_POLICY_ID_CHARS {
+            return Err(format!(
+                "policy ids are 1 to {MAX_POLICY_ID_CHARS} characters"
+            ));
+        }
+        if policies[..i].iter().any(|q| q.id == p.id) {
+            return Err(format!("the id {:?} is given twice", p.id));
+        }
+        if !p.permissions.chars().all(|c| letters.contains(c)) || p.permissions.len() > 16 {
+            return Err(format!(
+                "permissions {:?}: letters of {letters}",
+                p.permissions
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A container's access control: its public access level and stored access policies.
@@ -119,6 +153,48 @@ pub struct BlobProperties {
     pub metadata: Metadata,
     /// Its lease.
     pub lease: LeaseInfo,
+    /// The copy that made it, until Put Blob, Put Block List or Set Blob Properties changes it.
+    pub copy: Option<CopyInfo>,
+}
+
+/// The copy (Copy Blob, Copy Blob From URL) that made a blob. Copies run within the host and
+/// finish before the operation answers, so every copy recorded here succeeded.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CopyInfo {
+    /// Its id (a GUID), what Abort Copy Blob names.
+    pub id: String,
+    /// The source URL as the caller gave it, at most [`MAX_COPY_SOURCE_BYTES`].
+    pub source: String,
+    /// When it finished.
+    pub completed: Timestamp,
+    /// Bytes copied (all of the source).
+    pub bytes: u64,
+}
+
+/// A blob named by account, container and name.
+#[derive(Clone, Copy, Debug)]
+pub struct BlobRef<'a> {
+    /// Its account.
+    pub account: &'a AccountName,
+    /// Its container.
+    pub container: &'a str,
+    /// Its name.
+    pub blob: &'a str,
+}
+
+/// Options of Copy Blob.
+#[derive(Clone, Debug, Default)]
+pub struct CopyOptions {
+    /// The source URL, recorded with the copy (the caller has resolved and authorized it).
+    pub source_url: String,
+    /// The destination's metadata; `None` copies the source's.
+    pub metadata: Option<Metadata>,
+    /// Conditions on the source (a failure is `SourceConditionNotMet`).
+    pub source_conditions: Conditions,
+    /// Conditions on the destination.
+    pub conditions: Conditions,
+    /// The destination's lease id, required if it is leased.
+    pub lease_id: Option<String>,
 }
 
 /// Options of Put Blob and Put Block List.
@@ -300,6 +376,16 @@ pub trait BlobStore: Send + Sync {
         blob: &str,
         body: &mut dyn Read,
         options: PutBlobOptions,
+    ) -> Result<BlobProperties, BlobError>;
+
+    /// Copy Blob: makes `dest` a copy of `source` (its content, HTTP properties and, unless
+    /// given, metadata) in one durable commit, recording the copy on it. `source` is read at
+    /// one version even if it changes meanwhile; it may be `dest` itself.
+    fn copy_blob(
+        &self,
+        source: BlobRef<'_>,
+        dest: BlobRef<'_>,
+        options: CopyOptions,
     ) -> Result<BlobProperties, BlobError>;
 
     /// Get Blob: properties and a reader over the content (or a range of it).

@@ -55,6 +55,45 @@ struct BlobRecord {
     segments: Vec<Segment>,
     size: u64,
     lease: LeaseRecord,
+    /// Added after the first release: records written before it end at `lease`
+    /// ([`decode_blob`]).
+    copy: Option<CopyInfo>,
+}
+
+/// A blob record as written before copies were recorded.
+#[derive(Serialize, Deserialize)]
+struct BlobRecordV1 {
+    etag: String,
+    created: Timestamp,
+    last_modified: Timestamp,
+    content: ContentSettings,
+    metadata: Metadata,
+    segments: Vec<Segment>,
+    size: u64,
+    lease: LeaseRecord,
+}
+
+/// Decodes a blob record of either layout. postcard is not self-describing, so a record of
+/// the first layout lacks the trailing field and fails to decode as the new one; it then
+/// decodes as [`BlobRecordV1`], which has no copy.
+fn decode_blob(bytes: &[u8]) -> Result<BlobRecord, StorageError> {
+    match decode::<BlobRecord>("blobs", bytes) {
+        Ok(r) => Ok(r),
+        Err(e) => match postcard::from_bytes::<BlobRecordV1>(bytes) {
+            Ok(v1) => Ok(BlobRecord {
+                etag: v1.etag,
+                created: v1.created,
+                last_modified: v1.last_modified,
+                content: v1.content,
+                metadata: v1.metadata,
+                segments: v1.segments,
+                size: v1.size,
+                lease: v1.lease,
+                copy: None,
+            }),
+            Err(_) => Err(e),
+        },
+    }
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -75,7 +114,11 @@ fn blob_bytes(name: &str, rec: &BlobRecord) -> u64 {
         .iter()
         .map(|s| SEGMENT_BYTES + s.block_id.as_ref().map_or(0, |id| id.len() as u64))
         .sum();
-    name.len() as u64 + metadata_bytes(&rec.metadata) + segments + rec.size
+    let copy = rec
+        .copy
+        .as_ref()
+        .map_or(0, |c| (c.id.len() + c.source.len()) as u64);
+    name.len() as u64 + metadata_bytes(&rec.metadata) + segments + rec.size + copy
 }
 
 /// What an uncommitted block holds beside [`crate::quota::ITEM_BYTES`].
@@ -116,7 +159,7 @@ pub(crate) fn count_usage(
     for entry in txn.open_table(BLOBS)?.iter()? {
         let (k, v) = entry?;
         let (a, _, b) = k.value();
-        let rec: BlobRecord = decode("blobs", v.value())?;
+        let rec = decode_blob(v.value())?;
         charge(a, Resource::Blobs, blob_bytes(b, &rec));
     }
     for entry in txn.open_table(BLOCKS)?.iter()? {
@@ -175,6 +218,7 @@ fn blob_props(name: &str, rec: &BlobRecord, now: Timestamp) -> BlobProperties {
         content,
         metadata: rec.metadata.clone(),
         lease: rec.lease.info(now),
+        copy: rec.copy.clone(),
     }
 }
 
@@ -190,32 +234,7 @@ fn container_props(name: &str, rec: &ContainerRecord, now: Timestamp) -> Contain
 
 /// Azure's rules for an access control list.
 fn check_acl(acl: &ContainerAcl) -> Result<(), BlobError> {
-    if acl.policies.len() > MAX_ACCESS_POLICIES {
-        return Err(BlobError::InvalidAcl(format!(
-            "{} policies, at most {MAX_ACCESS_POLICIES} are allowed",
-            acl.policies.len()
-        )));
-    }
-    for (i, p) in acl.policies.iter().enumerate() {
-        if p.id.is_empty() || p.id.chars().count() > MAX_POLICY_ID_CHARS {
-            return Err(BlobError::InvalidAcl(format!(
-                "policy ids are 1 to {MAX_POLICY_ID_CHARS} characters"
-            )));
-        }
-        if acl.policies[..i].iter().any(|q| q.id == p.id) {
-            return Err(BlobError::InvalidAcl(format!(
-                "the id {:?} is given twice",
-                p.id
-            )));
-        }
-        if !p.permissions.chars().all(|c| "racwdxltmeop".contains(c)) || p.permissions.len() > 16 {
-            return Err(BlobError::InvalidAcl(format!(
-                "permissions {:?}: letters of racwdxltmeop",
-                p.permissions
-            )));
-        }
-    }
-    Ok(())
+    check_policies(&acl.policies, "racwdxltmeop").map_err(BlobError::InvalidAcl)
 }
 
 fn get_container(
@@ -233,11 +252,10 @@ fn get_blob_record(
     c: &str,
     b: &str,
 ) -> Result<Option<BlobRecord>, BlobError> {
-    Ok(get_record::<(&str, &str, &str), _>(
-        table,
-        "blobs",
-        (a, c, b),
-    )?)
+    match table.get((a, c, b)).map_err(StorageError::from)? {
+        Some(v) => Ok(Some(decode_blob(v.value())?)),
+        None => Ok(None),
+    }
 }
 
 /// The lease check for a write, also when the blob does not exist yet.
@@ -607,7 +625,7 @@ impl BlobStore for RedbStore {
             let mut chunks = ctx.txn.open_table(CHUNKS)?;
             let mut freed = HashSet::new();
             for (name, v) in blob_values {
-                let rec: BlobRecord = decode("blobs", &v)?;
+                let rec = decode_blob(&v)?;
                 freed_usage.remove_item(Resource::Blobs, blob_bytes(&name, &rec));
                 for s in rec.segments {
                     if freed.insert(s.data_id) {
@@ -788,80 +806,64 @@ impl BlobStore for RedbStore {
         body: &mut dyn Read,
         options: PutBlobOptions,
     ) -> Result<BlobProperties, BlobError> {
-        check_container(container)?;
-        check_blob(blob)?;
-        check_metadata(&options.metadata)?;
-        let uploaded = self.upload(account.as_str(), body, MAX_PUT_BLOB_BYTES)?;
-        let staged = staged_id(&uploaded);
-        let (a, c, b) = (
-            account.as_str().to_owned(),
-            container.to_owned(),
-            blob.to_owned(),
-        );
-        self.finish_upload(staged, move |ctx| {
-            let (ak, ck, bk) = (a.as_str(), c.as_str(), b.as_str());
-            get_container(&ctx.txn.open_table(CONTAINERS)?, ak, ck)?;
-            let existing = get_blob_record(&ctx.txn.open_table(BLOBS)?, ak, ck, bk)?;
-            check_blob_lease(existing.as_ref(), options.lease_id.as_deref(), ctx.now)?;
-            options
-                .conditions
-                .check_write(
-                    existing
-                        .as_ref()
-                        .map(|r| (r.etag.as_str(), r.last_modified)),
-                    true,
-                )
-                .map_err(|e| match e {
-                    BlobError::BlobAlreadyExists(_) => BlobError::BlobAlreadyExists(b.clone()),
-                    e => e,
-                })?;
-            let precharged = precharged(&uploaded);
-            let Uploaded { body, len, md5 } = uploaded;
-            let mut content = options.content;
-            if content.content_md5.is_none() {
-                content.content_md5 = Some(md5);
-            }
-            let mut rec = BlobRecord {
-                etag: String::new(),
-                created: existing.as_ref().map_or(ctx.now, |r| r.created),
-                last_modified: ctx.now,
-                content,
-                metadata: options.metadata,
-                segments: if len > 0 {
-                    vec![Segment {
-                        block_id: None,
-                        data_id: 0,
-                        len,
-                    }]
-                } else {
-                    vec![]
+        self.write_blob(account, container, blob, body, options, None)
+    }
+
+    fn copy_blob(
+        &self,
+        source: BlobRef<'_>,
+        dest: BlobRef<'_>,
+        options: CopyOptions,
+    ) -> Result<BlobProperties, BlobError> {
+        if options.source_url.len() > MAX_COPY_SOURCE_BYTES {
+            return Err(BlobError::CopySourceTooLong(options.source_url.len()));
+        }
+        if let Some(md) = &options.metadata {
+            check_metadata(md)?;
+        }
+        // The source at one version: its read transaction keeps that version's chunks while
+        // the destination is written, even when the destination is the source itself.
+        let read = self
+            .get_blob(
+                source.account,
+                source.container,
+                source.blob,
+                &GetBlobOptions {
+                    range: None,
+                    conditions: options.source_conditions.clone(),
+                    lease_id: None,
                 },
-                size: len,
-                lease: LeaseRecord::default(),
-            };
-            let mut d = Delta::item(Resource::Blobs, blob_bytes(bk, &rec));
-            if let Some(old) = &existing {
-                d.remove_item(Resource::Blobs, blob_bytes(bk, old));
-            }
-            d = d.plus(uncommitted_delta(ctx, ak, ck, bk)?);
-            d.add_bytes(-precharged);
-            ctx.charge::<BlobError>(ak, d)?;
-            // Checks done; from here on the operation only writes.
-            let data_id = materialize(ctx, body)?;
-            if let Some(old) = &existing {
-                free_segments(ctx, &old.segments, &HashSet::new())?;
-            }
-            drop_uncommitted(ctx, ak, ck, bk, &HashSet::new())?;
-            rec.etag = ctx.ids.etag();
-            for s in &mut rec.segments {
-                s.data_id = data_id;
-            }
-            rec.lease = existing.map(|r| r.lease).unwrap_or_default();
-            ctx.txn
-                .open_table(BLOBS)?
-                .insert((ak, ck, bk), encode(&rec).as_slice())?;
-            Ok(blob_props(bk, &rec, ctx.now))
-        })
+            )
+            .map_err(|e| match e {
+                BlobError::ConditionNotMet | BlobError::NotModified => {
+                    BlobError::SourceConditionNotMet
+                }
+                BlobError::BlobNotFound(_) | BlobError::ContainerNotFound(_) => {
+                    BlobError::CannotVerifyCopySource(
+                        "the specified resource does not exist".into(),
+                    )
+                }
+                e => e,
+            })?;
+        let BlobRead {
+            properties,
+            mut reader,
+            ..
+        } = read;
+        let put = PutBlobOptions {
+            content: properties.content,
+            metadata: options.metadata.unwrap_or(properties.metadata),
+            conditions: options.conditions,
+            lease_id: options.lease_id,
+        };
+        self.write_blob(
+            dest.account,
+            dest.container,
+            dest.blob,
+            &mut reader,
+            put,
+            Some(options.source_url),
+        )
     }
 
     fn get_blob(
@@ -970,8 +972,10 @@ impl BlobStore for RedbStore {
         conditions: &Conditions,
         lease_id: Option<&str>,
     ) -> Result<BlobProperties, BlobError> {
+        // Azure forgets a concluded copy once the blob's properties are set.
         self.modify_blob(account, container, blob, conditions, lease_id, move |rec| {
-            rec.content = content
+            rec.content = content;
+            rec.copy = None;
         })
     }
 
@@ -1063,7 +1067,7 @@ impl BlobStore for RedbStore {
                         continue 'scan;
                     }
                     None => {
-                        let mut props = blob_props(name, &decode("blobs", v.value())?, now);
+                        let mut props = blob_props(name, &decode_blob(v.value())?, now);
                         if !options.include_metadata {
                             props.metadata.clear();
                         }
@@ -1276,6 +1280,7 @@ impl BlobStore for RedbStore {
                 segments,
                 size,
                 lease: LeaseRecord::default(),
+                copy: None,
             };
             let mut d = Delta::item(Resource::Blobs, blob_bytes(bk, &rec));
             if let Some(old) = &existing {
@@ -1306,6 +1311,7 @@ impl BlobStore for RedbStore {
                 segments,
                 size,
                 lease: existing.map(|r| r.lease).unwrap_or_default(),
+                copy: None,
             };
             ctx.txn
                 .open_table(BLOBS)?
@@ -1361,6 +1367,101 @@ fn base64_id(id: &[u8]) -> String {
 }
 
 impl RedbStore {
+    /// Put Blob, and Copy Blob's write: `copy_source` records the copy on the new blob.
+    fn write_blob(
+        &self,
+        account: &AccountName,
+        container: &str,
+        blob: &str,
+        body: &mut dyn Read,
+        options: PutBlobOptions,
+        copy_source: Option<String>,
+    ) -> Result<BlobProperties, BlobError> {
+        check_container(container)?;
+        check_blob(blob)?;
+        check_metadata(&options.metadata)?;
+        let uploaded = self.upload(account.as_str(), body, MAX_PUT_BLOB_BYTES)?;
+        let staged = staged_id(&uploaded);
+        let (a, c, b) = (
+            account.as_str().to_owned(),
+            container.to_owned(),
+            blob.to_owned(),
+        );
+        self.finish_upload(staged, move |ctx| {
+            let (ak, ck, bk) = (a.as_str(), c.as_str(), b.as_str());
+            get_container(&ctx.txn.open_table(CONTAINERS)?, ak, ck)?;
+            let existing = get_blob_record(&ctx.txn.open_table(BLOBS)?, ak, ck, bk)?;
+            check_blob_lease(existing.as_ref(), options.lease_id.as_deref(), ctx.now)?;
+            options
+                .conditions
+                .check_write(
+                    existing
+                        .as_ref()
+                        .map(|r| (r.etag.as_str(), r.last_modified)),
+                    true,
+                )
+                .map_err(|e| match e {
+                    BlobError::BlobAlreadyExists(_) => BlobError::BlobAlreadyExists(b.clone()),
+                    e => e,
+                })?;
+            let precharged = precharged(&uploaded);
+            let Uploaded { body, len, md5 } = uploaded;
+            let mut content = options.content;
+            if content.content_md5.is_none() {
+                content.content_md5 = Some(md5);
+            }
+            let mut rec = BlobRecord {
+                etag: String::new(),
+                created: existing.as_ref().map_or(ctx.now, |r| r.created),
+                last_modified: ctx.now,
+                content,
+                metadata: options.metadata,
+                segments: if len > 0 {
+                    vec![Segment {
+                        block_id: None,
+                        data_id: 0,
+                        len,
+                    }]
+                } else {
+                    vec![]
+                },
+                size: len,
+                lease: LeaseRecord::default(),
+                copy: copy_source.map(|source| CopyInfo {
+                    id: String::new(),
+                    source,
+                    completed: ctx.now,
+                    bytes: len,
+                }),
+            };
+            let mut d = Delta::item(Resource::Blobs, blob_bytes(bk, &rec));
+            if let Some(old) = &existing {
+                d.remove_item(Resource::Blobs, blob_bytes(bk, old));
+            }
+            d = d.plus(uncommitted_delta(ctx, ak, ck, bk)?);
+            d.add_bytes(-precharged);
+            ctx.charge::<BlobError>(ak, d)?;
+            // Checks done; from here on the operation only writes.
+            let data_id = materialize(ctx, body)?;
+            if let Some(old) = &existing {
+                free_segments(ctx, &old.segments, &HashSet::new())?;
+            }
+            drop_uncommitted(ctx, ak, ck, bk, &HashSet::new())?;
+            rec.etag = ctx.ids.etag();
+            if let Some(copy) = &mut rec.copy {
+                copy.id = ctx.ids.guid();
+            }
+            for s in &mut rec.segments {
+                s.data_id = data_id;
+            }
+            rec.lease = existing.map(|r| r.lease).unwrap_or_default();
+            ctx.txn
+                .open_table(BLOBS)?
+                .insert((ak, ck, bk), encode(&rec).as_slice())?;
+            Ok(blob_props(bk, &rec, ctx.now))
+        })
+    }
+
     /// A metadata or properties write: conditions and lease checked, new ETag and Last-Modified.
     fn modify_blob(
         &self,
@@ -1401,5 +1502,64 @@ impl RedbStore {
             )?;
             Ok(blob_props(&b, &rec, ctx.now))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v1() -> BlobRecordV1 {
+        BlobRecordV1 {
+            etag: "\"0x8D1\"".into(),
+            created: Timestamp::from_secs(1),
+            last_modified: Timestamp::from_secs(2),
+            content: ContentSettings {
+                content_type: Some("text/plain".into()),
+                ..Default::default()
+            },
+            metadata: vec![("k".into(), "v".into())],
+            segments: vec![Segment {
+                block_id: None,
+                data_id: 9,
+                len: 3,
+            }],
+            size: 3,
+            lease: LeaseRecord::default(),
+        }
+    }
+
+    #[test]
+    fn records_of_the_first_layout_still_decode() {
+        let rec = decode_blob(&encode(&v1())).unwrap();
+        assert_eq!(rec.etag, "\"0x8D1\"");
+        assert_eq!(rec.size, 3);
+        assert_eq!(rec.segments[0].data_id, 9);
+        assert_eq!(rec.metadata, vec![("k".to_string(), "v".to_string())]);
+        assert!(rec.copy.is_none());
+    }
+
+    #[test]
+    fn records_of_the_new_layout_keep_their_copy() {
+        let old = v1();
+        let rec = BlobRecord {
+            etag: old.etag,
+            created: old.created,
+            last_modified: old.last_modified,
+            content: old.content,
+            metadata: old.metadata,
+            segments: old.segments,
+            size: old.size,
+            lease: old.lease,
+            copy: Some(CopyInfo {
+                id: "id".into(),
+                source: "http://x/a/c/b".into(),
+                completed: Timestamp::from_secs(3),
+                bytes: 3,
+            }),
+        };
+        let back = decode_blob(&encode(&rec)).unwrap();
+        assert_eq!(back.copy, rec.copy);
+        assert!(decode_blob(b"\x01").is_err(), "garbage is still corrupt");
     }
 }

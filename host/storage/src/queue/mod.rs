@@ -9,6 +9,7 @@ pub(crate) mod store;
 
 use std::time::Duration;
 
+use crate::blob::AccessPolicy;
 use crate::clock::Timestamp;
 use crate::{AccountName, ListOptions, Metadata, Page, QueueError};
 
@@ -219,4 +220,20 @@ pub trait QueueStore: Send + Sync {
 
     /// Deletes every message of the queue.
     fn clear_messages(&self, account: &AccountName, queue: &str) -> Result<(), QueueError>;
+
+    /// The queue's stored access policies (what a queue SAS naming one with `si` grants).
+    fn get_queue_acl(
+        &self,
+        account: &AccountName,
+        queue: &str,
+    ) -> Result<Vec<AccessPolicy>, QueueError>;
+
+    /// Replaces the queue's stored access policies ([`crate::blob::check_policies`] with the
+    /// letters `raup`; `InvalidXmlDocument` otherwise). They go with the queue.
+    fn set_queue_acl(
+        &self,
+        account: &AccountName,
+        queue: &str,
+        policies: Vec<AccessPolicy>,
+    ) -> Result<(), QueueError>;
 }

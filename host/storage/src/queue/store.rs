@@ -11,7 +11,7 @@ use crate::engine::{
 };
 use crate::names::{check_metadata, check_queue};
 use crate::quota::{Delta, Resource, Usage, metadata_bytes};
-use crate::{RedbStore, StorageError};
+use crate::{RedbStore, StorageError, policies};
 
 #[derive(Serialize, Deserialize, Debug, Default)]
 struct QueueRecord {
@@ -206,7 +206,42 @@ impl QueueStore for RedbStore {
                 .retain_in((a, q, 0, 0)..=(a, q, u64::MAX, u64::MAX), |_, _| false)?;
             let mut d = freed.delta()?;
             d.remove_item(Resource::Queues, queue_bytes(q, &rec.metadata));
-            ctx.charge::<QueueError>(a, d)
+            ctx.charge::<QueueError>(a, d)?;
+            policies::remove(ctx, a, policies::Kind::Queue, q)?;
+            Ok(())
+        })
+    }
+
+    fn get_queue_acl(
+        &self,
+        account: &AccountName,
+        queue: &str,
+    ) -> Result<Vec<AccessPolicy>, QueueError> {
+        check_queue(queue)?;
+        let txn = self.engine.read()?;
+        let a = account.as_str();
+        get_record::<(&str, &str), QueueRecord>(
+            &txn.open_table(QUEUES).map_err(StorageError::from)?,
+            "queues",
+            (a, queue),
+        )?
+        .ok_or_else(|| QueueError::QueueNotFound(queue.to_string()))?;
+        Ok(policies::read(&txn, a, policies::Kind::Queue, queue)?)
+    }
+
+    fn set_queue_acl(
+        &self,
+        account: &AccountName,
+        queue: &str,
+        list: Vec<AccessPolicy>,
+    ) -> Result<(), QueueError> {
+        check_queue(queue)?;
+        crate::blob::check_policies(&list, "raup").map_err(QueueError::InvalidAcl)?;
+        let (a, q) = (account.as_str().to_owned(), queue.to_owned());
+        self.engine.write(true, move |ctx| {
+            load_queue(ctx, &a, &q)?;
+            policies::write(ctx, &a, policies::Kind::Queue, &q, &list)?;
+            Ok(())
         })
     }
 

@@ -12,6 +12,7 @@ pub use entity::{
 };
 pub use filter::{CmpOp, Filter, KeyRange, MAX_COMPARISONS, MAX_FILTER_BYTES};
 
+use crate::blob::AccessPolicy;
 use crate::{AccountName, ListOptions, Page, TableError};
 
 /// Most entities one query page returns.
@@ -124,6 +125,22 @@ pub trait TableStore: Send + Sync {
 
     /// Deletes a table and its entities.
     fn delete_table(&self, account: &AccountName, table: &str) -> Result<(), TableError>;
+
+    /// The table's stored access policies (what a table SAS naming one with `si` grants).
+    fn get_table_acl(
+        &self,
+        account: &AccountName,
+        table: &str,
+    ) -> Result<Vec<AccessPolicy>, TableError>;
+
+    /// Replaces the table's stored access policies ([`crate::blob::check_policies`] with the
+    /// letters `raud`; `InvalidXmlDocument` otherwise). They go with the table.
+    fn set_table_acl(
+        &self,
+        account: &AccountName,
+        table: &str,
+        policies: Vec<AccessPolicy>,
+    ) -> Result<(), TableError>;
 
     /// Lists tables (names as created) in case-insensitive name order.
     fn list_tables(

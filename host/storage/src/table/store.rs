@@ -10,7 +10,7 @@ use super::*;
 use crate::engine::{ENTITIES, TABLES, WriteCtx, decode, encode, get_record};
 use crate::names::check_table;
 use crate::quota::{Delta, Resource, Usage};
-use crate::{RedbStore, StorageError, Timestamp};
+use crate::{RedbStore, StorageError, Timestamp, policies};
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
 struct EntityRecord {
@@ -285,7 +285,56 @@ impl TableStore for RedbStore {
                     false
                 },
             )?;
-            ctx.charge::<TableError>(a, freed)
+            ctx.charge::<TableError>(a, freed)?;
+            policies::remove(ctx, a, policies::Kind::Table, t)?;
+            Ok(())
+        })
+    }
+
+    fn get_table_acl(
+        &self,
+        account: &AccountName,
+        table: &str,
+    ) -> Result<Vec<AccessPolicy>, TableError> {
+        check_table(table)?;
+        let txn = self.engine.read()?;
+        let (a, t) = (account.as_str(), table_key(table));
+        if txn
+            .open_table(TABLES)
+            .map_err(StorageError::from)?
+            .get((a, t.as_str()))
+            .map_err(StorageError::from)?
+            .is_none()
+        {
+            return Err(TableError::TableNotFound(table.to_string()));
+        }
+        Ok(policies::read(&txn, a, policies::Kind::Table, &t)?)
+    }
+
+    fn set_table_acl(
+        &self,
+        account: &AccountName,
+        table: &str,
+        list: Vec<AccessPolicy>,
+    ) -> Result<(), TableError> {
+        check_table(table)?;
+        crate::blob::check_policies(&list, "raud").map_err(TableError::InvalidAcl)?;
+        let (a, t, display) = (
+            account.as_str().to_owned(),
+            table_key(table),
+            table.to_owned(),
+        );
+        self.engine.write(true, move |ctx| {
+            if ctx
+                .txn
+                .open_table(TABLES)?
+                .get((a.as_str(), t.as_str()))?
+                .is_none()
+            {
+                return Err(TableError::TableNotFound(display));
+            }
+            policies::write(ctx, &a, policies::Kind::Table, &t, &list)?;
+            Ok(())
         })
     }
 
