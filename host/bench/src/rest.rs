@@ -564,6 +564,8 @@ fn start_rolehost(dir: &std::path::Path) -> (Kill, Target) {
 /// The child: rolehost's storage endpoints on a fresh database in `dir`, the development
 /// account served, until its stdin closes.
 pub(crate) fn host_child(dir: &str) {
+    // As `rolehost` itself does at start.
+    rolehost_runtime::process::bound_malloc_arenas();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -231,6 +231,7 @@ fn init_logging(verbose: u8, quiet: bool) {
 }
 
 fn main() -> anyhow::Result<()> {
+    rolehost_runtime::process::bound_malloc_arenas();
     let cli = Cli::parse();
     let quiet = matches!(&cli.command, Command::Verify(a) if !a.single_case());
     init_logging(cli.verbose, quiet);

@@ -252,6 +252,34 @@ impl Ctx<'_> {
         }
     }
 
+    /// Runs a queue operation that answers through a callback (`QueueStore::*_then`): the
+    /// engine queues it without blocking this task's thread and wakes the task once its
+    /// commit is durable. A hot path costs one wakeup instead of a blocking thread's two.
+    pub async fn submit<T>(
+        &self,
+        f: impl FnOnce(&dyn Backend, rolehost_storage::queue::Answer<T>),
+    ) -> Result<T, RestError>
+    where
+        T: Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        f(
+            &*self.door.store,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        match rx.await {
+            Ok(r) => r.map_err(Into::into),
+            // The engine dropped the operation unanswered: it is shutting down.
+            Err(_) => Err(RestError::new(
+                503,
+                "ServerBusy",
+                "The server is shutting down. Please retry the request.",
+            )),
+        }
+    }
+
     /// Authorizes the operation described by `need`.
     pub fn authorize(&self, service: Service, need: &auth::Need<'_>) -> Result<(), RestError> {
         auth::authorize(service, &self.access, need)

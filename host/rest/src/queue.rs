@@ -230,19 +230,12 @@ async fn put_message(
         }
     };
     let text = message_text(body).await?;
-    let (account, qn) = (ctx.account.clone(), q.to_string());
+    let options = PutMessageOptions {
+        visibility_delay: delay,
+        ttl,
+    };
     let receipt = ctx
-        .blocking(move |s| {
-            s.put_message(
-                &account,
-                &qn,
-                &text,
-                PutMessageOptions {
-                    visibility_delay: delay,
-                    ttl,
-                },
-            )
-        })
+        .submit(|s, done| s.put_message_then(&ctx.account, q, &text, options, done))
         .await?;
     if delay.is_zero() {
         ctx.message_visible(q);
@@ -267,9 +260,8 @@ async fn get_messages(
     let n = count(req)?;
     let vt = seconds(req, "visibilitytimeout", "1 to 604800 seconds", 1, WEEK)?
         .unwrap_or(rolehost_storage::queue::DEFAULT_VISIBILITY_TIMEOUT);
-    let (account, qn) = (ctx.account.clone(), q.to_string());
     let msgs = ctx
-        .blocking(move |s| s.get_messages(&account, &qn, n, vt))
+        .submit(|s, done| s.get_messages_then(&ctx.account, q, n, vt, done))
         .await?;
     let mut x = Xml::new();
     x.open("QueueMessagesList");
@@ -340,8 +332,7 @@ async fn delete_message(
 ) -> Result<Response<RestBody>, RestError> {
     ctx.authorize(Service::Queue, &Need::new(Level::Object, "p").on(q))?;
     let receipt = pop_receipt(req)?;
-    let (account, qn, id) = (ctx.account.clone(), q.to_string(), id.to_string());
-    ctx.blocking(move |s| s.delete_message(&account, &qn, &id, &receipt))
+    ctx.submit(|s, done| s.delete_message_then(&ctx.account, q, id, &receipt, done))
         .await?;
     Ok(empty(204))
 }

@@ -21,6 +21,7 @@ pub mod freeze;
 pub mod instance;
 pub mod link;
 pub mod manifest;
+pub mod process;
 pub mod quota;
 pub mod secret;
 pub mod service;

@@ -378,6 +378,8 @@ impl BatchUsage {
 }
 
 type Completion = Box<dyn FnOnce(Result<(), Arc<StorageError>>) + Send>;
+/// A caller's answer, taken by whichever path answers first.
+type OnceAnswer<T> = Arc<Mutex<Option<Box<dyn FnOnce(T) + Send>>>>;
 type Job = Box<dyn FnOnce(&mut WriteCtx<'_>) -> (bool, Completion) + Send>;
 
 struct Request {
@@ -657,10 +659,41 @@ impl Engine {
         E: FamilyError,
     {
         let (reply_tx, reply_rx) = mpsc::sync_channel::<Result<R, E>>(1);
-        let abandon_tx = reply_tx.clone();
-        let abandon = Box::new(move |err: Arc<StorageError>| {
-            let _ = abandon_tx.send(Err(E::from(StorageError::CommitFailed(err))));
+        self.submit(durable, op, move |r| {
+            let _ = reply_tx.send(r);
         });
+        reply_rx
+            .recv()
+            .unwrap_or_else(|_| Err(E::from(StorageError::Closed)))
+    }
+
+    /// [`Engine::write`] without waiting: queues `op` for the next group commit and returns at
+    /// once; `done` gets the result on the committer's thread once the commit is durable (or
+    /// failed). An async caller hands `done` a waker (a oneshot sender) and parks no thread of
+    /// its own: one wakeup per operation instead of two. `done` must not block.
+    pub(crate) fn submit<R, E>(
+        &self,
+        durable: bool,
+        op: impl FnOnce(&mut WriteCtx<'_>) -> Result<R, E> + Send + 'static,
+        done: impl FnOnce(Result<R, E>) + Send + 'static,
+    ) where
+        R: Send + 'static,
+        E: FamilyError,
+    {
+        // Answered exactly once: by the completion, or by `abandon` when the batch failed
+        // before the job ran, or here when the committer is gone.
+        let done: OnceAnswer<Result<R, E>> = Arc::new(Mutex::new(Some(Box::new(done))));
+        let answer = |done: &OnceAnswer<Result<R, E>>, r: Result<R, E>| {
+            let f = done.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(f) = f {
+                f(r);
+            }
+        };
+        let abandon_done = done.clone();
+        let abandon = Box::new(move |err: Arc<StorageError>| {
+            answer(&abandon_done, Err(E::from(StorageError::CommitFailed(err))));
+        });
+        let job_done = done.clone();
         let job: Job = Box::new(move |ctx| {
             let result = op(ctx);
             let engine_failure = matches!(&result, Err(e) if e.is_engine_failure());
@@ -673,26 +706,25 @@ impl Engine {
                         Err(E::from(StorageError::CommitFailed(commit_err)))
                     }
                 };
-                let _ = reply_tx.send(out);
+                answer(&job_done, out);
             });
             (engine_failure, completion)
         });
-        {
+        let sent = {
             let sender = self.sender.lock().unwrap_or_else(|p| p.into_inner());
-            let Some(sender) = sender.as_ref() else {
-                return Err(E::from(StorageError::Closed));
-            };
-            sender
-                .send(Request {
-                    job,
-                    abandon,
-                    durable,
-                })
-                .map_err(|_| E::from(StorageError::Closed))?;
+            sender.as_ref().is_some_and(|sender| {
+                sender
+                    .send(Request {
+                        job,
+                        abandon,
+                        durable,
+                    })
+                    .is_ok()
+            })
+        };
+        if !sent {
+            answer(&done, Err(E::from(StorageError::Closed)));
         }
-        reply_rx
-            .recv()
-            .unwrap_or_else(|_| Err(E::from(StorageError::Closed)))
     }
 
     /// A consistent read snapshot.

@@ -479,3 +479,69 @@ fn queue_access_policies_are_checked_kept_and_die_with_their_queue() {
         "a new queue starts with none"
     );
 }
+
+/// Waits for an answer given to a `_then` callback.
+fn answered<T: Send + 'static>(
+    call: impl FnOnce(rolehost_storage::queue::Answer<T>),
+) -> Result<T, rolehost_storage::QueueError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    call(Box::new(move |r| tx.send(r).unwrap()));
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("every operation is answered")
+}
+
+#[test]
+fn operations_answered_through_callbacks_match_the_blocking_ones() {
+    let f = fixture();
+    let (s, a) = (&f.store, &f.acct);
+    s.create_queue(a, "cbq", vec![]).unwrap();
+    answered(|d| s.put_message_then(a, "cbq", b"one", PutMessageOptions::default(), d)).unwrap();
+    let got = answered(|d| s.get_messages_then(a, "cbq", 1, 30 * S, d)).unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].body, b"one");
+    assert_eq!(got[0].dequeue_count, 1);
+    answered(|d| s.delete_message_then(a, "cbq", &got[0].id, &got[0].pop_receipt, d)).unwrap();
+    assert_eq!(
+        s.get_queue_properties(a, "cbq")
+            .unwrap()
+            .approximate_message_count,
+        0
+    );
+    // Refusals are answered too: the checks made before queueing, and those made in the
+    // commit.
+    let big = vec![b'x'; 70 * 1024];
+    assert_eq!(
+        code(answered(|d| s.put_message_then(
+            a,
+            "cbq",
+            &big,
+            PutMessageOptions::default(),
+            d
+        ))),
+        "RequestBodyTooLarge"
+    );
+    assert_eq!(
+        code(answered(|d| s.put_message_then(
+            a,
+            "none",
+            b"x",
+            PutMessageOptions::default(),
+            d
+        ))),
+        "QueueNotFound"
+    );
+    assert_eq!(
+        code(answered(|d| s.delete_message_then(
+            a,
+            "cbq",
+            &got[0].id,
+            &got[0].pop_receipt,
+            d
+        ))),
+        "MessageNotFound"
+    );
+    assert_eq!(
+        code(answered(|d| s.get_messages_then(a, "cbq", 33, 30 * S, d))),
+        "OutOfRangeQueryParameterValue"
+    );
+}

@@ -8,6 +8,7 @@
 
 use std::collections::HashSet;
 use std::io::{self, Read};
+use std::sync::Arc;
 
 use md5::{Digest, Md5};
 use redb::{ReadOnlyTable, ReadableTable};
@@ -258,6 +259,31 @@ fn get_blob_record(
     }
 }
 
+/// What Put Blob, Put Block List and Copy Blob check before they replace a blob: its container
+/// exists, its lease and the conditions allow the write. The blob as it is, if it is.
+fn check_overwrite(
+    ctx: &WriteCtx<'_>,
+    (a, c, b): (&str, &str, &str),
+    options: &PutBlobOptions,
+) -> Result<Option<BlobRecord>, BlobError> {
+    get_container(&ctx.txn.open_table(CONTAINERS)?, a, c)?;
+    let existing = get_blob_record(&ctx.txn.open_table(BLOBS)?, a, c, b)?;
+    check_blob_lease(existing.as_ref(), options.lease_id.as_deref(), ctx.now)?;
+    options
+        .conditions
+        .check_write(
+            existing
+                .as_ref()
+                .map(|r| (r.etag.as_str(), r.last_modified)),
+            true,
+        )
+        .map_err(|e| match e {
+            BlobError::BlobAlreadyExists(_) => BlobError::BlobAlreadyExists(b.to_string()),
+            e => e,
+        })?;
+    Ok(existing)
+}
+
 /// The lease check for a write, also when the blob does not exist yet.
 fn check_blob_lease(
     rec: Option<&BlobRecord>,
@@ -389,6 +415,12 @@ impl RedbStore {
 
     /// Streams the rest of a body into `data_id`'s chunks, charging them to `account` as they
     /// are written (`charged` says how much, for a refund).
+    ///
+    /// Pipelined: while one batch is being committed, the next is read from the body, and a
+    /// thread of the upload's own hashes them (MD5 costs as much CPU as all the rest), so the
+    /// network, the hash and the disk work at once. At most four batches are held
+    /// ([`UPLOAD_BATCH_CHUNKS`] each: one read, one queued for the hash, one hashed, one
+    /// committed), and one is in flight at a time, so batches are written in order.
     #[allow(clippy::too_many_arguments)]
     fn stream_chunks(
         &self,
@@ -400,12 +432,67 @@ impl RedbStore {
         md5: &mut Md5,
         charged: &mut u64,
     ) -> Result<u64, BlobError> {
+        let mut in_flight: Option<InFlight> = None;
+        let hasher = std::mem::replace(md5, Md5::new());
+        let (result, hashed) = std::thread::scope(|scope| {
+            let (to_hash, batches) = std::sync::mpsc::sync_channel::<Batch>(1);
+            let hashing = scope.spawn(move || {
+                let mut h = hasher;
+                for batch in batches {
+                    for c in batch.iter() {
+                        h.update(c);
+                    }
+                }
+                h
+            });
+            let result = self.stream_batches(
+                account,
+                data_id,
+                (first, carry),
+                body,
+                limit,
+                &to_hash,
+                charged,
+                &mut in_flight,
+            );
+            drop(to_hash);
+            (result, hashing.join())
+        });
+        match hashed {
+            Ok(h) => *md5 = h,
+            Err(_) => {
+                return Err(
+                    StorageError::Internal("the upload's hash thread panicked".into()).into(),
+                );
+            }
+        }
+        // Whatever happened, the batch still in flight is settled before returning, so that a
+        // refund (which follows it in commit order) counts exactly what was written.
+        let settled = settle(&mut in_flight, charged);
+        let total = result?;
+        settled?;
+        Ok(total)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn stream_batches(
+        &self,
+        account: &str,
+        data_id: u64,
+        (first, carry): (Vec<u8>, Vec<u8>),
+        body: &mut dyn Read,
+        limit: u64,
+        to_hash: &std::sync::mpsc::SyncSender<Batch>,
+        charged: &mut u64,
+        in_flight: &mut Option<InFlight>,
+    ) -> Result<u64, BlobError> {
         let mut next_index: u32 = 0;
         let mut total: u64 = 0;
         let mut pending_chunks = vec![first];
         let mut carry = carry;
         loop {
-            // Fill the batch: the carried-over bytes start the next chunk.
+            // Fill the batch (while the previous one commits): the carried-over bytes start
+            // the next chunk.
             let mut eof = false;
             while pending_chunks.len() < UPLOAD_BATCH_CHUNKS && !eof {
                 let mut chunk = std::mem::take(&mut carry);
@@ -416,20 +503,23 @@ impl RedbStore {
                     pending_chunks.push(chunk);
                 }
             }
-            for c in &pending_chunks {
-                md5.update(c);
-                total += c.len() as u64;
-            }
+            total += pending_chunks.iter().map(|c| c.len() as u64).sum::<u64>();
             if total > limit {
                 return Err(BlobError::RequestEntityTooLarge { size: total, limit });
             }
-            let batch = std::mem::take(&mut pending_chunks);
+            let batch: Batch = Arc::new(std::mem::take(&mut pending_chunks));
+            to_hash
+                .send(batch.clone())
+                .map_err(|_| StorageError::Internal("the upload's hash thread is gone".into()))?;
             let start = next_index;
             next_index += u32::try_from(batch.len()).unwrap_or(u32::MAX);
             let bytes: u64 = batch.iter().map(|c| c.len() as u64).sum();
             let owner = account.to_string();
-            self.engine
-                .write(false, move |ctx| -> Result<(), BlobError> {
+            settle(in_flight, charged)?;
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            self.engine.submit(
+                false,
+                move |ctx| -> Result<(), BlobError> {
                     let mut d = Delta::default();
                     d.add_bytes(i64::try_from(bytes).unwrap_or(i64::MAX));
                     ctx.charge::<BlobError>(&owner, d)?;
@@ -438,8 +528,12 @@ impl RedbStore {
                         chunks.insert((data_id, start + i as u32), c.as_slice())?;
                     }
                     Ok(())
-                })?;
-            *charged += bytes;
+                },
+                move |r| {
+                    let _ = tx.send(r);
+                },
+            );
+            *in_flight = Some(InFlight { bytes, answer: rx });
             if eof {
                 return Ok(total);
             }
@@ -478,6 +572,27 @@ impl RedbStore {
         }
         r
     }
+}
+
+/// The chunks of one batch of an upload, shared by the hash thread and the commit.
+type Batch = Arc<Vec<Vec<u8>>>;
+
+/// A batch of an upload being committed: its size, and where its answer comes.
+struct InFlight {
+    bytes: u64,
+    answer: std::sync::mpsc::Receiver<Result<(), BlobError>>,
+}
+
+/// Waits for the batch in flight, if any; adds what it charged to `charged`.
+fn settle(in_flight: &mut Option<InFlight>, charged: &mut u64) -> Result<(), BlobError> {
+    let Some(f) = in_flight.take() else {
+        return Ok(());
+    };
+    f.answer
+        .recv()
+        .unwrap_or(Err(BlobError::Storage(StorageError::Closed)))?;
+    *charged += f.bytes;
+    Ok(())
 }
 
 /// The staged data of an upload: its account, data id and the bytes charged for it.
@@ -1214,21 +1329,7 @@ impl BlobStore for RedbStore {
         let blocks = blocks.to_vec();
         self.engine.write(true, move |ctx| {
             let (ak, ck, bk) = (a.as_str(), c.as_str(), b.as_str());
-            get_container(&ctx.txn.open_table(CONTAINERS)?, ak, ck)?;
-            let existing = get_blob_record(&ctx.txn.open_table(BLOBS)?, ak, ck, bk)?;
-            check_blob_lease(existing.as_ref(), options.lease_id.as_deref(), ctx.now)?;
-            options
-                .conditions
-                .check_write(
-                    existing
-                        .as_ref()
-                        .map(|r| (r.etag.as_str(), r.last_modified)),
-                    true,
-                )
-                .map_err(|e| match e {
-                    BlobError::BlobAlreadyExists(_) => BlobError::BlobAlreadyExists(b.clone()),
-                    e => e,
-                })?;
+            let existing = check_overwrite(ctx, (ak, ck, bk), &options)?;
             let staged_table = ctx.txn.open_table(BLOCKS)?;
             let committed = |id: &[u8]| {
                 existing.as_ref().and_then(|r| {
@@ -1389,21 +1490,7 @@ impl RedbStore {
         );
         self.finish_upload(staged, move |ctx| {
             let (ak, ck, bk) = (a.as_str(), c.as_str(), b.as_str());
-            get_container(&ctx.txn.open_table(CONTAINERS)?, ak, ck)?;
-            let existing = get_blob_record(&ctx.txn.open_table(BLOBS)?, ak, ck, bk)?;
-            check_blob_lease(existing.as_ref(), options.lease_id.as_deref(), ctx.now)?;
-            options
-                .conditions
-                .check_write(
-                    existing
-                        .as_ref()
-                        .map(|r| (r.etag.as_str(), r.last_modified)),
-                    true,
-                )
-                .map_err(|e| match e {
-                    BlobError::BlobAlreadyExists(_) => BlobError::BlobAlreadyExists(b.clone()),
-                    e => e,
-                })?;
+            let existing = check_overwrite(ctx, (ak, ck, bk), &options)?;
             let precharged = precharged(&uploaded);
             let Uploaded { body, len, md5 } = uploaded;
             let mut content = options.content;

@@ -129,6 +129,10 @@ pub struct QueueProperties {
     pub approximate_message_count: u64,
 }
 
+/// How an operation answered through a callback gets its result (the `_then` methods of
+/// [`QueueStore`]).
+pub type Answer<T> = Box<dyn FnOnce(Result<T, QueueError>) + Send>;
+
 /// The queue service, as any engine offers it.
 pub trait QueueStore: Send + Sync {
     /// Creates a queue. Existing with the same metadata: `AlreadyExists`; with other metadata:
@@ -186,6 +190,41 @@ pub trait QueueStore: Send + Sync {
         count: u32,
         visibility_timeout: Duration,
     ) -> Result<Vec<QueueMessage>, QueueError>;
+
+    /// [`QueueStore::put_message`], answered through `done` instead of by blocking: the
+    /// operation is queued and the call returns at once; `done` is called (from the engine's
+    /// own thread, so it must not block) once the commit is durable. For async callers such as
+    /// the REST door, which then park no thread per operation. Must not block.
+    fn put_message_then(
+        &self,
+        account: &AccountName,
+        queue: &str,
+        body: &[u8],
+        options: PutMessageOptions,
+        done: Answer<PutReceipt>,
+    );
+
+    /// [`QueueStore::get_messages`], answered through `done` (see
+    /// [`QueueStore::put_message_then`]).
+    fn get_messages_then(
+        &self,
+        account: &AccountName,
+        queue: &str,
+        count: u32,
+        visibility_timeout: Duration,
+        done: Answer<Vec<QueueMessage>>,
+    );
+
+    /// [`QueueStore::delete_message`], answered through `done` (see
+    /// [`QueueStore::put_message_then`]).
+    fn delete_message_then(
+        &self,
+        account: &AccountName,
+        queue: &str,
+        id: &str,
+        pop_receipt: &str,
+        done: Answer<()>,
+    );
 
     /// Up to `count` (1..=32) visible messages, changing nothing.
     fn peek_messages(

@@ -329,62 +329,22 @@ impl QueueStore for RedbStore {
         body: &[u8],
         options: PutMessageOptions,
     ) -> Result<PutReceipt, QueueError> {
-        check_queue(queue)?;
-        if body.len() > self.queue_message_max_bytes {
-            return Err(QueueError::RequestBodyTooLarge {
-                size: body.len(),
-                max: self.queue_message_max_bytes,
-            });
+        let op = self.put_message_op(account, queue, body, options)?;
+        self.engine.write(true, op)
+    }
+
+    fn put_message_then(
+        &self,
+        account: &AccountName,
+        queue: &str,
+        body: &[u8],
+        options: PutMessageOptions,
+        done: Answer<PutReceipt>,
+    ) {
+        match self.put_message_op(account, queue, body, options) {
+            Ok(op) => self.engine.submit(true, op, done),
+            Err(e) => done(Err(e)),
         }
-        check_visibility(options.visibility_delay, Duration::ZERO)?;
-        let ttl = match options.ttl {
-            MessageTtl::Default => Some(DEFAULT_TTL),
-            MessageTtl::Never => None,
-            MessageTtl::After(d) if d < Duration::from_secs(1) => {
-                return Err(QueueError::OutOfRangeQueryParameterValue {
-                    param: "messagettl",
-                    reason: "must be at least 1 s, or never (-1)",
-                });
-            }
-            MessageTtl::After(d) => Some(d),
-        };
-        if ttl.is_some_and(|ttl| options.visibility_delay >= ttl) {
-            return Err(QueueError::InvalidQueryParameterValue {
-                param: "visibilitytimeout",
-                reason: "must be shorter than the message's time to live",
-            });
-        }
-        let (a, q, body) = (account.as_str().to_owned(), queue.to_owned(), body.to_vec());
-        self.engine.write(true, move |ctx| {
-            let mut qrec = load_queue(ctx, &a, &q)?;
-            ctx.charge::<QueueError>(&a, Delta::item(Resource::Messages, body.len() as u64))?;
-            let seq = ctx.ids.next_seq();
-            let rec = MessageRecord {
-                id: ctx.ids.guid_for(seq),
-                inserted: ctx.now,
-                expires: ttl.map(|t| ctx.now.saturating_add(t)),
-                visible_at: ctx.now.saturating_add(options.visibility_delay),
-                dequeue_count: 0,
-                receipt: ctx.ids.receipt(),
-                body,
-            };
-            let (ak, qk) = (a.as_str(), q.as_str());
-            ctx.txn
-                .open_table(MESSAGES)?
-                .insert((ak, qk, seq), encode(&rec).as_slice())?;
-            ctx.txn
-                .open_table(VISIBLE)?
-                .insert((ak, qk, rec.visible_at.as_micros(), seq), ())?;
-            qrec.count += 1;
-            save_queue(ctx, &a, &q, &qrec)?;
-            Ok(PutReceipt {
-                id: rec.id,
-                insertion_time: rec.inserted,
-                expiration_time: rec.expires,
-                pop_receipt: rec.receipt,
-                time_next_visible: rec.visible_at,
-            })
-        })
     }
 
     fn get_messages(
@@ -394,72 +354,22 @@ impl QueueStore for RedbStore {
         count: u32,
         visibility_timeout: Duration,
     ) -> Result<Vec<QueueMessage>, QueueError> {
-        check_queue(queue)?;
-        check_count(count)?;
-        check_visibility(visibility_timeout, Duration::from_secs(1))?;
-        let (a, q) = (account.as_str().to_owned(), queue.to_owned());
-        self.engine.write(true, move |ctx| {
-            let mut qrec = load_queue(ctx, &a, &q)?;
-            let (ak, qk) = (a.as_str(), q.as_str());
-            let now = ctx.now;
-            let mut visible = ctx.txn.open_table(VISIBLE)?;
-            let mut msgs = ctx.txn.open_table(MESSAGES)?;
-            // Collect first: redb tables cannot be changed while a range over them is open.
-            let mut take = Vec::new();
-            let mut purge = Vec::new();
-            for entry in visible.range((ak, qk, 0, 0)..=(ak, qk, now.as_micros(), u64::MAX))? {
-                let (k, _) = entry?;
-                let (_, _, vis, seq) = k.value();
-                let rec: MessageRecord =
-                    get_record::<(&str, &str, u64), _>(&msgs, "messages", (ak, qk, seq))?
-                        .ok_or_else(|| StorageError::Corrupt {
-                            table: "visible",
-                            detail: format!("index names missing message {seq}"),
-                        })?;
-                if rec.expired(now) {
-                    purge.push((vis, seq, rec.body.len() as u64));
-                    if purge.len() >= MAX_PURGE_PER_GET {
-                        break;
-                    }
-                } else {
-                    take.push((vis, seq, rec));
-                    if take.len() == count as usize {
-                        break;
-                    }
-                }
-            }
-            let mut purged = Delta::default();
-            for (vis, seq, body_len) in &purge {
-                visible.remove((ak, qk, *vis, *seq))?;
-                msgs.remove((ak, qk, *seq))?;
-                purged.remove_item(Resource::Messages, *body_len);
-            }
-            qrec.count = qrec.count.saturating_sub(purge.len() as u64);
-            let mut out = Vec::with_capacity(take.len());
-            for (vis, seq, mut rec) in take {
-                visible.remove((ak, qk, vis, seq))?;
-                rec.visible_at = now.saturating_add(visibility_timeout);
-                rec.dequeue_count = rec.dequeue_count.saturating_add(1);
-                rec.receipt = ctx.ids.receipt();
-                visible.insert((ak, qk, rec.visible_at.as_micros(), seq), ())?;
-                msgs.insert((ak, qk, seq), encode(&rec).as_slice())?;
-                out.push(QueueMessage {
-                    id: rec.id,
-                    insertion_time: rec.inserted,
-                    expiration_time: rec.expires,
-                    dequeue_count: rec.dequeue_count,
-                    body: rec.body,
-                    pop_receipt: rec.receipt,
-                    time_next_visible: rec.visible_at,
-                });
-            }
-            drop((visible, msgs));
-            if !purge.is_empty() {
-                ctx.charge::<QueueError>(&a, purged)?;
-                save_queue(ctx, &a, &q, &qrec)?;
-            }
-            Ok(out)
-        })
+        let op = self.get_messages_op(account, queue, count, visibility_timeout)?;
+        self.engine.write(true, op)
+    }
+
+    fn get_messages_then(
+        &self,
+        account: &AccountName,
+        queue: &str,
+        count: u32,
+        visibility_timeout: Duration,
+        done: Answer<Vec<QueueMessage>>,
+    ) {
+        match self.get_messages_op(account, queue, count, visibility_timeout) {
+            Ok(op) => self.engine.submit(true, op, done),
+            Err(e) => done(Err(e)),
+        }
     }
 
     fn peek_messages(
@@ -512,27 +422,22 @@ impl QueueStore for RedbStore {
         id: &str,
         pop_receipt: &str,
     ) -> Result<(), QueueError> {
-        check_queue(queue)?;
-        let (a, q, id, receipt) = (
-            account.as_str().to_owned(),
-            queue.to_owned(),
-            id.to_owned(),
-            pop_receipt.to_owned(),
-        );
-        self.engine.write(true, move |ctx| {
-            let mut qrec = load_queue(ctx, &a, &q)?;
-            let (seq, rec) = held_message(ctx, &a, &q, &id, &receipt)?;
-            let mut d = Delta::default();
-            d.remove_item(Resource::Messages, rec.body.len() as u64);
-            ctx.charge::<QueueError>(&a, d)?;
-            let (ak, qk) = (a.as_str(), q.as_str());
-            ctx.txn.open_table(MESSAGES)?.remove((ak, qk, seq))?;
-            ctx.txn
-                .open_table(VISIBLE)?
-                .remove((ak, qk, rec.visible_at.as_micros(), seq))?;
-            qrec.count = qrec.count.saturating_sub(1);
-            save_queue(ctx, &a, &q, &qrec)
-        })
+        let op = self.delete_message_op(account, queue, id, pop_receipt)?;
+        self.engine.write(true, op)
+    }
+
+    fn delete_message_then(
+        &self,
+        account: &AccountName,
+        queue: &str,
+        id: &str,
+        pop_receipt: &str,
+        done: Answer<()>,
+    ) {
+        match self.delete_message_op(account, queue, id, pop_receipt) {
+            Ok(op) => self.engine.submit(true, op, done),
+            Err(e) => done(Err(e)),
+        }
     }
 
     fn update_message(
@@ -613,6 +518,188 @@ impl QueueStore for RedbStore {
                 .open_table(VISIBLE)?
                 .retain_in((ak, qk, 0, 0)..=(ak, qk, u64::MAX, u64::MAX), |_, _| false)?;
             qrec.count = 0;
+            save_queue(ctx, &a, &q, &qrec)
+        })
+    }
+}
+
+impl RedbStore {
+    /// What [`QueueStore::put_message`] runs in the group commit, after the checks it makes first.
+    fn put_message_op(
+        &self,
+        account: &AccountName,
+        queue: &str,
+        body: &[u8],
+        options: PutMessageOptions,
+    ) -> Result<
+        impl FnOnce(&mut WriteCtx<'_>) -> Result<PutReceipt, QueueError> + Send + 'static,
+        QueueError,
+    > {
+        check_queue(queue)?;
+        if body.len() > self.queue_message_max_bytes {
+            return Err(QueueError::RequestBodyTooLarge {
+                size: body.len(),
+                max: self.queue_message_max_bytes,
+            });
+        }
+        check_visibility(options.visibility_delay, Duration::ZERO)?;
+        let ttl = match options.ttl {
+            MessageTtl::Default => Some(DEFAULT_TTL),
+            MessageTtl::Never => None,
+            MessageTtl::After(d) if d < Duration::from_secs(1) => {
+                return Err(QueueError::OutOfRangeQueryParameterValue {
+                    param: "messagettl",
+                    reason: "must be at least 1 s, or never (-1)",
+                });
+            }
+            MessageTtl::After(d) => Some(d),
+        };
+        if ttl.is_some_and(|ttl| options.visibility_delay >= ttl) {
+            return Err(QueueError::InvalidQueryParameterValue {
+                param: "visibilitytimeout",
+                reason: "must be shorter than the message's time to live",
+            });
+        }
+        let (a, q, body) = (account.as_str().to_owned(), queue.to_owned(), body.to_vec());
+        Ok(move |ctx: &mut WriteCtx<'_>| {
+            let mut qrec = load_queue(ctx, &a, &q)?;
+            ctx.charge::<QueueError>(&a, Delta::item(Resource::Messages, body.len() as u64))?;
+            let seq = ctx.ids.next_seq();
+            let rec = MessageRecord {
+                id: ctx.ids.guid_for(seq),
+                inserted: ctx.now,
+                expires: ttl.map(|t| ctx.now.saturating_add(t)),
+                visible_at: ctx.now.saturating_add(options.visibility_delay),
+                dequeue_count: 0,
+                receipt: ctx.ids.receipt(),
+                body,
+            };
+            let (ak, qk) = (a.as_str(), q.as_str());
+            ctx.txn
+                .open_table(MESSAGES)?
+                .insert((ak, qk, seq), encode(&rec).as_slice())?;
+            ctx.txn
+                .open_table(VISIBLE)?
+                .insert((ak, qk, rec.visible_at.as_micros(), seq), ())?;
+            qrec.count += 1;
+            save_queue(ctx, &a, &q, &qrec)?;
+            Ok(PutReceipt {
+                id: rec.id,
+                insertion_time: rec.inserted,
+                expiration_time: rec.expires,
+                pop_receipt: rec.receipt,
+                time_next_visible: rec.visible_at,
+            })
+        })
+    }
+
+    /// What [`QueueStore::get_messages`] runs in the group commit, after the checks it makes first.
+    fn get_messages_op(
+        &self,
+        account: &AccountName,
+        queue: &str,
+        count: u32,
+        visibility_timeout: Duration,
+    ) -> Result<
+        impl FnOnce(&mut WriteCtx<'_>) -> Result<Vec<QueueMessage>, QueueError> + Send + 'static,
+        QueueError,
+    > {
+        check_queue(queue)?;
+        check_count(count)?;
+        check_visibility(visibility_timeout, Duration::from_secs(1))?;
+        let (a, q) = (account.as_str().to_owned(), queue.to_owned());
+        Ok(move |ctx: &mut WriteCtx<'_>| {
+            let mut qrec = load_queue(ctx, &a, &q)?;
+            let (ak, qk) = (a.as_str(), q.as_str());
+            let now = ctx.now;
+            let mut visible = ctx.txn.open_table(VISIBLE)?;
+            let mut msgs = ctx.txn.open_table(MESSAGES)?;
+            // Collect first: redb tables cannot be changed while a range over them is open.
+            let mut take = Vec::new();
+            let mut purge = Vec::new();
+            for entry in visible.range((ak, qk, 0, 0)..=(ak, qk, now.as_micros(), u64::MAX))? {
+                let (k, _) = entry?;
+                let (_, _, vis, seq) = k.value();
+                let rec: MessageRecord =
+                    get_record::<(&str, &str, u64), _>(&msgs, "messages", (ak, qk, seq))?
+                        .ok_or_else(|| StorageError::Corrupt {
+                            table: "visible",
+                            detail: format!("index names missing message {seq}"),
+                        })?;
+                if rec.expired(now) {
+                    purge.push((vis, seq, rec.body.len() as u64));
+                    if purge.len() >= MAX_PURGE_PER_GET {
+                        break;
+                    }
+                } else {
+                    take.push((vis, seq, rec));
+                    if take.len() == count as usize {
+                        break;
+                    }
+                }
+            }
+            let mut purged = Delta::default();
+            for (vis, seq, body_len) in &purge {
+                visible.remove((ak, qk, *vis, *seq))?;
+                msgs.remove((ak, qk, *seq))?;
+                purged.remove_item(Resource::Messages, *body_len);
+            }
+            qrec.count = qrec.count.saturating_sub(purge.len() as u64);
+            let mut out = Vec::with_capacity(take.len());
+            for (vis, seq, mut rec) in take {
+                visible.remove((ak, qk, vis, seq))?;
+                rec.visible_at = now.saturating_add(visibility_timeout);
+                rec.dequeue_count = rec.dequeue_count.saturating_add(1);
+                rec.receipt = ctx.ids.receipt();
+                visible.insert((ak, qk, rec.visible_at.as_micros(), seq), ())?;
+                msgs.insert((ak, qk, seq), encode(&rec).as_slice())?;
+                out.push(QueueMessage {
+                    id: rec.id,
+                    insertion_time: rec.inserted,
+                    expiration_time: rec.expires,
+                    dequeue_count: rec.dequeue_count,
+                    body: rec.body,
+                    pop_receipt: rec.receipt,
+                    time_next_visible: rec.visible_at,
+                });
+            }
+            drop((visible, msgs));
+            if !purge.is_empty() {
+                ctx.charge::<QueueError>(&a, purged)?;
+                save_queue(ctx, &a, &q, &qrec)?;
+            }
+            Ok(out)
+        })
+    }
+
+    /// What [`QueueStore::delete_message`] runs in the group commit, after the checks it makes first.
+    fn delete_message_op(
+        &self,
+        account: &AccountName,
+        queue: &str,
+        id: &str,
+        pop_receipt: &str,
+    ) -> Result<impl FnOnce(&mut WriteCtx<'_>) -> Result<(), QueueError> + Send + 'static, QueueError>
+    {
+        check_queue(queue)?;
+        let (a, q, id, receipt) = (
+            account.as_str().to_owned(),
+            queue.to_owned(),
+            id.to_owned(),
+            pop_receipt.to_owned(),
+        );
+        Ok(move |ctx: &mut WriteCtx<'_>| {
+            let mut qrec = load_queue(ctx, &a, &q)?;
+            let (seq, rec) = held_message(ctx, &a, &q, &id, &receipt)?;
+            let mut d = Delta::default();
+            d.remove_item(Resource::Messages, rec.body.len() as u64);
+            ctx.charge::<QueueError>(&a, d)?;
+            let (ak, qk) = (a.as_str(), q.as_str());
+            ctx.txn.open_table(MESSAGES)?.remove((ak, qk, seq))?;
+            ctx.txn
+                .open_table(VISIBLE)?
+                .remove((ak, qk, rec.visible_at.as_micros(), seq))?;
+            qrec.count = qrec.count.saturating_sub(1);
             save_queue(ctx, &a, &q, &qrec)
         })
     }
