@@ -140,8 +140,9 @@ impl<'a> Req<'a> {
             self.body.len().to_string()
         };
         let sts = format!(
-            "{}\n\n\n{len}\n\n{}\n\n\n\n\n\n\n{canon_headers}/{signer}/{}{}{canon_query}",
+            "{}\n\n\n{len}\n{}\n{}\n\n\n\n\n\n\n{canon_headers}/{signer}/{}{}{canon_query}",
             self.method,
+            get("content-md5"),
             get("content-type"),
             self.account,
             self.path
@@ -583,6 +584,41 @@ fn malformed_and_oversized_requests() {
         .signed("victim", &f.key, f.now())
         .send(f.blob);
     assert_eq!(a.status, 404, "a cut-short upload is not a blob: {a:?}");
+    // A body that is not what its Content-MD5 says is refused and not stored, as a blob, a
+    // block or a block list; a Content-MD5 that is no MD5 is refused; the right one is taken.
+    let hello_md5 = "XUFAKrxLKna5cZ2REBfFkg==";
+    for (query, body) in [
+        ("", "hellO"),
+        ("comp=block&blockid=YWFhYQ%3D%3D", "hellO"),
+        ("comp=blocklist", "<BlockList></BlockList>"),
+    ] {
+        let a = Req::new("PUT", "victim", "/box/checked")
+            .query(query)
+            .header("x-ms-blob-type", "BlockBlob")
+            .header("content-md5", hello_md5)
+            .body(body)
+            .signed("victim", &f.key, f.now())
+            .send(f.blob);
+        assert_eq!((a.status, a.code()), (400, "Md5Mismatch"), "{query}: {a:?}");
+    }
+    let a = Req::new("HEAD", "victim", "/box/checked")
+        .signed("victim", &f.key, f.now())
+        .send(f.blob);
+    assert_eq!(a.status, 404, "nothing was stored: {a:?}");
+    let a = Req::new("PUT", "victim", "/box/checked")
+        .header("x-ms-blob-type", "BlockBlob")
+        .header("content-md5", "abc")
+        .body("hello")
+        .signed("victim", &f.key, f.now())
+        .send(f.blob);
+    assert_eq!((a.status, a.code()), (400, "InvalidMd5"), "{a:?}");
+    let a = Req::new("PUT", "victim", "/box/checked")
+        .header("x-ms-blob-type", "BlockBlob")
+        .header("content-md5", hello_md5)
+        .body("hello")
+        .signed("victim", &f.key, f.now())
+        .send(f.blob);
+    assert_eq!(a.status, 201, "{a:?}");
     // And the host answers on.
     assert!(f.messages().is_empty());
     assert!(f.host.log().contains("host ready"));

@@ -674,12 +674,19 @@ fn content_length(req: &Parsed) -> Result<Option<u64>, RestError> {
     }
 }
 
-/// Maps a body read that failed on its limit to 413, keeping other engine errors.
+/// Maps a body read that failed on its limit to 413, and one that failed its Content-MD5 to
+/// 400 Md5Mismatch, keeping other engine errors.
 fn body_error(e: BlobError, limit: u64) -> RestError {
-    if let BlobError::Storage(rolehost_storage::StorageError::BodyRead(io)) = &e
-        && io.get_ref().is_some_and(|inner| inner.is::<TooLarge>())
-    {
-        return crate::body::too_large(limit);
+    if let BlobError::Storage(rolehost_storage::StorageError::BodyRead(io)) = &e {
+        if io.get_ref().is_some_and(|inner| inner.is::<TooLarge>()) {
+            return crate::body::too_large(limit);
+        }
+        if io
+            .get_ref()
+            .is_some_and(|inner| inner.is::<crate::body::Md5Mismatch>())
+        {
+            return crate::body::md5_mismatch();
+        }
     }
     e.into()
 }
@@ -726,7 +733,8 @@ async fn put_blob(
         conditions: conditions(req)?,
         lease_id: lease_id(req),
     };
-    let mut reader = BodyReader::new(body, MAX_PUT_BLOB_BYTES);
+    let mut reader =
+        BodyReader::new(body, MAX_PUT_BLOB_BYTES).expect_md5(crate::body::content_md5(req)?);
     let (account, cn, bn) = (ctx.account.clone(), c.to_string(), b.to_string());
     let p = ctx
         .blocking(move |s| {
@@ -959,7 +967,8 @@ async fn put_block(
         return Err(crate::body::too_large(MAX_BLOCK_BYTES));
     }
     let lease = lease_id(req);
-    let mut reader = BodyReader::new(body, MAX_BLOCK_BYTES);
+    let mut reader =
+        BodyReader::new(body, MAX_BLOCK_BYTES).expect_md5(crate::body::content_md5(req)?);
     let (account, cn, bn) = (ctx.account.clone(), c.to_string(), b.to_string());
     ctx.blocking(move |s| {
         s.put_block(&account, &cn, &bn, &id, &mut reader, lease.as_deref())
@@ -979,7 +988,14 @@ async fn put_block_list(
     body: InBody,
 ) -> Result<Response<RestBody>, RestError> {
     ctx.authorize(Service::Blob, &Need::new(Level::Object, "cw").on(c).blob(b))?;
+    let expected = crate::body::content_md5(req)?;
     let raw = collect_limited(body, MAX_BLOCK_LIST_BODY).await?;
+    if let Some(want) = expected {
+        use md5::Digest as _;
+        if <[u8; 16]>::from(md5::Md5::digest(&raw)) != want {
+            return Err(crate::body::md5_mismatch());
+        }
+    }
     let root = xml::parse(&raw)?;
     if root.name != "BlockList" {
         return Err(RestError::bad_body(

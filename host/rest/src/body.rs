@@ -115,7 +115,15 @@ pub struct BodyReader {
     current: Bytes,
     read: u64,
     limit: u64,
+    /// The request's `Content-MD5`, and the hash of what was read so far.
+    expect_md5: Option<([u8; 16], md5::Md5)>,
 }
+
+/// The error a [`BodyReader`] fails with at its end when the body is not what its
+/// `Content-MD5` says: the engine then commits nothing.
+#[derive(Debug, thiserror::Error)]
+#[error("the body's MD5 is not the request's Content-MD5")]
+pub struct Md5Mismatch;
 
 /// The error a [`BodyReader`] fails with past its limit.
 #[derive(Debug, thiserror::Error)]
@@ -167,7 +175,16 @@ impl BodyReader {
             current: Bytes::new(),
             read: 0,
             limit,
+            expect_md5: None,
         }
+    }
+
+    /// Checks the body against `md5` (the request's `Content-MD5`) as it is read: at its end
+    /// a body that does not match fails the read with [`Md5Mismatch`] instead of ending.
+    pub fn expect_md5(mut self, md5: Option<[u8; 16]>) -> Self {
+        use md5::Digest as _;
+        self.expect_md5 = md5.map(|m| (m, md5::Md5::new()));
+        self
     }
 
     /// Bytes read so far.
@@ -180,7 +197,15 @@ impl Read for BodyReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.current.is_empty() {
             match self.rx.blocking_recv() {
-                None => return Ok(0),
+                None => {
+                    if let Some((want, hasher)) = self.expect_md5.take() {
+                        use md5::Digest as _;
+                        if <[u8; 16]>::from(hasher.finalize()) != want {
+                            return Err(io::Error::other(Md5Mismatch));
+                        }
+                    }
+                    return Ok(0);
+                }
                 Some(Err(e)) => return Err(e),
                 Some(Ok(b)) => self.current = b,
             }
@@ -190,6 +215,10 @@ impl Read for BodyReader {
             return Err(io::Error::other(TooLarge { limit: self.limit }));
         }
         buf[..n].copy_from_slice(&self.current[..n]);
+        if let Some((_, hasher)) = &mut self.expect_md5 {
+            use md5::Digest as _;
+            hasher.update(&buf[..n]);
+        }
         let _ = self.current.split_to(n);
         self.read += n as u64;
         Ok(n)
@@ -230,6 +259,33 @@ where
         }
     }
     Ok(out.freeze())
+}
+
+/// 400 Md5Mismatch, with Azure's message.
+pub fn md5_mismatch() -> crate::RestError {
+    crate::RestError::bad(
+        "Md5Mismatch",
+        "The MD5 value specified in the request did not match with the MD5 value calculated by the server.",
+    )
+}
+
+/// The request's `Content-MD5` (the body's own hash, checked as it is read), if it sent one.
+pub fn content_md5(req: &crate::Parsed) -> Result<Option<[u8; 16]>, crate::RestError> {
+    use base64::Engine as _;
+    let Some(v) = req.header("content-md5") else {
+        return Ok(None);
+    };
+    base64::engine::general_purpose::STANDARD
+        .decode(v.trim())
+        .ok()
+        .and_then(|raw| <[u8; 16]>::try_from(raw.as_slice()).ok())
+        .map(Some)
+        .ok_or_else(|| {
+            crate::RestError::bad(
+                "InvalidMd5",
+                "The MD5 value specified in the request is invalid. The MD5 value must be 128 bits and Base64-encoded.",
+            )
+        })
 }
 
 /// 413 RequestBodyTooLarge, with Azure's message.

@@ -64,6 +64,15 @@ class BlobTest(unittest.TestCase):
         except (ResourceNotFoundError, HttpResponseError):
             pass
 
+    def test_validated_uploads(self):
+        # validate_content sends each body's Content-MD5, which the host checks.
+        b = self.c.get_blob_client("checked.bin")
+        b.upload_blob(b"checked" * 1000, validate_content=True)
+        self.assertEqual(b.download_blob().readall(), b"checked" * 1000)
+        b.stage_block("YmxvY2sx", b"one", validate_content=True)
+        b.commit_block_list([BlobBlock("YmxvY2sx")])
+        self.assertEqual(b.download_blob().readall(), b"one")
+
     def test_containers(self):
         with self.assertRaises(ResourceExistsError) as e:
             self.svc.create_container(self.name)
