@@ -1,6 +1,7 @@
 //! `rest`: rolehost's storage REST endpoints against Azurite (the emulator users run today,
 //! in memory, its fastest setting), driven by the same light load generator: a hyper client
-//! that signs SharedKey itself, so the client is not what is measured. rolehost runs in a
+//! that signs SharedKey with the door's own `auth::sign_shared_key`, so the client is not
+//! what is measured. rolehost runs in a
 //! child process (its peak RSS is its own) and is durable; Azurite is not.
 //!
 //! Figures: queue cycles (put + get + delete) per second with 1 and 64 connections, 4 KiB
@@ -12,11 +13,12 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
+use rolehost_rest::Service;
 use rolehost_rest::keys::{DEV_ACCOUNT, Key};
 use wasmtime_wasi_http::io::TokioIo;
 
@@ -67,49 +69,6 @@ impl Conn {
         (body, len): (Body, u64),
         table: bool,
     ) -> (u16, hyper::HeaderMap, Bytes) {
-        let date = httpdate::fmt_http_date(SystemTime::now());
-        let content_type = headers
-            .iter()
-            .find(|(k, _)| *k == "content-type")
-            .map_or("", |(_, v)| *v);
-        let resource = format!("/{ACCOUNT}/{ACCOUNT}{path}");
-        let sts = if table {
-            let comp = query
-                .split('&')
-                .find_map(|kv| kv.strip_prefix("comp="))
-                .map_or(String::new(), |c| format!("?comp={c}"));
-            format!("{method}\n\n{content_type}\n{date}\n{resource}{comp}")
-        } else {
-            let mut xms: Vec<(String, String)> = headers
-                .iter()
-                .filter(|(k, _)| k.starts_with("x-ms-"))
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
-            xms.push(("x-ms-date".into(), date.clone()));
-            xms.push(("x-ms-version".into(), VERSION.into()));
-            xms.sort();
-            let canon: String = xms.iter().map(|(k, v)| format!("{k}:{v}\n")).collect();
-            let mut params: Vec<(String, String)> = query
-                .split('&')
-                .filter(|s| !s.is_empty())
-                .map(|kv| {
-                    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                    let v = percent_encoding::percent_decode_str(v)
-                        .decode_utf8_lossy()
-                        .into_owned();
-                    (k.to_ascii_lowercase(), v)
-                })
-                .collect();
-            params.sort();
-            let q: String = params.iter().map(|(k, v)| format!("\n{k}:{v}")).collect();
-            let l = if len == 0 {
-                String::new()
-            } else {
-                len.to_string()
-            };
-            format!("{method}\n\n\n{l}\n\n{content_type}\n\n\n\n\n\n\n{canon}{resource}{q}")
-        };
-        let sig = rolehost_rest::auth::sign(&self.key, &sts);
         let uri = if query.is_empty() {
             format!("/{ACCOUNT}{path}")
         } else {
@@ -119,14 +78,17 @@ impl Conn {
             .method(method)
             .uri(uri)
             .header("host", self.addr.to_string())
-            .header("x-ms-date", &date)
             .header("x-ms-version", VERSION)
-            .header("content-length", len.to_string())
-            .header("authorization", format!("SharedKey {ACCOUNT}:{sig}"));
+            .header("content-length", len.to_string());
         for (k, v) in headers {
             b = b.header(*k, *v);
         }
-        let req = b.body(body).expect("request");
+        // Signed by the door's own code: what the door checks first, and what Azurite checks.
+        let (mut head, ()) = b.body(()).expect("request").into_parts();
+        let service = if table { Service::Table } else { Service::Blob };
+        rolehost_rest::auth::sign_shared_key(service, &mut head, ACCOUNT, &self.key)
+            .expect("signing");
+        let req = hyper::Request::from_parts(head, body);
         // An HTTP/1 connection takes the next request only once it has finished the last.
         if let Err(e) = self.send.ready().await {
             panic!(
@@ -396,24 +358,15 @@ async fn blob_1gib(t: Target, key: &Arc<Key>) -> (f64, f64) {
     assert_eq!(s, 201, "put 1 GiB");
     let put = 1024.0 / start.elapsed().as_secs_f64();
     let start = Instant::now();
-    let date = httpdate::fmt_http_date(SystemTime::now());
-    let sts = format!(
-        "GET\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{VERSION}\n/{ACCOUNT}/{ACCOUNT}/big/one"
-    );
-    let req = hyper::Request::builder()
+    let (mut head, ()) = hyper::Request::builder()
         .uri(format!("/{ACCOUNT}/big/one"))
         .header("host", t.blob.to_string())
-        .header("x-ms-date", &date)
         .header("x-ms-version", VERSION)
-        .header(
-            "authorization",
-            format!(
-                "SharedKey {ACCOUNT}:{}",
-                rolehost_rest::auth::sign(key, &sts)
-            ),
-        )
-        .body(full(Bytes::new()))
-        .expect("request");
+        .body(())
+        .expect("request")
+        .into_parts();
+    rolehost_rest::auth::sign_shared_key(Service::Blob, &mut head, ACCOUNT, key).expect("signing");
+    let req = hyper::Request::from_parts(head, full(Bytes::new()));
     c.send.ready().await.expect("connection ready");
     let resp = c.send.send_request(req).await.expect("get 1 GiB");
     assert_eq!(resp.status(), 200);

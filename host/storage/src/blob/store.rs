@@ -418,9 +418,10 @@ impl RedbStore {
     ///
     /// Pipelined: while one batch is being committed, the next is read from the body, and a
     /// thread of the upload's own hashes them (MD5 costs as much CPU as all the rest), so the
-    /// network, the hash and the disk work at once. At most four batches are held
-    /// ([`UPLOAD_BATCH_CHUNKS`] each: one read, one queued for the hash, one hashed, one
-    /// committed), and one is in flight at a time, so batches are written in order.
+    /// network, the hash and the disk work at once. At most three batches are held
+    /// ([`UPLOAD_BATCH_CHUNKS`] each: one being read, one being hashed, one being committed;
+    /// the hash thread takes a batch only when it is done with the last), and one is in flight
+    /// at a time, so batches are written in order.
     #[allow(clippy::too_many_arguments)]
     fn stream_chunks(
         &self,
@@ -435,7 +436,7 @@ impl RedbStore {
         let mut in_flight: Option<InFlight> = None;
         let hasher = std::mem::replace(md5, Md5::new());
         let (result, hashed) = std::thread::scope(|scope| {
-            let (to_hash, batches) = std::sync::mpsc::sync_channel::<Batch>(1);
+            let (to_hash, batches) = std::sync::mpsc::sync_channel::<Batch>(0);
             let hashing = scope.spawn(move || {
                 let mut h = hasher;
                 for batch in batches {
