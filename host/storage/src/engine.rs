@@ -470,7 +470,7 @@ impl DbSlot {
 /// Is `e` an I/O failure after which redb refuses every write until the database is reopened?
 fn is_io_failure(e: &StorageError) -> bool {
     match e {
-        StorageError::Database(e) => matches!(**e, redb::Error::Io(_) | redb::Error::PreviousIo),
+        StorageError::Database { io, .. } => *io,
         StorageError::CommitFailed(e) => is_io_failure(e),
         _ => false,
     }

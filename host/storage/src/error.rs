@@ -13,9 +13,16 @@ pub use crate::quota::QuotaError;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StorageError {
-    /// redb reported an error (I/O, corruption detected by its checksums, ...).
-    #[error("database error: {0}")]
-    Database(#[from] Box<redb::Error>),
+    /// The database reported an error (I/O, corruption its checksums detected, ...). What it
+    /// said is kept as text, so no engine's error type leaks into the storage API.
+    #[error("database error: {detail}")]
+    Database {
+        /// What the database said.
+        detail: String,
+        /// Whether it was an I/O failure (a full or failing disk): after one the engine opens
+        /// the database again.
+        io: bool,
+    },
     /// A stored record could not be decoded.
     #[error("corrupt record in {table}: {detail}")]
     Corrupt {
@@ -82,7 +89,11 @@ macro_rules! redb_into_storage {
     ($($t:ty),*) => {$(
         impl From<$t> for StorageError {
             fn from(e: $t) -> Self {
-                StorageError::Database(Box::new(redb::Error::from(e)))
+                let e = redb::Error::from(e);
+                StorageError::Database {
+                    io: matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo),
+                    detail: e.to_string(),
+                }
             }
         }
     )*};

@@ -200,10 +200,7 @@ pub fn render(fabric: &Fabric) -> String {
     for s in &services {
         let (storage, account) = s.storage();
         let mut options = ListOptions::default();
-        loop {
-            let Ok(page) = storage.list_queues(&account, &options) else {
-                break;
-            };
+        while let Ok(page) = storage.list_queues(&account, &options) {
             for q in &page.items {
                 if let Ok(p) = storage.get_queue_properties(&account, &q.name) {
                     let labels = [("service", s.name()), ("queue", q.name.as_str())];
