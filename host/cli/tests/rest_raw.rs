@@ -209,6 +209,15 @@ fn fixture() -> Fixture {
     let host = Host::start(&dir.path().join("host"));
     deploy(&host, dir.path(), "victim");
     deploy(&host, dir.path(), "attacker");
+    // A service whose manifest lowers its queue message size limit: the one host honours it
+    // for that account alone.
+    let tiny = service_dir(
+        &dir.path().join("tiny"),
+        "[service]\nname = \"tiny\"\n[storage]\nqueue-message-max-bytes = 100\n\
+         [roles.Web]\nkind = \"web\"\ncomponent = \"{guest:hello_web}\"\n\
+         instances = 1\n[[roles.Web.endpoints]]\nport = 0\n",
+    );
+    host.ok(&["deploy", &tiny]);
     let endpoints: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.path().join("host/storage-endpoints.json")).unwrap(),
     )
@@ -484,6 +493,42 @@ fn malformed_and_oversized_requests() {
         b"GET / HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n",
     );
     assert_eq!(a.code(), "InvalidUri");
+    // Each account's own message size limit, from its manifest, under one host.
+    let tiny_key = key_of(&f.host, "tiny");
+    for (account, key, len, status) in [
+        ("tiny", &tiny_key, 0, 201),
+        ("tiny", &tiny_key, 101, 413),
+        ("tiny", &tiny_key, 100, 201),
+        ("victim", &f.key, 1000, 201),
+    ] {
+        if len == 0 {
+            let a = Req::new("PUT", account, "/small")
+                .signed(account, key, now)
+                .send(f.queue);
+            assert_eq!(a.status, 201, "{a:?}");
+            continue;
+        }
+        let path = if account == "tiny" {
+            "/small/messages"
+        } else {
+            "/jobs/messages"
+        };
+        let a = Req::new("POST", account, path)
+            .body(format!(
+                "<QueueMessage><MessageText>{}</MessageText></QueueMessage>",
+                "x".repeat(len)
+            ))
+            .signed(account, key, now)
+            .send(f.queue);
+        assert_eq!(a.status, status, "{account} {len}: {a:?}");
+        if status == 413 {
+            assert_eq!(a.code(), "RequestBodyTooLarge");
+        }
+    }
+    let a = Req::new("DELETE", "victim", "/jobs/messages")
+        .signed("victim", &f.key, now)
+        .send(f.queue);
+    assert_eq!(a.status, 204, "{a:?}");
     // A message body past the door's limit, and XML that is not a message.
     let big = format!(
         "<QueueMessage><MessageText>{}</MessageText></QueueMessage>",

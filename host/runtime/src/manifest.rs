@@ -7,7 +7,7 @@
 //!
 //! [storage]
 //! data-dir = ".rolehost"        # relative to this file; `rolehost run --data-dir` overrides
-//! queue-message-max-bytes = 8192
+//! queue-message-max-bytes = 8192 # the account's own message limit (1-65536), on any host
 //!
 //! [storage.quota]               # what the service's account may store; each at most (and by
 //! max-mb = 10240                # default) what the host allows: `rolehost serve --account-quota`

@@ -149,14 +149,21 @@ pub const DEFAULT_QUEUE_MESSAGE_MAX_BYTES: usize = 8 * 1024;
 /// The largest queue message limit that may be configured (today's Azure limit).
 pub const MAX_QUEUE_MESSAGE_MAX_BYTES: usize = 64 * 1024;
 
+/// What a host sets for one account, from its service's manifest ([`RedbStore::set_account_options`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AccountOptions {
+    /// The account's queue message size limit (1..=[`MAX_QUEUE_MESSAGE_MAX_BYTES`]).
+    pub queue_message_max_bytes: usize,
+}
+
 /// How to open a [`RedbStore`].
 #[derive(Clone, Debug)]
 pub struct StorageOptions {
     /// redb's page cache in bytes ([`DEFAULT_CACHE_BYTES`]). Its write buffer is held to half of
     /// it, so this bounds what a large upload costs in memory.
     pub cache_bytes: usize,
-    /// The queue message size limit ([`DEFAULT_QUEUE_MESSAGE_MAX_BYTES`], at most
-    /// [`MAX_QUEUE_MESSAGE_MAX_BYTES`]).
+    /// The queue message size limit of accounts without [`AccountOptions`] of their own
+    /// ([`DEFAULT_QUEUE_MESSAGE_MAX_BYTES`], at most [`MAX_QUEUE_MESSAGE_MAX_BYTES`]).
     pub queue_message_max_bytes: usize,
     /// The clock every time rule reads ([`SystemClock`] by default).
     pub clock: Arc<dyn Clock>,
@@ -193,6 +200,9 @@ impl Default for StorageOptions {
 pub struct RedbStore {
     engine: engine::Engine,
     queue_message_max_bytes: usize,
+    /// Accounts' own queue message size limits (their services' manifests'): one host serves
+    /// many services, each with its own.
+    message_max: std::sync::RwLock<std::collections::HashMap<String, usize>>,
 }
 
 impl RedbStore {
@@ -222,6 +232,7 @@ impl RedbStore {
         let store = RedbStore {
             engine: opened.engine,
             queue_message_max_bytes: options.queue_message_max_bytes,
+            message_max: Default::default(),
         };
         if opened.recount {
             tracing::info!(path = %path.as_ref().display(), "counting what each storage account stores");
@@ -234,6 +245,41 @@ impl RedbStore {
     /// stay; an account over a lowered quota can only shrink until it is under it.
     pub fn set_quota(&self, account: &AccountName, quota: Option<AccountQuota>) {
         self.engine.quotas.set(account.as_str(), quota);
+    }
+
+    /// Sets `account`'s own options (`None`: the store's defaults again). A queue message size
+    /// limit outside 1..=[`MAX_QUEUE_MESSAGE_MAX_BYTES`] is refused and changes nothing.
+    pub fn set_account_options(
+        &self,
+        account: &AccountName,
+        options: Option<AccountOptions>,
+    ) -> Result<(), StorageError> {
+        let mut map = self.message_max.write().unwrap_or_else(|p| p.into_inner());
+        match options {
+            Some(o) => {
+                if !(1..=MAX_QUEUE_MESSAGE_MAX_BYTES).contains(&o.queue_message_max_bytes) {
+                    return Err(StorageError::Internal(format!(
+                        "queue_message_max_bytes must be 1..={MAX_QUEUE_MESSAGE_MAX_BYTES}, got {}",
+                        o.queue_message_max_bytes
+                    )));
+                }
+                map.insert(account.as_str().to_string(), o.queue_message_max_bytes);
+            }
+            None => {
+                map.remove(account.as_str());
+            }
+        }
+        Ok(())
+    }
+
+    /// `account`'s queue message size limit.
+    pub fn queue_message_max_bytes(&self, account: &AccountName) -> usize {
+        self.message_max
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(account.as_str())
+            .copied()
+            .unwrap_or(self.queue_message_max_bytes)
     }
 
     /// `account`'s quota.

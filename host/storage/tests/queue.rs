@@ -545,3 +545,47 @@ fn operations_answered_through_callbacks_match_the_blocking_ones() {
         "OutOfRangeQueryParameterValue"
     );
 }
+
+#[test]
+fn each_account_has_its_own_message_size_limit() {
+    use rolehost_storage::AccountOptions;
+    let f = fixture();
+    let (s, a) = (&f.store, &f.acct);
+    let other = AccountName::new("other").unwrap();
+    for acct in [a, &other] {
+        s.create_queue(acct, "sized", vec![]).unwrap();
+    }
+    let small = AccountOptions {
+        queue_message_max_bytes: 100,
+    };
+    s.set_account_options(a, Some(small)).unwrap();
+    let put = |acct: &AccountName, n: usize| {
+        s.put_message(acct, "sized", &vec![b'x'; n], PutMessageOptions::default())
+    };
+    assert_eq!(code(put(a, 101)), "RequestBodyTooLarge");
+    put(a, 100).unwrap();
+    put(&other, 1000).unwrap();
+    assert_eq!(s.queue_message_max_bytes(a), 100);
+    // Update Message is held to the same limit.
+    let m = s.get_messages(a, "sized", 1, 30 * S).unwrap().remove(0);
+    assert_eq!(
+        code(s.update_message(a, "sized", &m.id, &m.pop_receipt, S, Some(&[b'y'; 101]))),
+        "RequestBodyTooLarge"
+    );
+    assert!(
+        s.set_account_options(
+            a,
+            Some(AccountOptions {
+                queue_message_max_bytes: 0
+            })
+        )
+        .is_err()
+    );
+    assert_eq!(
+        s.queue_message_max_bytes(a),
+        100,
+        "a refused setting changes nothing"
+    );
+    s.set_account_options(a, None).unwrap();
+    put(a, 1000).unwrap();
+}

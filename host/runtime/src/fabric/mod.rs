@@ -877,10 +877,19 @@ impl Fabric {
         Ok(manifest.storage.quota.apply(self.storage.default_quota())?)
     }
 
-    /// Holds the service's account to its quota from now on.
+    /// Holds the service's account to its quota and its manifest's storage options (the queue
+    /// message size limit) from now on.
     fn set_account_quota(&self, manifest: &Manifest) -> Result<(), FabricError> {
         let quota = self.account_quota(manifest)?;
         let account = rolehost_storage::AccountName::new(manifest.service.clone())
+            .map_err(|e| FabricError::BadRequest(e.to_string()))?;
+        self.storage
+            .set_account_options(
+                &account,
+                Some(rolehost_storage::AccountOptions {
+                    queue_message_max_bytes: manifest.storage.queue_message_max_bytes,
+                }),
+            )
             .map_err(|e| FabricError::BadRequest(e.to_string()))?;
         self.storage.set_quota(&account, Some(quota));
         Ok(())
@@ -1144,6 +1153,7 @@ impl Fabric {
         }
         if let Ok(account) = rolehost_storage::AccountName::new(name) {
             self.storage.set_quota(&account, None);
+            let _ = self.storage.set_account_options(&account, None);
         }
         self.remove_record(name)
     }

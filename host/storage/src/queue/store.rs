@@ -451,13 +451,11 @@ impl QueueStore for RedbStore {
     ) -> Result<UpdateReceipt, QueueError> {
         check_queue(queue)?;
         check_visibility(visibility_timeout, Duration::ZERO)?;
+        let max = self.queue_message_max_bytes(account);
         if let Some(b) = body
-            && b.len() > self.queue_message_max_bytes
+            && b.len() > max
         {
-            return Err(QueueError::RequestBodyTooLarge {
-                size: b.len(),
-                max: self.queue_message_max_bytes,
-            });
+            return Err(QueueError::RequestBodyTooLarge { size: b.len(), max });
         }
         let (a, q, id, receipt) = (
             account.as_str().to_owned(),
@@ -536,10 +534,11 @@ impl RedbStore {
         QueueError,
     > {
         check_queue(queue)?;
-        if body.len() > self.queue_message_max_bytes {
+        let max = self.queue_message_max_bytes(account);
+        if body.len() > max {
             return Err(QueueError::RequestBodyTooLarge {
                 size: body.len(),
-                max: self.queue_message_max_bytes,
+                max,
             });
         }
         check_visibility(options.visibility_delay, Duration::ZERO)?;
