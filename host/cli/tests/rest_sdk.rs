@@ -411,3 +411,114 @@ fn the_storage_cli_reaches_a_running_host_over_rest() {
         assert_eq!(strip(r), strip(l));
     }
 }
+
+/// Azurite (the emulator), started for one test on ports of its own; killed when dropped.
+struct Azurite(std::process::Child);
+
+impl Drop for Azurite {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `rolehost storage --connection-string` is an Azure client like any other: Azurite, which
+/// checks SharedKey its own way, takes what it sends and the commands print what they print
+/// against rolehost.
+#[test]
+fn the_storage_cli_speaks_to_azurite_too() {
+    let out = Command::new(repo().join("scripts/azure-sdks"))
+        .arg("azurite")
+        .output()
+        .expect("running scripts/azure-sdks azurite");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bin = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let ports = [free_port(), free_port(), free_port()];
+    let _azurite = Azurite(
+        Command::new(bin)
+            .args(["--inMemoryPersistence", "--silent", "--disableTelemetry"])
+            .args([
+                "--blobHost",
+                "127.0.0.1",
+                "--queueHost",
+                "127.0.0.1",
+                "--tableHost",
+                "127.0.0.1",
+            ])
+            .args(["--blobPort", &ports[0].to_string()])
+            .args(["--queuePort", &ports[1].to_string()])
+            .args(["--tablePort", &ports[2].to_string()])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("starting azurite"),
+    );
+    for p in ports {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", p)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "azurite did not listen on {p}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+    let cs = format!(
+        "AccountName=devstoreaccount1;AccountKey={};BlobEndpoint=http://127.0.0.1:{}/devstoreaccount1;QueueEndpoint=http://127.0.0.1:{}/devstoreaccount1;TableEndpoint=http://127.0.0.1:{}/devstoreaccount1;",
+        rolehost_rest_dev_key(),
+        ports[0],
+        ports[1],
+        ports[2]
+    );
+    let run = |args: &[&str]| -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_rolehost"))
+            .args(["storage", "--connection-string", &cs])
+            .args(args)
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "rolehost storage {args:?} against azurite: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    run(&["queue", "put", "jobs", "job {n}", "--repeat", "2"]);
+    let peek = run(&["queue", "peek", "jobs"]);
+    let bodies: Vec<&str> = peek
+        .lines()
+        .map(|l| l.rsplit('\t').next().unwrap())
+        .collect();
+    assert_eq!(bodies, ["job 0", "job 1"]);
+    assert_eq!(run(&["queue", "count", "jobs"]).trim(), "2");
+    run(&["blob", "put", "docs", "dir/a b.txt", "--text", "héllo"]);
+    assert_eq!(run(&["blob", "get", "docs", "dir/a b.txt"]), "héllo");
+    assert!(run(&["blob", "list", "docs"]).starts_with("dir/a b.txt\t6\t"));
+    run(&["table", "create", "People"]);
+    run(&[
+        "table",
+        "upsert",
+        "People",
+        "p1",
+        "it's ada",
+        "Name=Ada",
+        "Age:int64=36",
+    ]);
+    let got = run(&["table", "get", "People", "p1", "it's ada"]);
+    assert!(
+        got.contains("Age=Int64(36)") && got.contains("Name=String(\"Ada\")"),
+        "{got}"
+    );
+}
