@@ -14,18 +14,24 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// The Python of the SDKs' virtual environment, made the first time.
-fn sdk_python() -> PathBuf {
+/// What `scripts/azure-sdks <what>` installs the first time and prints: `python` (the SDKs'
+/// virtual environment's Python), `node` (the JS SDKs' node_modules), `azurite` (its command).
+fn sdk_tool(what: &str) -> PathBuf {
     let out = Command::new(repo().join("scripts/azure-sdks"))
-        .arg("python")
+        .arg(what)
         .output()
         .expect("running scripts/azure-sdks");
     assert!(
         out.status.success(),
-        "scripts/azure-sdks python failed: {}",
+        "scripts/azure-sdks {what} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// The Python of the SDKs' virtual environment.
+fn sdk_python() -> PathBuf {
+    sdk_tool("python")
 }
 
 /// A host serving the development account too, with a web service deployed (its account is
@@ -151,16 +157,7 @@ fn a_browser_uploads_with_a_sas_after_a_cors_preflight() {
 /// The official JavaScript SDKs: a smoke test of each service.
 #[test]
 fn the_javascript_sdks_reach_each_service() {
-    let out = Command::new(repo().join("scripts/azure-sdks"))
-        .arg("node")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let modules = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let modules = sdk_tool("node");
     let dir = tempfile::tempdir().unwrap();
     let (mut host, conn, _) = host_with_service(dir.path(), "sdkjs");
     // Node resolves packages from the script's directory up: run a copy beside node_modules.
@@ -435,16 +432,7 @@ fn free_port() -> u16 {
 /// against rolehost.
 #[test]
 fn the_storage_cli_speaks_to_azurite_too() {
-    let out = Command::new(repo().join("scripts/azure-sdks"))
-        .arg("azurite")
-        .output()
-        .expect("running scripts/azure-sdks azurite");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let bin = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let bin = sdk_tool("azurite");
     let ports = [free_port(), free_port(), free_port()];
     let _azurite = Azurite(
         Command::new(bin)
