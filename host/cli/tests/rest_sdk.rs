@@ -380,17 +380,16 @@ fn the_storage_cli_reaches_a_running_host_over_rest() {
     );
 
     // Stopped: the same commands open the data directory and see the same storage.
-    let remote_views = [
-        cmd(&host, &["blob", "list", "docs"]),
-        cmd(&host, &["queue", "peek", "jobs"]),
-        cmd(&host, &["table", "query", "People"]),
-    ];
+    let views = |host: &Host| {
+        [
+            cmd(host, &["blob", "list", "docs"]),
+            cmd(host, &["queue", "peek", "jobs"]),
+            cmd(host, &["table", "query", "People"]),
+        ]
+    };
+    let remote_views = views(&host);
     host.stop();
-    let local_views = [
-        cmd(&host, &["blob", "list", "docs"]),
-        cmd(&host, &["queue", "peek", "jobs"]),
-        cmd(&host, &["table", "query", "People"]),
-    ];
+    let local_views = views(&host);
     assert_eq!(remote_views[0], local_views[0]);
     assert_eq!(remote_views[1], local_views[1]);
     // Entities print the same but for their timestamps' rendering of the ETag.

@@ -4,9 +4,13 @@
 use rolehost_storage::Timestamp;
 use rolehost_storage::blob::AccessPolicy;
 
+use http::Response;
+use rolehost_storage::{AccountName, Backend};
+
+use crate::auth::{Level, Need};
 use crate::body::collect_limited;
 use crate::xml::{self, Xml};
-use crate::{InBody, RestError};
+use crate::{Ctx, InBody, RestBody, RestError, Service, empty, xml_reply};
 
 /// Largest Set ACL body read: five policies are a few hundred bytes each.
 pub const MAX_ACL_BODY: usize = 64 * 1024;
@@ -78,4 +82,45 @@ pub async fn read_policies(body: InBody) -> Result<Vec<AccessPolicy>, RestError>
         });
     }
     Ok(policies)
+}
+
+/// How a service reads a queue's or table's policies from the engine.
+pub type ReadAcl<E> = fn(&dyn Backend, &AccountName, &str) -> Result<Vec<AccessPolicy>, E>;
+/// How a service replaces them.
+pub type WriteAcl<E> = fn(&dyn Backend, &AccountName, &str, Vec<AccessPolicy>) -> Result<(), E>;
+
+/// Get Queue ACL and Get Table ACL: the policies of `name`, as `<SignedIdentifiers>`.
+pub async fn get<E>(
+    ctx: &Ctx<'_>,
+    service: Service,
+    name: &str,
+    read: ReadAcl<E>,
+) -> Result<Response<RestBody>, RestError>
+where
+    E: Into<RestError> + Send + 'static,
+{
+    ctx.authorize(service, &Need::new(Level::Container, "r").on(name))?;
+    let (account, n) = (ctx.account.clone(), name.to_string());
+    let policies = ctx.blocking(move |s| read(s, &account, &n)).await?;
+    Ok(xml_reply(200, policies_xml(&policies)))
+}
+
+/// Set Queue ACL and Set Table ACL: replaces the policies of `name`; a SAS naming one of
+/// them (`si`) takes what it leaves out from it.
+pub async fn set<E>(
+    ctx: &Ctx<'_>,
+    service: Service,
+    name: &str,
+    body: InBody,
+    write: WriteAcl<E>,
+) -> Result<Response<RestBody>, RestError>
+where
+    E: Into<RestError> + Send + 'static,
+{
+    ctx.authorize(service, &Need::new(Level::Container, "w").on(name))?;
+    let policies = read_policies(body).await?;
+    let (account, n) = (ctx.account.clone(), name.to_string());
+    ctx.blocking(move |s| write(s, &account, &n, policies))
+        .await?;
+    Ok(empty(204))
 }

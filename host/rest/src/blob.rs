@@ -618,18 +618,13 @@ fn content_settings(
     request_content_type: bool,
 ) -> Result<ContentSettings, RestError> {
     let get = |n: &str| req.header(n).map(str::to_string);
-    let md5 = match req.header("x-ms-blob-content-md5") {
-        None => None,
-        Some(v) => {
-            let raw = B64
-                .decode(v)
-                .map_err(|_| RestError::bad_header("x-ms-blob-content-md5", "not base64"))?;
-            Some(
-                <[u8; 16]>::try_from(raw.as_slice())
-                    .map_err(|_| RestError::bad_header("x-ms-blob-content-md5", "not 16 bytes"))?,
-            )
-        }
-    };
+    let md5 = req
+        .header("x-ms-blob-content-md5")
+        .map(|v| {
+            crate::body::md5_value(v)
+                .map_err(|why| RestError::bad_header("x-ms-blob-content-md5", why))
+        })
+        .transpose()?;
     Ok(ContentSettings {
         content_type: get("x-ms-blob-content-type").or_else(|| {
             if request_content_type {

@@ -269,23 +269,26 @@ pub fn md5_mismatch() -> crate::RestError {
     )
 }
 
+/// An MD5 header's value (base64 of 16 bytes), or what is wrong with it.
+pub fn md5_value(v: &str) -> Result<[u8; 16], &'static str> {
+    use base64::Engine as _;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(v.trim())
+        .map_err(|_| "not base64")?;
+    <[u8; 16]>::try_from(raw.as_slice()).map_err(|_| "not 16 bytes")
+}
+
 /// The request's `Content-MD5` (the body's own hash, checked as it is read), if it sent one.
 pub fn content_md5(req: &crate::Parsed) -> Result<Option<[u8; 16]>, crate::RestError> {
-    use base64::Engine as _;
     let Some(v) = req.header("content-md5") else {
         return Ok(None);
     };
-    base64::engine::general_purpose::STANDARD
-        .decode(v.trim())
-        .ok()
-        .and_then(|raw| <[u8; 16]>::try_from(raw.as_slice()).ok())
-        .map(Some)
-        .ok_or_else(|| {
-            crate::RestError::bad(
-                "InvalidMd5",
-                "The MD5 value specified in the request is invalid. The MD5 value must be 128 bits and Base64-encoded.",
-            )
-        })
+    md5_value(v).map(Some).map_err(|_| {
+        crate::RestError::bad(
+            "InvalidMd5",
+            "The MD5 value specified in the request is invalid. The MD5 value must be 128 bits and Base64-encoded.",
+        )
+    })
 }
 
 /// 413 RequestBodyTooLarge, with Azure's message.

@@ -45,8 +45,15 @@ pub async fn handle(
             get_metadata(ctx, q).await
         }
         ([q], &Method::PUT) if req.comp() == Some("metadata") => set_metadata(ctx, &req, q).await,
-        ([q], &Method::GET | &Method::HEAD) if req.comp() == Some("acl") => get_acl(ctx, q).await,
-        ([q], &Method::PUT) if req.comp() == Some("acl") => set_acl(ctx, q, body).await,
+        ([q], &Method::GET | &Method::HEAD) if req.comp() == Some("acl") => {
+            crate::acl::get(ctx, Service::Queue, q, |s, a, q| s.get_queue_acl(a, q)).await
+        }
+        ([q], &Method::PUT) if req.comp() == Some("acl") => {
+            crate::acl::set(ctx, Service::Queue, q, body, |s, a, q, p| {
+                s.set_queue_acl(a, q, p)
+            })
+            .await
+        }
         ([q, "messages"], &Method::POST) => put_message(ctx, &req, q, body).await,
         ([q, "messages"], &Method::GET) => {
             if req
@@ -373,25 +380,4 @@ async fn update_message(
         &http_date(updated.time_next_visible),
     ));
     Ok(reply(204, headers, RestBody::empty()))
-}
-
-/// Get Queue ACL: the queue's stored access policies.
-async fn get_acl(ctx: &Ctx<'_>, q: &str) -> Result<Response<RestBody>, RestError> {
-    ctx.authorize(Service::Queue, &Need::new(Level::Container, "r").on(q))?;
-    let (account, qn) = (ctx.account.clone(), q.to_string());
-    let policies = ctx
-        .blocking(move |s| s.get_queue_acl(&account, &qn))
-        .await?;
-    Ok(xml_reply(200, crate::acl::policies_xml(&policies)))
-}
-
-/// Set Queue ACL: replaces them; a queue SAS naming one of them (`si`) takes what it leaves
-/// out from it.
-async fn set_acl(ctx: &Ctx<'_>, q: &str, body: InBody) -> Result<Response<RestBody>, RestError> {
-    ctx.authorize(Service::Queue, &Need::new(Level::Container, "w").on(q))?;
-    let policies = crate::acl::read_policies(body).await?;
-    let (account, qn) = (ctx.account.clone(), q.to_string());
-    ctx.blocking(move |s| s.set_queue_acl(&account, &qn, policies))
-        .await?;
-    Ok(empty(204))
 }

@@ -177,8 +177,15 @@ pub async fn handle(
     }
     if req.comp() == Some("acl") {
         return match (req.segments.as_slice(), req.method.as_str()) {
-            ([t], "GET" | "HEAD") => get_acl(ctx, t).await,
-            ([t], "PUT") => set_acl(ctx, t, body).await,
+            ([t], "GET" | "HEAD") => {
+                crate::acl::get(ctx, Service::Table, t, |s, a, t| s.get_table_acl(a, t)).await
+            }
+            ([t], "PUT") => {
+                crate::acl::set(ctx, Service::Table, t, body, |s, a, t, p| {
+                    s.set_table_acl(a, t, p)
+                })
+                .await
+            }
             _ => Err(req.no_such_operation()),
         };
     }
@@ -1145,27 +1152,6 @@ fn uuid_like(n: usize) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
     format!("{:016x}{:04x}", t, n as u16)
-}
-
-/// Get Table ACL: the table's stored access policies (XML, as Azure answers it).
-async fn get_acl(ctx: &Ctx<'_>, t: &str) -> Result<Response<RestBody>, RestError> {
-    ctx.authorize(Service::Table, &Need::new(Level::Container, "r").on(t))?;
-    let (account, tn) = (ctx.account.clone(), t.to_string());
-    let policies = ctx
-        .blocking(move |s| s.get_table_acl(&account, &tn))
-        .await?;
-    Ok(crate::xml_reply(200, crate::acl::policies_xml(&policies)))
-}
-
-/// Set Table ACL: replaces them; a table SAS naming one of them (`si`) takes what it leaves
-/// out from it.
-async fn set_acl(ctx: &Ctx<'_>, t: &str, body: InBody) -> Result<Response<RestBody>, RestError> {
-    ctx.authorize(Service::Table, &Need::new(Level::Container, "w").on(t))?;
-    let policies = crate::acl::read_policies(body).await?;
-    let (account, tn) = (ctx.account.clone(), t.to_string());
-    ctx.blocking(move |s| s.set_table_acl(&account, &tn, policies))
-        .await?;
-    Ok(reply(204, Vec::new(), RestBody::empty()))
 }
 
 #[cfg(test)]

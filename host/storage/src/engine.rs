@@ -659,9 +659,20 @@ impl Engine {
         E: FamilyError,
     {
         let (reply_tx, reply_rx) = mpsc::sync_channel::<Result<R, E>>(1);
-        self.submit(durable, op, move |r| {
-            let _ = reply_tx.send(r);
-        });
+        let abandon_tx = reply_tx.clone();
+        let sent = self.enqueue(
+            durable,
+            op,
+            move |r| {
+                let _ = reply_tx.send(r);
+            },
+            move |r| {
+                let _ = abandon_tx.send(r);
+            },
+        );
+        if !sent {
+            return Err(E::from(StorageError::Closed));
+        }
         reply_rx
             .recv()
             .unwrap_or_else(|_| Err(E::from(StorageError::Closed)))
@@ -680,8 +691,8 @@ impl Engine {
         R: Send + 'static,
         E: FamilyError,
     {
-        // Answered exactly once: by the completion, or by `abandon` when the batch failed
-        // before the job ran, or here when the committer is gone.
+        // Answered exactly once: by the completion, or when the batch failed before the job
+        // ran, or here when the committer is gone.
         let done: OnceAnswer<Result<R, E>> = Arc::new(Mutex::new(Some(Box::new(done))));
         let answer = |done: &OnceAnswer<Result<R, E>>, r: Result<R, E>| {
             let f = done.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -689,42 +700,60 @@ impl Engine {
                 f(r);
             }
         };
-        let abandon_done = done.clone();
+        let (job_done, abandon_done) = (done.clone(), done.clone());
+        let sent = self.enqueue(
+            durable,
+            op,
+            move |r| answer(&job_done, r),
+            move |r| answer(&abandon_done, r),
+        );
+        if !sent {
+            answer(&done, Err(E::from(StorageError::Closed)));
+        }
+    }
+
+    /// Hands `op` to the committer: `answer` gets its result after the commit, `abandoned` an
+    /// error if the batch failed before the job ran (exactly one of them is called). False
+    /// when the committer is gone (neither is called).
+    fn enqueue<R, E>(
+        &self,
+        durable: bool,
+        op: impl FnOnce(&mut WriteCtx<'_>) -> Result<R, E> + Send + 'static,
+        answer: impl FnOnce(Result<R, E>) + Send + 'static,
+        abandoned: impl FnOnce(Result<R, E>) + Send + 'static,
+    ) -> bool
+    where
+        R: Send + 'static,
+        E: FamilyError,
+    {
         let abandon = Box::new(move |err: Arc<StorageError>| {
-            answer(&abandon_done, Err(E::from(StorageError::CommitFailed(err))));
+            abandoned(Err(E::from(StorageError::CommitFailed(err))));
         });
-        let job_done = done.clone();
         let job: Job = Box::new(move |ctx| {
             let result = op(ctx);
             let engine_failure = matches!(&result, Err(e) if e.is_engine_failure());
             let completion: Completion = Box::new(move |commit| {
-                let out = match (result, commit) {
+                answer(match (result, commit) {
                     // A refused operation wrote nothing: its own error is the truth.
                     (Err(e), _) => Err(e),
                     (Ok(r), Ok(())) => Ok(r),
                     (Ok(_), Err(commit_err)) => {
                         Err(E::from(StorageError::CommitFailed(commit_err)))
                     }
-                };
-                answer(&job_done, out);
+                });
             });
             (engine_failure, completion)
         });
-        let sent = {
-            let sender = self.sender.lock().unwrap_or_else(|p| p.into_inner());
-            sender.as_ref().is_some_and(|sender| {
-                sender
-                    .send(Request {
-                        job,
-                        abandon,
-                        durable,
-                    })
-                    .is_ok()
-            })
-        };
-        if !sent {
-            answer(&done, Err(E::from(StorageError::Closed)));
-        }
+        let sender = self.sender.lock().unwrap_or_else(|p| p.into_inner());
+        sender.as_ref().is_some_and(|sender| {
+            sender
+                .send(Request {
+                    job,
+                    abandon,
+                    durable,
+                })
+                .is_ok()
+        })
     }
 
     /// A consistent read snapshot.
