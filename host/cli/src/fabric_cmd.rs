@@ -34,8 +34,7 @@ pub(crate) async fn serve(
         .await
         .context("opening the host's data directory")?;
     let token = api::ensure_token(fabric.data_dir()).context("making the management token")?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
+    let listener = rolehost_runtime::conn::bind(listen)
         .with_context(|| format!("listening on {listen} (--listen)"))?;
     let addr = listener.local_addr()?;
     let url = format!("http://{addr}");

@@ -49,10 +49,18 @@ pub const FD_RESERVE: usize = 256;
 /// Most connections the management API holds (its clients are the operator's tools).
 pub const MANAGEMENT_CONNECTIONS: usize = 64;
 /// Longest wait after an accept error (doubling from 10 ms): out of descriptors, the loop
-/// sleeps instead of spinning.
-pub const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+/// sleeps instead of spinning. Short, because a client queued meanwhile waits up to this
+/// long after descriptors come back (a flood's evicted sockets close a moment after they
+/// are evicted); ten failed accepts a second cost nothing.
+pub const MAX_ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// At most one log line per this period about accept errors (with how many there were).
 pub const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
+/// Connections the kernel queues for a listener before its accept loop takes them. A burst
+/// beyond the queue is dropped at the SYN and the client retries only after its 1 s
+/// retransmission timeout, so under a flood a short queue makes a normal request wait a
+/// second. 4,096 is Linux's default `somaxconn` cap (it is silently lowered to the cap);
+/// a queued connection costs the kernel a few hundred bytes, no descriptor of ours.
+pub const LISTEN_BACKLOG: u32 = 4096;
 
 /// The deadlines and cap of one listener.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -425,6 +433,21 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
+}
+
+/// Listens on `addr` with [`LISTEN_BACKLOG`] (tokio's `TcpListener::bind` queues 1,024).
+/// Every listener of the host binds through here.
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As `TcpListener::bind` does: a restarted host rebinds a port whose old connections
+    // are still in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// What a refused connection is told before it is closed.

@@ -777,7 +777,7 @@ async fn bind_endpoints(
                 RuntimeError::Unsupported(format!("role {}: {detail}", spec.name))
             })?),
         };
-        let listener = crate::web::bind(e.address).await.map_err(|source| {
+        let listener = crate::conn::bind(e.address).map_err(|source| {
             RuntimeError::Unsupported(format!(
                 "role {}: cannot listen on {}: {source}",
                 spec.name, e.address

@@ -147,13 +147,11 @@ pub async fn start(
     let mut listeners = Vec::new();
     for (service, addr) in wanted {
         let Some(addr) = addr else { continue };
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| EndpointError::Bind {
-                service: service.as_str(),
-                addr,
-                source,
-            })?;
+        let listener = crate::conn::bind(addr).map_err(|source| EndpointError::Bind {
+            service: service.as_str(),
+            addr,
+            source,
+        })?;
         let local = listener
             .local_addr()
             .map_err(|source| EndpointError::Bind {

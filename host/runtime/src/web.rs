@@ -14,7 +14,6 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -1207,11 +1206,6 @@ fn head_len<B>(req: &Request<B>) -> usize {
     req.headers()
         .iter()
         .fold(line + 2, |n, (k, v)| n + k.as_str().len() + 2 + v.len() + 2)
-}
-
-/// Binds an endpoint.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
 }
 
 /// Loads an HTTPS endpoint's certificate chain and key. The error names the file.
