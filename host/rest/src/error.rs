@@ -125,6 +125,11 @@ fn engine_failure(e: &StorageError) -> RestError {
     tracing::error!(error = %e, "storage request failed inside the engine");
     match e {
         StorageError::BodyRead(_) => RestError::new(e.status(), e.code(), sentence(e)),
+        StorageError::OutcomeUnknown { .. } => RestError::new(
+            500,
+            "OperationTimedOut",
+            "The operation could not be completed within the permitted time. The operation may or may not have succeeded on the server side.",
+        ),
         StorageError::Unavailable { .. } => RestError::new(
             503,
             "ServerBusy",
@@ -194,5 +199,11 @@ mod tests {
         let e = RestError::from(BlobError::Storage(StorageError::Internal("path /x".into())));
         assert_eq!(e.status, 500);
         assert!(!e.message.contains("/x"), "no internals: {}", e.message);
+        let e = RestError::from(QueueError::Storage(StorageError::OutcomeUnknown {
+            detail: "connection to 10.1.2.3:5432 reset".into(),
+        }));
+        assert_eq!(e.status, 500);
+        assert_eq!(e.code, "OperationTimedOut");
+        assert!(!e.message.contains("10.1.2.3"), "{}", e.message);
     }
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rolehost_storage::{AccountName, Backend, Clock, RedbStore, StorageOptions};
+use rolehost_storage::{AccountName, Accounts, Backend, Clock, RedbStore, StorageOptions};
 use tokio::task::JoinHandle;
 use wasmtime::component::Component;
 

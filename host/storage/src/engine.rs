@@ -42,6 +42,7 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use crate::clock::{Clock, Timestamp};
 use crate::error::{FamilyError, StorageError};
+use crate::ids;
 use crate::quota::{Delta, QuotaBook, QuotaError, Resource, Usage};
 
 // ---- Table layout (see ARCHITECTURE.md "Storage layout"). Keys start with the account name, so
@@ -183,13 +184,6 @@ pub(crate) struct IdGen {
     salt: u64,
 }
 
-/// SplitMix64's finaliser: a bijection on u64, so distinct sequence numbers stay distinct.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 impl IdGen {
     pub(crate) fn next_seq(&mut self) -> u64 {
         let s = self.next;
@@ -200,27 +194,18 @@ impl IdGen {
     /// An opaque quoted ETag in Azure's blob format (`"0x8D…"`).
     pub(crate) fn etag(&mut self) -> String {
         let s = self.next_seq();
-        format!("\"0x8D{:016X}\"", mix(s ^ self.salt))
+        ids::etag(s, self.salt)
     }
 
     /// A weak ETag for table entities. Opaque, unique per write.
     pub(crate) fn weak_etag(&mut self) -> String {
         let s = self.next_seq();
-        format!("W/\"0x{:016X}\"", mix(s ^ self.salt))
+        ids::weak_etag(s, self.salt)
     }
 
-    /// A GUID-shaped id whose low 64 bits are the sequence number (message ids use this to find
-    /// the message again without a second index).
+    /// A GUID-shaped id whose low 64 bits are the sequence number ([`ids::guid`]).
     pub(crate) fn guid_for(&self, seq: u64) -> String {
-        let hi = mix(seq ^ self.salt);
-        format!(
-            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-            hi >> 32,
-            (hi >> 16) & 0xffff,
-            hi & 0xffff,
-            seq >> 48,
-            seq & 0xffff_ffff_ffff
-        )
+        ids::guid(seq, self.salt)
     }
 
     pub(crate) fn guid(&mut self) -> String {
@@ -231,30 +216,11 @@ impl IdGen {
     /// An opaque pop receipt.
     pub(crate) fn receipt(&mut self) -> String {
         let s = self.next_seq();
-        format!(
-            "AgAAAAMAAAAAAAAA{:016x}",
-            mix(s ^ self.salt.rotate_left(17))
-        )
+        ids::receipt(s, self.salt)
     }
 }
 
-/// Recovers the sequence number from an id made by [`IdGen::guid_for`].
-pub(crate) fn seq_from_guid(id: &str) -> Option<u64> {
-    let mut parts = id.split('-');
-    let (_, _, _, g4, g5) = (
-        parts.next()?,
-        parts.next()?,
-        parts.next()?,
-        parts.next()?,
-        parts.next()?,
-    );
-    if parts.next().is_some() || g4.len() != 4 || g5.len() != 12 {
-        return None;
-    }
-    let hi = u64::from_str_radix(g4, 16).ok()?;
-    let lo = u64::from_str_radix(g5, 16).ok()?;
-    Some((hi << 48) | lo)
-}
+pub(crate) use crate::ids::seq_from_guid;
 
 /// What an operation sees while it runs inside the committer.
 pub(crate) struct WriteCtx<'a> {
@@ -319,23 +285,7 @@ impl BatchUsage {
             return Ok(());
         }
         let mut used = self.load(txn, account)?;
-        let quota = self.book.quota(account);
-        for (r, d) in Resource::ALL.into_iter().zip(delta.0) {
-            if d <= 0 {
-                continue;
-            }
-            let wanted = used.get(r).saturating_add(d.unsigned_abs());
-            if wanted > quota.get(r) {
-                return Err(QuotaError::Account {
-                    account: account.to_string(),
-                    resource: r,
-                    used: used.get(r),
-                    wanted,
-                    limit: quota.get(r),
-                }
-                .into());
-            }
-        }
+        crate::quota::admit(account, &used, &delta, &self.book.quota(account))?;
         let grows = delta.bytes().max(0).unsigned_abs();
         if grows > 0 {
             let book = &self.book;
@@ -595,7 +545,7 @@ impl Engine {
                 Some(s) => s,
                 None => {
                     let s = id_seed.unwrap_or_else(|| {
-                        mix(clock.now().as_micros() ^ u64::from(std::process::id()))
+                        ids::mix(clock.now().as_micros() ^ u64::from(std::process::id()))
                     });
                     meta.insert("salt", s)?;
                     s

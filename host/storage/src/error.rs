@@ -57,6 +57,16 @@ pub enum StorageError {
     /// Another process has the database open.
     #[error("{0} is open in another process (is another rolehost using it?)")]
     InUse(String),
+    /// The connection carrying the operation was lost before its outcome was known: it may
+    /// or may not have taken effect (a networked engine whose server went away mid-commit, or
+    /// could not be reached). Guests see `timeout`, never "did not happen".
+    #[error(
+        "the storage database did not answer; the operation may or may not have taken effect: {detail}"
+    )]
+    OutcomeUnknown {
+        /// What failed.
+        detail: String,
+    },
     /// The database failed on I/O (a full or failing disk) and is not open again yet.
     #[error("the storage database {path} is unavailable after an I/O failure: {detail}")]
     Unavailable {
@@ -72,6 +82,7 @@ impl StorageError {
     pub fn code(&self) -> &'static str {
         match self {
             StorageError::BodyRead(_) => "InvalidInput",
+            StorageError::OutcomeUnknown { .. } => "OperationTimedOut",
             _ => "InternalError",
         }
     }

@@ -11,6 +11,7 @@
 //! - [`clock`]: the replaceable clock all time rules read.
 //! - [`error`]: one error enum per family, each carrying its Azure code and HTTP status.
 //! - [`names`]: naming rules, checked at the start of every operation.
+//! - [`ids`]: the shapes of ETags, message ids and receipts, from an engine's sequence numbers.
 //! - [`quota`]: what each account may store and stores, and the disk room the host keeps.
 //! - [`settings`]: small named values per account kept for the layers above (service properties).
 //!
@@ -47,6 +48,7 @@ pub mod blob;
 pub mod clock;
 mod engine;
 pub mod error;
+pub mod ids;
 pub mod names;
 mod policies;
 pub mod queue;
@@ -60,6 +62,7 @@ use std::sync::Arc;
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use engine::{CHUNK_SIZE, DEFAULT_CACHE_BYTES, MAX_BATCH};
 pub use error::{BlobError, NameError, QueueError, StorageError, TableError};
+pub use quota::Delta;
 pub use quota::{AccountQuota, DEFAULT_HEADROOM_BYTES, QuotaError, Resource, Usage};
 
 /// User-defined metadata: name/value pairs (names are C# identifiers, compared ignoring case).
@@ -149,7 +152,7 @@ pub const DEFAULT_QUEUE_MESSAGE_MAX_BYTES: usize = 8 * 1024;
 /// The largest queue message limit that may be configured (today's Azure limit).
 pub const MAX_QUEUE_MESSAGE_MAX_BYTES: usize = 64 * 1024;
 
-/// What a host sets for one account, from its service's manifest ([`RedbStore::set_account_options`]).
+/// What a host sets for one account, from its service's manifest ([`Accounts::set_account_options`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AccountOptions {
     /// The account's queue message size limit (1..=[`MAX_QUEUE_MESSAGE_MAX_BYTES`]).
@@ -170,7 +173,7 @@ pub struct StorageOptions {
     /// Seed of the id sequence for a new database (ETags, message ids, receipts). `None` derives
     /// one from the clock; a simulation passes a fixed seed for reproducible ids.
     pub id_seed: Option<u64>,
-    /// The quota of every account [`RedbStore::set_quota`] was not told about
+    /// The quota of every account [`Accounts::set_quota`] was not told about
     /// ([`AccountQuota::HOST_DEFAULT`]).
     pub default_quota: AccountQuota,
     /// Bytes of the database's disk that no write may take ([`DEFAULT_HEADROOM_BYTES`]): the
@@ -199,24 +202,14 @@ impl Default for StorageOptions {
 #[derive(Debug)]
 pub struct RedbStore {
     engine: engine::Engine,
-    queue_message_max_bytes: usize,
-    /// Accounts' own queue message size limits (their services' manifests'): one host serves
-    /// many services, each with its own.
-    message_max: std::sync::RwLock<std::collections::HashMap<String, usize>>,
+    options: AccountOptionsBook,
 }
 
 impl RedbStore {
     /// Opens (or creates) the database file at `path`. Data of uploads a crash interrupted is
     /// removed here.
     pub fn open(path: impl AsRef<Path>, options: StorageOptions) -> Result<Self, StorageError> {
-        if options.queue_message_max_bytes == 0
-            || options.queue_message_max_bytes > MAX_QUEUE_MESSAGE_MAX_BYTES
-        {
-            return Err(StorageError::Internal(format!(
-                "queue_message_max_bytes must be 1..={MAX_QUEUE_MESSAGE_MAX_BYTES}, got {}",
-                options.queue_message_max_bytes
-            )));
-        }
+        let account_options = AccountOptionsBook::new(options.queue_message_max_bytes)?;
         let quotas = Arc::new(quota::QuotaBook::new(
             options.default_quota,
             options.headroom_bytes,
@@ -231,71 +224,13 @@ impl RedbStore {
         )?;
         let store = RedbStore {
             engine: opened.engine,
-            queue_message_max_bytes: options.queue_message_max_bytes,
-            message_max: Default::default(),
+            options: account_options,
         };
         if opened.recount {
             tracing::info!(path = %path.as_ref().display(), "counting what each storage account stores");
             store.recount_usage()?;
         }
         Ok(store)
-    }
-
-    /// Sets `account`'s quota (`None`: the store's default again). Writes already admitted
-    /// stay; an account over a lowered quota can only shrink until it is under it.
-    pub fn set_quota(&self, account: &AccountName, quota: Option<AccountQuota>) {
-        self.engine.quotas.set(account.as_str(), quota);
-    }
-
-    /// Sets `account`'s own options (`None`: the store's defaults again). A queue message size
-    /// limit outside 1..=[`MAX_QUEUE_MESSAGE_MAX_BYTES`] is refused and changes nothing.
-    pub fn set_account_options(
-        &self,
-        account: &AccountName,
-        options: Option<AccountOptions>,
-    ) -> Result<(), StorageError> {
-        let mut map = self.message_max.write().unwrap_or_else(|p| p.into_inner());
-        match options {
-            Some(o) => {
-                if !(1..=MAX_QUEUE_MESSAGE_MAX_BYTES).contains(&o.queue_message_max_bytes) {
-                    return Err(StorageError::Internal(format!(
-                        "queue_message_max_bytes must be 1..={MAX_QUEUE_MESSAGE_MAX_BYTES}, got {}",
-                        o.queue_message_max_bytes
-                    )));
-                }
-                map.insert(account.as_str().to_string(), o.queue_message_max_bytes);
-            }
-            None => {
-                map.remove(account.as_str());
-            }
-        }
-        Ok(())
-    }
-
-    /// `account`'s queue message size limit.
-    pub fn queue_message_max_bytes(&self, account: &AccountName) -> usize {
-        self.message_max
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(account.as_str())
-            .copied()
-            .unwrap_or(self.queue_message_max_bytes)
-    }
-
-    /// `account`'s quota.
-    pub fn quota(&self, account: &AccountName) -> AccountQuota {
-        self.engine.quotas.quota(account.as_str())
-    }
-
-    /// The quota of accounts without one of their own.
-    pub fn default_quota(&self) -> AccountQuota {
-        self.engine.quotas.default_quota()
-    }
-
-    /// What `account` stores.
-    pub fn usage(&self, account: &AccountName) -> Result<Usage, StorageError> {
-        let txn = self.engine.read()?;
-        engine::read_usage(&txn.open_table(engine::META)?, account.as_str())
     }
 
     /// Counts what every account stores from the data itself and replaces the kept usage with
@@ -316,17 +251,143 @@ impl RedbStore {
             Ok(())
         })
     }
+}
+
+impl Accounts for RedbStore {
+    fn set_quota(&self, account: &AccountName, quota: Option<AccountQuota>) {
+        self.engine.quotas.set(account.as_str(), quota);
+    }
+
+    fn quota(&self, account: &AccountName) -> AccountQuota {
+        self.engine.quotas.quota(account.as_str())
+    }
+
+    fn default_quota(&self) -> AccountQuota {
+        self.engine.quotas.default_quota()
+    }
+
+    fn usage(&self, account: &AccountName) -> Result<Usage, StorageError> {
+        let txn = self.engine.read()?;
+        engine::read_usage(&txn.open_table(engine::META)?, account.as_str())
+    }
+
+    fn set_account_options(
+        &self,
+        account: &AccountName,
+        options: Option<AccountOptions>,
+    ) -> Result<(), StorageError> {
+        self.options.set(account, options)
+    }
+
+    fn queue_message_max_bytes(&self, account: &AccountName) -> usize {
+        self.options.queue_message_max_bytes(account)
+    }
+
+    fn clock(&self) -> &Arc<dyn Clock> {
+        &self.engine.clock
+    }
+}
+
+/// What a host tells an engine about each account, and what it can ask: quotas, options,
+/// usage, the clock. Every engine implements it; the fabric sets these from each service's
+/// manifest.
+pub trait Accounts: Send + Sync {
+    /// Sets `account`'s quota (`None`: the store's default again). Writes already admitted
+    /// stay; an account over a lowered quota can only shrink until it is under it.
+    fn set_quota(&self, account: &AccountName, quota: Option<AccountQuota>);
+
+    /// `account`'s quota.
+    fn quota(&self, account: &AccountName) -> AccountQuota;
+
+    /// The quota of accounts without one of their own.
+    fn default_quota(&self) -> AccountQuota;
+
+    /// What `account` stores.
+    fn usage(&self, account: &AccountName) -> Result<Usage, StorageError>;
+
+    /// Sets `account`'s own options (`None`: the store's defaults again). A queue message size
+    /// limit outside 1..=[`MAX_QUEUE_MESSAGE_MAX_BYTES`] is refused and changes nothing.
+    fn set_account_options(
+        &self,
+        account: &AccountName,
+        options: Option<AccountOptions>,
+    ) -> Result<(), StorageError>;
+
+    /// `account`'s queue message size limit.
+    fn queue_message_max_bytes(&self, account: &AccountName) -> usize;
 
     /// The clock this store reads.
-    pub fn clock(&self) -> &Arc<dyn Clock> {
-        &self.engine.clock
+    fn clock(&self) -> &Arc<dyn Clock>;
+}
+
+/// Each account's [`AccountOptions`] and the default of the others: one host serves many
+/// services, each with its own. Kept in memory: the fabric sets them again at every start.
+#[derive(Debug)]
+pub struct AccountOptionsBook {
+    default_message_max: usize,
+    message_max: std::sync::RwLock<std::collections::HashMap<String, usize>>,
+}
+
+fn check_message_max(n: usize) -> Result<(), StorageError> {
+    if !(1..=MAX_QUEUE_MESSAGE_MAX_BYTES).contains(&n) {
+        return Err(StorageError::Internal(format!(
+            "queue_message_max_bytes must be 1..={MAX_QUEUE_MESSAGE_MAX_BYTES}, got {n}"
+        )));
+    }
+    Ok(())
+}
+
+impl AccountOptionsBook {
+    /// A book whose accounts without options of their own have a `default_message_max` byte
+    /// queue message limit (refused outside 1..=[`MAX_QUEUE_MESSAGE_MAX_BYTES`]).
+    pub fn new(default_message_max: usize) -> Result<Self, StorageError> {
+        check_message_max(default_message_max)?;
+        Ok(AccountOptionsBook {
+            default_message_max,
+            message_max: Default::default(),
+        })
+    }
+
+    /// [`Accounts::set_account_options`].
+    pub fn set(
+        &self,
+        account: &AccountName,
+        options: Option<AccountOptions>,
+    ) -> Result<(), StorageError> {
+        let mut map = self.message_max.write().unwrap_or_else(|p| p.into_inner());
+        match options {
+            Some(o) => {
+                check_message_max(o.queue_message_max_bytes)?;
+                map.insert(account.as_str().to_string(), o.queue_message_max_bytes);
+            }
+            None => {
+                map.remove(account.as_str());
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Accounts::queue_message_max_bytes`].
+    pub fn queue_message_max_bytes(&self, account: &AccountName) -> usize {
+        self.message_max
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(account.as_str())
+            .copied()
+            .unwrap_or(self.default_message_max)
     }
 }
 
 /// Everything a storage engine offers: the seam the runtime calls through. A distributed engine
 /// implements these three traits and nothing above it changes.
 pub trait Backend:
-    blob::BlobStore + queue::QueueStore + table::TableStore + settings::SettingsStore + Send + Sync
+    blob::BlobStore
+    + queue::QueueStore
+    + table::TableStore
+    + settings::SettingsStore
+    + Accounts
+    + Send
+    + Sync
 {
 }
 

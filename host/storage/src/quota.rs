@@ -183,20 +183,22 @@ impl Usage {
         self.counts[r.index()]
     }
 
-    pub(crate) fn set(&mut self, r: Resource, v: u64) {
+    /// Sets how much of `r` (an engine reading its stored usage).
+    pub fn set(&mut self, r: Resource, v: u64) {
         self.counts[r.index()] = v;
     }
 
-    pub(crate) fn apply(&mut self, d: &Delta) {
+    /// Applies a change (never below zero).
+    pub fn apply(&mut self, d: &Delta) {
         for (c, d) in self.counts.iter_mut().zip(d.0) {
             *c = c.saturating_add_signed(d);
         }
     }
 }
 
-/// A change of an account's [`Usage`].
+/// A change of an account's [`Usage`], per [`Resource`] in [`Resource::ALL`]'s order.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Delta(pub(crate) [i64; 7]);
+pub struct Delta(pub [i64; 7]);
 
 fn signed(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
@@ -204,7 +206,7 @@ fn signed(n: u64) -> i64 {
 
 impl Delta {
     /// One item more of `r`, holding `content` bytes (beside [`ITEM_BYTES`]).
-    pub(crate) fn item(r: Resource, content: u64) -> Delta {
+    pub fn item(r: Resource, content: u64) -> Delta {
         let mut d = Delta::default();
         d.add_item(r, content);
         d
@@ -212,7 +214,7 @@ impl Delta {
 
     /// Adds one item of `r` holding `content` bytes. `r` = [`Resource::Bytes`]: bytes only (an
     /// uncommitted block).
-    pub(crate) fn add_item(&mut self, r: Resource, content: u64) {
+    pub fn add_item(&mut self, r: Resource, content: u64) {
         if r != Resource::Bytes {
             self.0[r.index()] += 1;
         }
@@ -220,36 +222,65 @@ impl Delta {
     }
 
     /// Removes one item of `r` holding `content` bytes.
-    pub(crate) fn remove_item(&mut self, r: Resource, content: u64) {
+    pub fn remove_item(&mut self, r: Resource, content: u64) {
         if r != Resource::Bytes {
             self.0[r.index()] -= 1;
         }
         self.add_bytes(-signed(ITEM_BYTES.saturating_add(content)));
     }
 
-    pub(crate) fn add_bytes(&mut self, n: i64) {
+    /// Adds `n` bytes (negative: removes them).
+    pub fn add_bytes(&mut self, n: i64) {
         let b = &mut self.0[Resource::Bytes.index()];
         *b = b.saturating_add(n);
     }
 
-    pub(crate) fn plus(mut self, other: Delta) -> Delta {
+    /// Both changes.
+    pub fn plus(mut self, other: Delta) -> Delta {
         for (a, b) in self.0.iter_mut().zip(other.0) {
             *a = a.saturating_add(b);
         }
         self
     }
 
-    pub(crate) fn bytes(&self) -> i64 {
+    /// The change of [`Resource::Bytes`].
+    pub fn bytes(&self) -> i64 {
         self.0[Resource::Bytes.index()]
     }
 }
 
 /// Bytes of user metadata: names and values.
-pub(crate) fn metadata_bytes(metadata: &crate::Metadata) -> u64 {
+pub fn metadata_bytes(metadata: &crate::Metadata) -> u64 {
     metadata
         .iter()
         .map(|(k, v)| (k.len() + v.len()) as u64)
         .sum()
+}
+
+/// Admits `delta` to `account`, which stores `used` under `quota`: refused when it grows a
+/// resource past its limit. Shrinking never is. Every engine admits its writes through here.
+pub fn admit(
+    account: &str,
+    used: &Usage,
+    delta: &Delta,
+    quota: &AccountQuota,
+) -> Result<(), QuotaError> {
+    for (r, d) in Resource::ALL.into_iter().zip(delta.0) {
+        if d <= 0 {
+            continue;
+        }
+        let wanted = used.get(r).saturating_add(d.unsigned_abs());
+        if wanted > quota.get(r) {
+            return Err(QuotaError::Account {
+                account: account.to_string(),
+                resource: r,
+                used: used.get(r),
+                wanted,
+                limit: quota.get(r),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// A write refused because it would grow an account past its quota, or take the host's

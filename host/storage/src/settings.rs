@@ -30,7 +30,8 @@ pub trait SettingsStore: Send + Sync {
     fn clear_settings(&self, account: &AccountName) -> Result<(), StorageError>;
 }
 
-fn check(name: &str, len: usize) -> Result<(), StorageError> {
+/// Checks a setting's name and value length (every engine does before it stores one).
+pub fn check_setting(name: &str, len: usize) -> Result<(), StorageError> {
     if name.is_empty() || name.len() > MAX_SETTING_NAME || name.contains('\0') {
         return Err(StorageError::Internal(format!(
             "setting name {name:?}: 1 to {MAX_SETTING_NAME} bytes"
@@ -50,7 +51,7 @@ impl SettingsStore for RedbStore {
         account: &AccountName,
         name: &str,
     ) -> Result<Option<Vec<u8>>, StorageError> {
-        check(name, 0)?;
+        check_setting(name, 0)?;
         let txn = self.engine.read()?;
         let t = txn.open_table(SETTINGS)?;
         Ok(t.get((account.as_str(), name))?.map(|v| v.value().to_vec()))
@@ -62,7 +63,7 @@ impl SettingsStore for RedbStore {
         name: &str,
         value: Vec<u8>,
     ) -> Result<(), StorageError> {
-        check(name, value.len())?;
+        check_setting(name, value.len())?;
         let (a, n) = (account.as_str().to_owned(), name.to_owned());
         // Bounded (a handful of names of at most 64 KiB per account): not charged to the quota.
         self.engine

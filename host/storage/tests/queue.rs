@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use common::{code, fixture};
 use rolehost_storage::queue::{CreateQueueOutcome, MessageTtl, PutMessageOptions, QueueStore};
-use rolehost_storage::{AccountName, ListOptions};
+use rolehost_storage::{AccountName, Accounts, ListOptions};
 
 const S: Duration = Duration::from_secs(1);
 

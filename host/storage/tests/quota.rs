@@ -14,7 +14,8 @@ use rolehost_storage::blob::{BlobStore, BlockRef, Conditions, GetBlobOptions, Pu
 use rolehost_storage::queue::{MessageTtl, PutMessageOptions, QueueStore};
 use rolehost_storage::table::{EdmValue, Entity, IfMatch, TableOp, TableStore, UpdateMode};
 use rolehost_storage::{
-    AccountName, AccountQuota, ManualClock, RedbStore, Resource, StorageOptions, Timestamp,
+    AccountName, AccountQuota, Accounts, ManualClock, RedbStore, Resource, StorageOptions,
+    Timestamp,
     quota::{ITEM_BYTES, free_bytes},
 };
 

@@ -95,6 +95,12 @@ pub(crate) fn to_wit_error<E: FamilyError + std::fmt::Display>(e: CallError<E>) 
                 // failed, not the host's paths.
                 tracing::error!(error = %e, "storage engine error");
                 "the storage engine failed; the operation did not take effect".to_string()
+            } else if code == ErrorCode::Timeout {
+                // The database's connection was lost mid-operation: nor its address.
+                tracing::warn!(error = %e, "storage operation's outcome unknown");
+                "the storage database did not answer; the operation may or may not have \
+                 taken effect"
+                    .to_string()
             } else {
                 e.to_string()
             };
@@ -152,6 +158,7 @@ pub(crate) fn error_code(code: &str, status: u16) -> ErrorCode {
         "OutOfRangeQueryParameterValue" => C::OutOfRangeQueryParameterValue,
         "RequestBodyTooLarge" => C::RequestBodyTooLarge,
         "InternalError" => C::InternalError,
+        "OperationTimedOut" => C::Timeout,
         "ServerBusy" => C::ServerBusy,
         "InsufficientAccountPermissions" => C::InsufficientAccountPermissions,
         "ContainerNotFound" => C::ContainerNotFound,
@@ -244,6 +251,7 @@ mod tests {
         "LeaseNotPresentWithLeaseOperation",
         "MessageNotFound",
         "MultipleConditionHeadersNotSupported",
+        "OperationTimedOut",
         "OutOfRangeInput",
         "OutOfRangeQueryParameterValue",
         "PropertyNameInvalid",
@@ -276,5 +284,18 @@ mod tests {
             ErrorCode::ConditionNotMet
         );
         assert_eq!(error_code("SomethingNew", 400), ErrorCode::InternalError);
+    }
+
+    #[test]
+    fn a_lost_commit_is_a_timeout_that_names_nothing_of_the_host() {
+        let lost = rolehost_storage::StorageError::OutcomeUnknown {
+            detail: "connection to 10.1.2.3:5432 reset".into(),
+        };
+        let e = to_wit_error(CallError::Service(rolehost_storage::QueueError::Storage(
+            lost,
+        )));
+        assert_eq!(e.code, ErrorCode::Timeout);
+        assert!(e.message.contains("may or may not"), "{}", e.message);
+        assert!(!e.message.contains("10.1.2.3"), "{}", e.message);
     }
 }

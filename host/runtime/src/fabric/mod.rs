@@ -341,7 +341,7 @@ struct Hosted {
 pub struct Fabric {
     data_dir: PathBuf,
     engine: wasmtime::Engine,
-    storage: Arc<RedbStore>,
+    storage: Arc<dyn Backend>,
     /// The connections all services' web endpoints hold together.
     connections: Arc<crate::conn::HostBudget>,
     /// Each service's storage account keys, for the storage REST endpoints.

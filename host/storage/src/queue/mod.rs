@@ -129,6 +129,103 @@ pub struct QueueProperties {
     pub approximate_message_count: u64,
 }
 
+/// Most expired messages one get purges before it returns (bounds one operation's work).
+pub const MAX_PURGE_PER_GET: usize = 1024;
+
+/// What a queue holds beside [`crate::quota::ITEM_BYTES`] ([`crate::quota`]).
+pub fn queue_bytes(name: &str, metadata: &Metadata) -> u64 {
+    name.len() as u64 + crate::quota::metadata_bytes(metadata)
+}
+
+// The rules every engine applies before it touches its data, so that both answer alike.
+
+/// Checks a get's or a peek's message count (1..=[`MAX_MESSAGES_PER_GET`]).
+pub fn check_count(count: u32) -> Result<(), QueueError> {
+    if !(1..=MAX_MESSAGES_PER_GET).contains(&count) {
+        return Err(QueueError::OutOfRangeQueryParameterValue {
+            param: "numofmessages",
+            reason: "must be 1..=32",
+        });
+    }
+    Ok(())
+}
+
+/// Checks a visibility timeout or delay: `min..=`[`MAX_VISIBILITY_TIMEOUT`].
+pub fn check_visibility(timeout: Duration, min: Duration) -> Result<(), QueueError> {
+    if timeout < min || timeout > MAX_VISIBILITY_TIMEOUT {
+        return Err(QueueError::OutOfRangeQueryParameterValue {
+            param: "visibilitytimeout",
+            reason: if min.is_zero() {
+                "must be 0 s..=7 days"
+            } else {
+                "must be 1 s..=7 days"
+            },
+        });
+    }
+    Ok(())
+}
+
+/// Checks Put Message's body size (against the account's limit `max`) and options, and
+/// returns the message's time to live (`None`: it never expires).
+pub fn check_put(
+    body_len: usize,
+    max: usize,
+    options: &PutMessageOptions,
+) -> Result<Option<Duration>, QueueError> {
+    if body_len > max {
+        return Err(QueueError::RequestBodyTooLarge {
+            size: body_len,
+            max,
+        });
+    }
+    check_visibility(options.visibility_delay, Duration::ZERO)?;
+    let ttl = match options.ttl {
+        MessageTtl::Default => Some(DEFAULT_TTL),
+        MessageTtl::Never => None,
+        MessageTtl::After(d) if d < Duration::from_secs(1) => {
+            return Err(QueueError::OutOfRangeQueryParameterValue {
+                param: "messagettl",
+                reason: "must be at least 1 s, or never (-1)",
+            });
+        }
+        MessageTtl::After(d) => Some(d),
+    };
+    if ttl.is_some_and(|ttl| options.visibility_delay >= ttl) {
+        return Err(QueueError::InvalidQueryParameterValue {
+            param: "visibilitytimeout",
+            reason: "must be shorter than the message's time to live",
+        });
+    }
+    Ok(ttl)
+}
+
+/// Checks Update Message's visibility timeout and new body size (`None`: the body stays).
+pub fn check_update(
+    visibility_timeout: Duration,
+    body_len: Option<usize>,
+    max: usize,
+) -> Result<(), QueueError> {
+    check_visibility(visibility_timeout, Duration::ZERO)?;
+    match body_len {
+        Some(size) if size > max => Err(QueueError::RequestBodyTooLarge { size, max }),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses an update that would make a message visible when it has expired.
+pub fn check_update_expiry(
+    visible_at: Timestamp,
+    expires: Option<Timestamp>,
+) -> Result<(), QueueError> {
+    if expires.is_some_and(|e| visible_at >= e) {
+        return Err(QueueError::InvalidQueryParameterValue {
+            param: "visibilitytimeout",
+            reason: "would make the message visible after it expires",
+        });
+    }
+    Ok(())
+}
+
 /// How an operation answered through a callback gets its result (the `_then` methods of
 /// [`QueueStore`]).
 pub type Answer<T> = Box<dyn FnOnce(Result<T, QueueError>) + Send>;

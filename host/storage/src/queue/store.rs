@@ -11,7 +11,7 @@ use crate::engine::{
 };
 use crate::names::{check_metadata, check_queue};
 use crate::quota::{Delta, Resource, Usage, metadata_bytes};
-use crate::{RedbStore, StorageError, policies};
+use crate::{Accounts, RedbStore, StorageError, policies};
 
 #[derive(Serialize, Deserialize, Debug, Default)]
 struct QueueRecord {
@@ -35,11 +35,6 @@ impl MessageRecord {
     fn expired(&self, now: Timestamp) -> bool {
         self.expires.is_some_and(|e| e <= now)
     }
-}
-
-/// What a queue holds beside [`crate::quota::ITEM_BYTES`] ([`crate::quota`]).
-fn queue_bytes(name: &str, metadata: &Metadata) -> u64 {
-    name.len() as u64 + metadata_bytes(metadata)
 }
 
 /// Tallies what removed messages held, from their stored records (inside `retain_in`, which
@@ -88,33 +83,6 @@ pub(crate) fn count_usage(
             .entry(k.value().0.to_string())
             .or_default()
             .apply(&item);
-    }
-    Ok(())
-}
-
-/// Most expired messages one get purges before it returns (bounds one operation's work).
-const MAX_PURGE_PER_GET: usize = 1024;
-
-fn check_count(count: u32) -> Result<(), QueueError> {
-    if !(1..=MAX_MESSAGES_PER_GET).contains(&count) {
-        return Err(QueueError::OutOfRangeQueryParameterValue {
-            param: "numofmessages",
-            reason: "must be 1..=32",
-        });
-    }
-    Ok(())
-}
-
-fn check_visibility(timeout: Duration, min: Duration) -> Result<(), QueueError> {
-    if timeout < min || timeout > MAX_VISIBILITY_TIMEOUT {
-        return Err(QueueError::OutOfRangeQueryParameterValue {
-            param: "visibilitytimeout",
-            reason: if min.is_zero() {
-                "must be 0 s..=7 days"
-            } else {
-                "must be 1 s..=7 days"
-            },
-        });
     }
     Ok(())
 }
@@ -450,13 +418,11 @@ impl QueueStore for RedbStore {
         body: Option<&[u8]>,
     ) -> Result<UpdateReceipt, QueueError> {
         check_queue(queue)?;
-        check_visibility(visibility_timeout, Duration::ZERO)?;
-        let max = self.queue_message_max_bytes(account);
-        if let Some(b) = body
-            && b.len() > max
-        {
-            return Err(QueueError::RequestBodyTooLarge { size: b.len(), max });
-        }
+        check_update(
+            visibility_timeout,
+            body.map(<[u8]>::len),
+            self.queue_message_max_bytes(account),
+        )?;
         let (a, q, id, receipt) = (
             account.as_str().to_owned(),
             queue.to_owned(),
@@ -468,12 +434,7 @@ impl QueueStore for RedbStore {
             load_queue(ctx, &a, &q)?;
             let (seq, mut rec) = held_message(ctx, &a, &q, &id, &receipt)?;
             let visible_at = ctx.now.saturating_add(visibility_timeout);
-            if rec.expires.is_some_and(|e| visible_at >= e) {
-                return Err(QueueError::InvalidQueryParameterValue {
-                    param: "visibilitytimeout",
-                    reason: "would make the message visible after it expires",
-                });
-            }
+            check_update_expiry(visible_at, rec.expires)?;
             if let Some(b) = &body {
                 let mut d = Delta::default();
                 d.add_bytes(b.len() as i64 - rec.body.len() as i64);
@@ -534,31 +495,7 @@ impl RedbStore {
         QueueError,
     > {
         check_queue(queue)?;
-        let max = self.queue_message_max_bytes(account);
-        if body.len() > max {
-            return Err(QueueError::RequestBodyTooLarge {
-                size: body.len(),
-                max,
-            });
-        }
-        check_visibility(options.visibility_delay, Duration::ZERO)?;
-        let ttl = match options.ttl {
-            MessageTtl::Default => Some(DEFAULT_TTL),
-            MessageTtl::Never => None,
-            MessageTtl::After(d) if d < Duration::from_secs(1) => {
-                return Err(QueueError::OutOfRangeQueryParameterValue {
-                    param: "messagettl",
-                    reason: "must be at least 1 s, or never (-1)",
-                });
-            }
-            MessageTtl::After(d) => Some(d),
-        };
-        if ttl.is_some_and(|ttl| options.visibility_delay >= ttl) {
-            return Err(QueueError::InvalidQueryParameterValue {
-                param: "visibilitytimeout",
-                reason: "must be shorter than the message's time to live",
-            });
-        }
+        let ttl = check_put(body.len(), self.queue_message_max_bytes(account), &options)?;
         let (a, q, body) = (account.as_str().to_owned(), queue.to_owned(), body.to_vec());
         Ok(move |ctx: &mut WriteCtx<'_>| {
             let mut qrec = load_queue(ctx, &a, &q)?;
