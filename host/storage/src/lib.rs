@@ -130,7 +130,8 @@ pub struct ListOptions {
 pub const MAX_LIST_RESULTS: u32 = 5000;
 
 impl ListOptions {
-    pub(crate) fn page_size(&self) -> Result<usize, &'static str> {
+    /// The page size asked for (every engine checks it the same way).
+    pub fn page_size(&self) -> Result<usize, &'static str> {
         match self.max_results {
             None => Ok(MAX_LIST_RESULTS as usize),
             Some(0) => Err("maxresults must be 1..=5000"),
@@ -139,7 +140,7 @@ impl ListOptions {
     }
 
     /// The first name to list: the marker if given, else the prefix.
-    pub(crate) fn start(&self) -> &str {
+    pub fn start(&self) -> &str {
         self.marker
             .as_deref()
             .or(self.prefix.as_deref())

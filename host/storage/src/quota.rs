@@ -342,12 +342,55 @@ impl QuotaError {
 /// The host's default headroom: what it keeps free on the database's disk (1 GiB).
 pub const DEFAULT_HEADROOM_BYTES: u64 = 1 << 30;
 
+/// The quota of every account told about and the default of the others. Every engine keeps
+/// one; the fabric sets it from each service's manifest at every start.
+#[derive(Debug)]
+pub struct QuotaTable {
+    default: RwLock<AccountQuota>,
+    accounts: RwLock<HashMap<String, AccountQuota>>,
+}
+
+impl QuotaTable {
+    /// A table whose accounts all have `default`.
+    pub fn new(default: AccountQuota) -> Self {
+        QuotaTable {
+            default: RwLock::new(default),
+            accounts: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// `account`'s quota ([`AccountQuota::UNLIMITED`] for the host's own account).
+    pub fn quota(&self, account: &str) -> AccountQuota {
+        if account == HOST_ACCOUNT {
+            return AccountQuota::UNLIMITED;
+        }
+        let accounts = self.accounts.read().unwrap_or_else(|p| p.into_inner());
+        match accounts.get(account) {
+            Some(q) => *q,
+            None => *self.default.read().unwrap_or_else(|p| p.into_inner()),
+        }
+    }
+
+    /// Sets `account`'s quota (`None`: the default again).
+    pub fn set(&self, account: &str, quota: Option<AccountQuota>) {
+        let mut accounts = self.accounts.write().unwrap_or_else(|p| p.into_inner());
+        match quota {
+            Some(q) => accounts.insert(account.to_string(), q),
+            None => accounts.remove(account),
+        };
+    }
+
+    /// The quota of accounts without one of their own.
+    pub fn default_quota(&self) -> AccountQuota {
+        *self.default.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// The quotas of every account, the host's default, and its headroom. Shared by the store's
 /// handle (which sets them) and the committer (which admits writes against them).
 #[derive(Debug)]
 pub(crate) struct QuotaBook {
-    default: RwLock<AccountQuota>,
-    accounts: RwLock<HashMap<String, AccountQuota>>,
+    quotas: QuotaTable,
     headroom: u64,
     /// The directory whose filesystem's free space is the room.
     dir: PathBuf,
@@ -364,8 +407,7 @@ impl QuotaBook {
             .filter(|p| !p.as_os_str().is_empty())
             .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
         QuotaBook {
-            default: RwLock::new(default),
-            accounts: RwLock::new(HashMap::new()),
+            quotas: QuotaTable::new(default),
             headroom,
             dir,
             slack: std::sync::atomic::AtomicU64::new(0),
@@ -388,26 +430,15 @@ impl QuotaBook {
     }
 
     pub(crate) fn quota(&self, account: &str) -> AccountQuota {
-        if account == HOST_ACCOUNT {
-            return AccountQuota::UNLIMITED;
-        }
-        let accounts = self.accounts.read().unwrap_or_else(|p| p.into_inner());
-        match accounts.get(account) {
-            Some(q) => *q,
-            None => *self.default.read().unwrap_or_else(|p| p.into_inner()),
-        }
+        self.quotas.quota(account)
     }
 
     pub(crate) fn set(&self, account: &str, quota: Option<AccountQuota>) {
-        let mut accounts = self.accounts.write().unwrap_or_else(|p| p.into_inner());
-        match quota {
-            Some(q) => accounts.insert(account.to_string(), q),
-            None => accounts.remove(account),
-        };
+        self.quotas.set(account, quota);
     }
 
     pub(crate) fn default_quota(&self) -> AccountQuota {
-        *self.default.read().unwrap_or_else(|p| p.into_inner())
+        self.quotas.default_quota()
     }
 
     pub(crate) fn headroom(&self) -> u64 {

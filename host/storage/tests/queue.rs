@@ -4,15 +4,14 @@ mod common;
 
 use std::time::Duration;
 
-use common::{code, fixture};
-use rolehost_storage::queue::{CreateQueueOutcome, MessageTtl, PutMessageOptions, QueueStore};
-use rolehost_storage::{AccountName, Accounts, ListOptions};
+use common::{Engine, code, on_every_engine};
+use rolehost_storage::queue::{CreateQueueOutcome, MessageTtl, PutMessageOptions};
+use rolehost_storage::{AccountName, ListOptions};
 
 const S: Duration = Duration::from_secs(1);
 
-#[test]
-fn create_delete_list_and_metadata() {
-    let f = fixture();
+fn create_delete_list_and_metadata(e: Engine) {
+    let f = e.fixture();
     let (s, a) = (&f.store, &f.acct);
     assert_eq!(
         s.create_queue(a, "que1", vec![]).unwrap(),
@@ -100,9 +99,8 @@ fn create_delete_list_and_metadata() {
     );
 }
 
-#[test]
-fn accounts_are_isolated() {
-    let f = fixture();
+fn accounts_are_isolated(e: Engine) {
+    let f = e.fixture();
     let other = AccountName::new("other").unwrap();
     f.store.create_queue(&f.acct, "que", vec![]).unwrap();
     f.store
@@ -122,9 +120,8 @@ fn accounts_are_isolated() {
     assert_eq!(AccountName::new("A").unwrap_err().code(), "OutOfRangeInput");
 }
 
-#[test]
-fn get_hides_bumps_count_and_redelivers_after_timeout() {
-    let f = fixture();
+fn get_hides_bumps_count_and_redelivers_after_timeout(e: Engine) {
+    let f = e.fixture();
     let (s, a) = (&f.store, &f.acct);
     s.create_queue(a, "que", vec![]).unwrap();
     for i in 0..5 {
@@ -179,9 +176,8 @@ fn get_hides_bumps_count_and_redelivers_after_timeout() {
     );
 }
 
-#[test]
-fn expired_receipt_still_deletes_if_nobody_took_the_message() {
-    let f = fixture();
+fn expired_receipt_still_deletes_if_nobody_took_the_message(e: Engine) {
+    let f = e.fixture();
     let (s, a) = (&f.store, &f.acct);
     s.create_queue(a, "que", vec![]).unwrap();
     s.put_message(a, "que", b"x", PutMessageOptions::default())
@@ -197,9 +193,8 @@ fn expired_receipt_still_deletes_if_nobody_took_the_message() {
     );
 }
 
-#[test]
-fn update_extends_or_shortens_visibility_and_replaces_content() {
-    let f = fixture();
+fn update_extends_or_shortens_visibility_and_replaces_content(e: Engine) {
+    let f = e.fixture();
     let (s, a) = (&f.store, &f.acct);
     s.create_queue(a, "que", vec![]).unwrap();
     s.put_message(a, "que", b"v1", PutMessageOptions::default())
@@ -236,16 +231,15 @@ fn update_extends_or_shortens_visibility_and_replaces_content() {
 trait Now {
     fn clock_now(&self) -> rolehost_storage::Timestamp;
 }
-impl Now for common::Fixture {
+impl<S: ?Sized> Now for common::Fixture<S> {
     fn clock_now(&self) -> rolehost_storage::Timestamp {
         use rolehost_storage::Clock;
         self.clock.now()
     }
 }
 
-#[test]
-fn put_options_limits_and_ttl() {
-    let f = fixture();
+fn put_options_limits_and_ttl(e: Engine) {
+    let f = e.fixture();
     let (s, a) = (&f.store, &f.acct);
     s.create_queue(a, "que", vec![]).unwrap();
     assert_eq!(
@@ -362,14 +356,13 @@ fn put_options_limits_and_ttl() {
     assert!(s.peek_messages(a, "que", 32).unwrap().is_empty());
 }
 
-#[test]
-fn configurable_message_limit() {
+fn configurable_message_limit(e: Engine) {
     let dir = tempfile::tempdir().unwrap();
     let opts = rolehost_storage::StorageOptions {
         queue_message_max_bytes: 64 * 1024,
         ..Default::default()
     };
-    let s = rolehost_storage::RedbStore::open(dir.path().join("s.redb"), opts).unwrap();
+    let (s, _db) = e.open(&dir, &opts).unwrap();
     let a = AccountName::new("acct").unwrap();
     s.create_queue(&a, "que", vec![]).unwrap();
     s.put_message(&a, "que", &vec![1; 64 * 1024], PutMessageOptions::default())
@@ -387,13 +380,13 @@ fn configurable_message_limit() {
         queue_message_max_bytes: 64 * 1024 + 1,
         ..Default::default()
     };
-    assert!(rolehost_storage::RedbStore::open(dir.path().join("t.redb"), too_big).is_err());
+    let other = tempfile::tempdir().unwrap();
+    assert!(e.open(&other, &too_big).is_err());
 }
 
-#[test]
-fn concurrent_workers_each_message_once_with_group_commit() {
-    let f = fixture();
-    let s = std::sync::Arc::new(f.store);
+fn concurrent_workers_each_message_once_with_group_commit(e: Engine) {
+    let f = e.fixture();
+    let s = f.store.clone();
     s.create_queue(&f.acct, "que", vec![]).unwrap();
     for i in 0..400u32 {
         s.put_message(
@@ -430,10 +423,9 @@ fn concurrent_workers_each_message_once_with_group_commit() {
     assert_eq!(all, (0..400).collect::<Vec<_>>());
 }
 
-#[test]
-fn queue_access_policies_are_checked_kept_and_die_with_their_queue() {
+fn queue_access_policies_are_checked_kept_and_die_with_their_queue(e: Engine) {
     use rolehost_storage::blob::AccessPolicy;
-    let f = fixture();
+    let f = e.fixture();
     let (s, a) = (&f.store, &f.acct);
     let policy = |id: &str, perms: &str| AccessPolicy {
         id: id.into(),
@@ -490,9 +482,8 @@ fn answered<T: Send + 'static>(
         .expect("every operation is answered")
 }
 
-#[test]
-fn operations_answered_through_callbacks_match_the_blocking_ones() {
-    let f = fixture();
+fn operations_answered_through_callbacks_match_the_blocking_ones(e: Engine) {
+    let f = e.fixture();
     let (s, a) = (&f.store, &f.acct);
     s.create_queue(a, "cbq", vec![]).unwrap();
     answered(|d| s.put_message_then(a, "cbq", b"one", PutMessageOptions::default(), d)).unwrap();
@@ -546,10 +537,9 @@ fn operations_answered_through_callbacks_match_the_blocking_ones() {
     );
 }
 
-#[test]
-fn each_account_has_its_own_message_size_limit() {
+fn each_account_has_its_own_message_size_limit(e: Engine) {
     use rolehost_storage::AccountOptions;
-    let f = fixture();
+    let f = e.fixture();
     let (s, a) = (&f.store, &f.acct);
     let other = AccountName::new("other").unwrap();
     for acct in [a, &other] {
@@ -589,3 +579,17 @@ fn each_account_has_its_own_message_size_limit() {
     s.set_account_options(a, None).unwrap();
     put(a, 1000).unwrap();
 }
+
+on_every_engine!(
+    create_delete_list_and_metadata,
+    accounts_are_isolated,
+    get_hides_bumps_count_and_redelivers_after_timeout,
+    expired_receipt_still_deletes_if_nobody_took_the_message,
+    update_extends_or_shortens_visibility_and_replaces_content,
+    put_options_limits_and_ttl,
+    configurable_message_limit,
+    concurrent_workers_each_message_once_with_group_commit,
+    queue_access_policies_are_checked_kept_and_die_with_their_queue,
+    operations_answered_through_callbacks_match_the_blocking_ones,
+    each_account_has_its_own_message_size_limit,
+);

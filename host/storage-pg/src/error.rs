@@ -1,0 +1,81 @@
+//! How PostgreSQL's failures become the storage API's: a lost connection is an unknown
+//! outcome, never "did not happen"; anything else the server said is a database error with its
+//! text. No `postgres` type leaves this crate.
+
+use postgres::error::SqlState;
+use rolehost_storage::{BlobError, QueueError, StorageError, TableError};
+
+/// A failure of the client, kept until the caller says what it means.
+#[derive(Debug)]
+pub struct PgError(pub postgres::Error);
+
+impl From<postgres::Error> for PgError {
+    fn from(e: postgres::Error) -> Self {
+        PgError(e)
+    }
+}
+
+impl PgError {
+    /// Whether a racing writer made the same key first.
+    pub fn is_unique_violation(&self) -> bool {
+        self.0.code() == Some(&SqlState::UNIQUE_VIOLATION)
+    }
+}
+
+/// [`StorageError::OutcomeUnknown`] saying `detail`.
+pub fn outcome_unknown(detail: String) -> StorageError {
+    StorageError::OutcomeUnknown { detail }
+}
+
+/// States in which the server is going away or not accepting work: the statement may have
+/// run, or not.
+fn server_going_away(code: &SqlState) -> bool {
+    [
+        SqlState::ADMIN_SHUTDOWN,
+        SqlState::CRASH_SHUTDOWN,
+        SqlState::CANNOT_CONNECT_NOW,
+        SqlState::CONNECTION_FAILURE,
+        SqlState::CONNECTION_EXCEPTION,
+        SqlState::CONNECTION_DOES_NOT_EXIST,
+        SqlState::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+        SqlState::SQLSERVER_REJECTED_ESTABLISHMENT_OF_SQLCONNECTION,
+        SqlState::TRANSACTION_RESOLUTION_UNKNOWN,
+    ]
+    .contains(code)
+}
+
+impl From<PgError> for StorageError {
+    fn from(PgError(e): PgError) -> Self {
+        match e.as_db_error() {
+            Some(db) if !server_going_away(db.code()) => StorageError::Database {
+                detail: format!("{}: {}", db.code().code(), db.message()),
+                io: matches!(
+                    db.code(),
+                    &SqlState::DISK_FULL | &SqlState::IO_ERROR | &SqlState::DATA_CORRUPTED
+                ),
+            },
+            // The connection broke (or the server is shutting down) with the statement in
+            // flight: whether it, or the commit, took effect is unknown.
+            _ => outcome_unknown(e.to_string()),
+        }
+    }
+}
+
+macro_rules! family_from_pg {
+    ($($t:ty),*) => {$(
+        impl From<PgError> for $t {
+            fn from(e: PgError) -> Self {
+                <$t>::Storage(StorageError::from(e))
+            }
+        }
+    )*};
+}
+family_from_pg!(BlobError, QueueError, TableError);
+
+/// A record that does not decode.
+pub fn corrupt(table: &'static str, e: impl std::fmt::Display) -> StorageError {
+    StorageError::Corrupt {
+        table,
+        detail: e.to_string(),
+    }
+}
