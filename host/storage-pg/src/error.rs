@@ -20,6 +20,14 @@ impl PgError {
     pub fn is_unique_violation(&self) -> bool {
         self.0.code() == Some(&SqlState::UNIQUE_VIOLATION)
     }
+
+    /// Whether running the operation again may succeed: a racing writer made the key first,
+    /// or the server broke a deadlock or a serialization conflict by aborting us.
+    pub fn is_race(&self) -> bool {
+        self.is_unique_violation()
+            || self.0.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED)
+            || self.0.code() == Some(&SqlState::T_R_SERIALIZATION_FAILURE)
+    }
 }
 
 /// [`StorageError::OutcomeUnknown`] saying `detail`.

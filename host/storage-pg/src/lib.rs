@@ -7,7 +7,7 @@
 //! - [`schema`]: the tables, created and migrated (versioned) when a database is opened.
 //! - `accounts`: usage kept in per-connection shards, quotas admitted with the rule the redb
 //!   engine uses.
-//! - `queue`, `settings`: the services, one module each.
+//! - `queue`, `table`, `settings`: the services, one module each.
 //! - [`error`]: how the client's failures become the storage API's.
 //! - [`scratch`]: throwaway databases for tests and benchmarks.
 //!
@@ -30,10 +30,11 @@
 mod accounts;
 pub mod error;
 pub mod pool;
-mod queue;
+pub mod queue;
 pub mod schema;
 pub mod scratch;
 mod settings;
+pub mod table;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -145,14 +145,10 @@ const CLEAR: &str = "WITH d AS (
 /// What removing `count` messages holding `bytes` of bodies takes off an account.
 fn removed_messages(count: i64, bytes: i64) -> Delta {
     let mut d = Delta::default();
-    d.0[Resource::ALL
-        .iter()
-        .position(|r| *r == Resource::Messages)
-        .unwrap_or(0)] = -count;
-    d.add_bytes(
-        -(count
-            .saturating_mul(ITEM_BYTES as i64)
-            .saturating_add(bytes)),
+    d.remove_items(
+        Resource::Messages,
+        count.max(0).unsigned_abs(),
+        bytes.max(0).unsigned_abs(),
     );
     d
 }

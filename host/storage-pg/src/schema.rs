@@ -66,6 +66,23 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX rh_messages_expires ON rh_messages (account, queue, expires)
         WHERE expires IS NOT NULL;
     "#,
+    // 2: the table service.
+    r#"
+    CREATE TABLE rh_tables (
+        account text COLLATE "C" NOT NULL,
+        key text COLLATE "C" NOT NULL,
+        name text COLLATE "C" NOT NULL,
+        PRIMARY KEY (account, key)
+    );
+    CREATE TABLE rh_entities (
+        account text COLLATE "C" NOT NULL,
+        tbl text COLLATE "C" NOT NULL,
+        pk text COLLATE "C" NOT NULL,
+        rk text COLLATE "C" NOT NULL,
+        record bytea NOT NULL,
+        PRIMARY KEY (account, tbl, pk, rk)
+    );
+    "#,
 ];
 
 /// The schema version this engine reads and writes.

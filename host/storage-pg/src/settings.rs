@@ -59,7 +59,6 @@ impl SettingsStore for PgStore {
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum PolicyKind {
     Queue,
-    #[allow(dead_code, reason = "the table service comes next")]
     Table,
 }
 

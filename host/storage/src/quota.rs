@@ -229,6 +229,17 @@ impl Delta {
         self.add_bytes(-signed(ITEM_BYTES.saturating_add(content)));
     }
 
+    /// Removes `count` items of `r` holding `content` bytes between them (what a bulk delete
+    /// freed, summed by the database).
+    pub fn remove_items(&mut self, r: Resource, count: u64, content: u64) {
+        if r != Resource::Bytes {
+            self.0[r.index()] -= signed(count);
+        }
+        self.add_bytes(-signed(
+            count.saturating_mul(ITEM_BYTES).saturating_add(content),
+        ));
+    }
+
     /// Adds `n` bytes (negative: removes them).
     pub fn add_bytes(&mut self, n: i64) {
         let b = &mut self.0[Resource::Bytes.index()];
@@ -484,6 +495,9 @@ mod tests {
         assert_eq!(d.bytes(), 1128);
         d.remove_item(Resource::Blobs, 1000);
         assert_eq!(d, Delta::default());
+        let mut bulk = Delta::item(Resource::Messages, 5).plus(Delta::item(Resource::Messages, 7));
+        bulk.remove_items(Resource::Messages, 2, 12);
+        assert_eq!(bulk, Delta::default());
         let block = Delta::item(Resource::Bytes, 10);
         assert_eq!(block.0[1..], [0; 6], "a block is bytes only");
         let mut u = Usage::default();

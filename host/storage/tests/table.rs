@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{code, fixture};
+use common::{Engine, code, on_every_engine};
 use rolehost_storage::ListOptions;
 use rolehost_storage::table::*;
 
@@ -12,15 +12,14 @@ fn e(pk: &str, rk: &str, n: i32) -> Entity {
         .with("Tag", EdmValue::String(format!("t{n}")))
 }
 
-fn setup() -> common::Fixture {
-    let f = fixture();
+fn setup(engine: Engine) -> common::Fixture<dyn common::Store> {
+    let f = engine.fixture();
     f.store.create_table(&f.acct, "Orders").unwrap();
     f
 }
 
-#[test]
-fn tables() {
-    let f = setup();
+fn tables(engine: Engine) {
+    let f = setup(engine);
     let (s, a) = (&f.store, &f.acct);
     assert_eq!(code(s.create_table(a, "orders")), "TableAlreadyExists");
     assert_eq!(code(s.create_table(a, "tables")), "InvalidResourceName");
@@ -53,9 +52,8 @@ fn tables() {
     );
 }
 
-#[test]
-fn insert_update_merge_upsert_delete_with_etags() {
-    let f = setup();
+fn insert_update_merge_upsert_delete_with_etags(engine: Engine) {
+    let f = setup(engine);
     let (s, a) = (&f.store, &f.acct);
     let t1 = s
         .execute(a, "Orders", TableOp::Insert(e("p", "r", 1)))
@@ -167,9 +165,8 @@ fn insert_update_merge_upsert_delete_with_etags() {
     assert!(sel.properties.is_empty());
 }
 
-#[test]
-fn queries_filters_select_top_and_continuation() {
-    let f = setup();
+fn queries_filters_select_top_and_continuation(engine: Engine) {
+    let f = setup(engine);
     let (s, a) = (&f.store, &f.acct);
     for p in 0..3 {
         for r in 0..10 {
@@ -259,9 +256,8 @@ fn queries_filters_select_top_and_continuation() {
     );
 }
 
-#[test]
-fn entity_group_transactions_are_all_or_nothing() {
-    let f = setup();
+fn entity_group_transactions_are_all_or_nothing(engine: Engine) {
+    let f = setup(engine);
     let (s, a) = (&f.store, &f.acct);
     s.execute(a, "Orders", TableOp::Insert(e("p", "exists", 0)))
         .unwrap();
@@ -347,9 +343,8 @@ fn entity_group_transactions_are_all_or_nothing() {
 
 /// Large entities end a page by its size: one query page (one host call for a guest) stays
 /// near `MAX_PAGE_BYTES` however large the entities, and the continuation reaches them all.
-#[test]
-fn a_page_of_large_entities_is_bounded_in_bytes() {
-    let f = setup();
+fn a_page_of_large_entities_is_bounded_in_bytes(engine: Engine) {
+    let f = setup(engine);
     let (s, a) = (&f.store, &f.acct);
     // 20 entities of 480 KiB stored (15 properties of 32 Ki ASCII characters, 64 KiB each
     // as UTF-16, the limit).
@@ -390,10 +385,9 @@ fn a_page_of_large_entities_is_bounded_in_bytes() {
     assert!(pages >= 3, "{pages} pages");
 }
 
-#[test]
-fn table_access_policies_are_checked_kept_and_die_with_their_table() {
+fn table_access_policies_are_checked_kept_and_die_with_their_table(engine: Engine) {
     use rolehost_storage::blob::AccessPolicy;
-    let f = fixture();
+    let f = engine.fixture();
     let (s, a) = (&f.store, &f.acct);
     let policy = |id: &str, perms: &str| AccessPolicy {
         id: id.into(),
@@ -418,3 +412,12 @@ fn table_access_policies_are_checked_kept_and_die_with_their_table() {
     s.create_table(a, "People").unwrap();
     assert!(s.get_table_acl(a, "People").unwrap().is_empty());
 }
+
+on_every_engine!(
+    tables,
+    insert_update_merge_upsert_delete_with_etags,
+    queries_filters_select_top_and_continuation,
+    entity_group_transactions_are_all_or_nothing,
+    a_page_of_large_entities_is_bounded_in_bytes,
+    table_access_policies_are_checked_kept_and_die_with_their_table,
+);

@@ -4,6 +4,7 @@
 pub mod datetime;
 mod entity;
 mod filter;
+pub mod rules;
 pub(crate) mod store;
 
 pub use entity::{
@@ -80,7 +81,8 @@ pub enum TableOp {
 }
 
 impl TableOp {
-    fn keys(&self) -> (&str, &str) {
+    /// The (PartitionKey, RowKey) it acts on.
+    pub fn keys(&self) -> (&str, &str) {
         match self {
             TableOp::Insert(e)
             | TableOp::Update { entity: e, .. }

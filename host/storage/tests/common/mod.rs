@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use rolehost_storage::queue::QueueStore;
 use rolehost_storage::settings::SettingsStore;
+use rolehost_storage::table::TableStore;
 use rolehost_storage::{
     AccountName, Accounts, ManualClock, RedbStore, StorageError, StorageOptions, Timestamp,
 };
@@ -16,8 +17,11 @@ use rolehost_storage_pg::scratch::ScratchDatabase;
 use rolehost_storage_pg::{PgOptions, PgStore};
 
 /// What the suite needs of an engine (grows as the PostgreSQL engine gains services).
-pub(crate) trait Store: QueueStore + SettingsStore + Accounts + Send + Sync {}
-impl<T: QueueStore + SettingsStore + Accounts + Send + Sync> Store for T {}
+pub(crate) trait Store:
+    QueueStore + TableStore + SettingsStore + Accounts + Send + Sync
+{
+}
+impl<T: QueueStore + TableStore + SettingsStore + Accounts + Send + Sync> Store for T {}
 
 pub(crate) struct Fixture<S: ?Sized = RedbStore> {
     pub store: Arc<S>,
