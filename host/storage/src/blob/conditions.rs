@@ -36,7 +36,7 @@ pub struct Conditions {
 }
 
 /// What a condition is checked against: the current ETag and Last-Modified, if the resource exists.
-pub(crate) type Current<'a> = Option<(&'a str, Timestamp)>;
+pub type Current<'a> = Option<(&'a str, Timestamp)>;
 
 fn modified_since(last_modified: Timestamp, since: Timestamp) -> bool {
     last_modified.as_secs() > since.as_secs()
@@ -67,7 +67,7 @@ impl Conditions {
     /// A read (Get Blob, Get Blob Properties) of an existing resource.
     /// If-Match / If-Unmodified-Since failing gives 412; If-None-Match and If-Modified-Since are
     /// OR-ed and give 304 only if neither passes; `If-None-Match: *` can never pass a read.
-    pub(crate) fn check_read(&self, etag: &str, last_modified: Timestamp) -> Result<(), BlobError> {
+    pub fn check_read(&self, etag: &str, last_modified: Timestamp) -> Result<(), BlobError> {
         if self.if_none_match == Some(ETagMatch::Any) {
             return Err(BlobError::UnsatisfiableCondition);
         }
@@ -93,11 +93,7 @@ impl Conditions {
     /// A write. At most If-Match + If-Unmodified-Since or If-None-Match + If-Modified-Since.
     /// `create_only_op`: Put Blob / Put Block List, where `If-None-Match: *` on an existing blob
     /// is `BlobAlreadyExists` rather than `ConditionNotMet`.
-    pub(crate) fn check_write(
-        &self,
-        current: Current<'_>,
-        create_only_op: bool,
-    ) -> Result<(), BlobError> {
+    pub fn check_write(&self, current: Current<'_>, create_only_op: bool) -> Result<(), BlobError> {
         let etag_side = self.if_match.is_some() || self.if_unmodified_since.is_some();
         let none_side = self.if_none_match.is_some() || self.if_modified_since.is_some();
         if etag_side && none_side {
@@ -136,7 +132,7 @@ impl Conditions {
     }
 
     /// Container operations accept only the date conditions.
-    pub(crate) fn check_container(&self, last_modified: Timestamp) -> Result<(), BlobError> {
+    pub fn check_container(&self, last_modified: Timestamp) -> Result<(), BlobError> {
         if self.if_match.is_some() || self.if_none_match.is_some() {
             return Err(BlobError::MultipleConditionHeadersNotSupported(
                 "container operations accept only If-Modified-Since and If-Unmodified-Since",

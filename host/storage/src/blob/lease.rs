@@ -5,7 +5,6 @@
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Timestamp;
-use crate::engine::IdGen;
 use crate::error::BlobError;
 
 /// Shortest and longest finite lease, in seconds (or infinite).
@@ -68,30 +67,43 @@ pub struct LeaseOutcome {
     pub lease_time: Option<u32>,
 }
 
+/// A blob's or a container's lease as every engine stores it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) enum LeaseRecord {
+pub enum LeaseRecord {
+    /// Never leased, or released.
     #[default]
     Available,
+    /// Held.
     Leased {
+        /// The lease id.
         id: String,
+        /// When it ends (`None`: infinite).
         expires: Option<Timestamp>,
+        /// Its duration in seconds (`None`: infinite).
         duration: Option<u32>,
     },
+    /// Being broken.
     Breaking {
+        /// The lease id.
         id: String,
+        /// When the break completes.
         break_at: Timestamp,
     },
+    /// Broken.
     Broken {
+        /// The lease id it had.
         id: String,
     },
+    /// Ended by time.
     Expired {
+        /// The lease id it had.
         id: String,
     },
 }
 
 impl LeaseRecord {
     /// The state now: a lease past its end has expired; a break past its time is broken.
-    pub(crate) fn at(&self, now: Timestamp) -> LeaseRecord {
+    pub fn at(&self, now: Timestamp) -> LeaseRecord {
         match self {
             LeaseRecord::Leased {
                 id,
@@ -105,7 +117,8 @@ impl LeaseRecord {
         }
     }
 
-    pub(crate) fn info(&self, now: Timestamp) -> LeaseInfo {
+    /// What Get Properties shows of it at `now`.
+    pub fn info(&self, now: Timestamp) -> LeaseInfo {
         match self.at(now) {
             LeaseRecord::Available => LeaseInfo {
                 state: "available",
@@ -148,7 +161,7 @@ impl LeaseRecord {
     }
 
     /// May a write carrying `lease_id` go ahead?
-    pub(crate) fn check_write(
+    pub fn check_write(
         &self,
         lease_id: Option<&str>,
         now: Timestamp,
@@ -168,7 +181,7 @@ impl LeaseRecord {
     }
 
     /// May a read carrying `lease_id` go ahead? Reads need no id, but a wrong one fails.
-    pub(crate) fn check_read(
+    pub fn check_read(
         &self,
         lease_id: Option<&str>,
         now: Timestamp,
@@ -181,11 +194,11 @@ impl LeaseRecord {
     }
 
     /// Applies `action` at `now`, returning the new record and the outcome.
-    pub(crate) fn apply(
+    pub fn apply(
         &self,
         action: &LeaseAction,
         now: Timestamp,
-        ids: &mut IdGen,
+        new_id: impl FnOnce() -> String,
     ) -> Result<(LeaseRecord, LeaseOutcome), BlobError> {
         use LeaseRecord as R;
         let current = self.at(now);
@@ -229,7 +242,7 @@ impl LeaseRecord {
                         _ => Err(BlobError::LeaseAlreadyPresent),
                     },
                     R::Available | R::Expired { .. } | R::Broken { .. } => {
-                        let id = proposed_id.clone().unwrap_or_else(|| ids.guid());
+                        let id = proposed_id.clone().unwrap_or_else(new_id);
                         ok(leased(id.clone(), *duration), Some(id))
                     }
                 }

@@ -8,12 +8,15 @@
 
 mod conditions;
 mod lease;
+pub mod rules;
 pub(crate) mod store;
 
 use std::io::Read;
 
-pub use conditions::{Conditions, ETagMatch};
-pub use lease::{LEASE_SECONDS, LeaseAction, LeaseInfo, LeaseOutcome, MAX_BREAK_PERIOD};
+pub use conditions::{Conditions, Current, ETagMatch};
+pub use lease::{
+    LEASE_SECONDS, LeaseAction, LeaseInfo, LeaseOutcome, LeaseRecord, MAX_BREAK_PERIOD,
+};
 
 use crate::clock::Timestamp;
 use crate::{AccountName, BlobError, ListOptions, Metadata, Page};

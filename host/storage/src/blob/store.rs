@@ -12,120 +12,24 @@ use std::sync::Arc;
 
 use md5::{Digest, Md5};
 use redb::{ReadOnlyTable, ReadableTable};
-use serde::{Deserialize, Serialize};
 
-use super::lease::LeaseRecord;
+use super::rules::{
+    BlobRecord, BlockRecord, ContainerRecord, Segment, blob_bytes, blob_props, block_bytes,
+    check_acl, check_blob_lease, container_bytes, container_props, decode_blob, read_full,
+};
 use super::*;
 use crate::engine::{
     BLOBS, BLOCKS, CHUNK_SIZE, CHUNKS, CONTAINER_ACLS, CONTAINERS, PENDING, WriteCtx, decode,
     delete_data, encode, get_record,
 };
 use crate::names::{check_blob, check_container, check_metadata};
-use crate::quota::{Delta, Resource, SEGMENT_BYTES, Usage, metadata_bytes};
+use crate::quota::{Delta, Resource, Usage, metadata_bytes};
 use crate::{RedbStore, StorageError};
 
 /// Chunks carried by one intermediate commit of a streamed upload (8 MiB of buffer).
 const UPLOAD_BATCH_CHUNKS: usize = 8;
-const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
 /// Above every block id (ids are at most 64 bytes): the end of a blob's range in [`BLOCKS`].
 const BLOCK_ID_END: [u8; MAX_BLOCK_ID_BYTES + 1] = [0xFF; MAX_BLOCK_ID_BYTES + 1];
-
-#[derive(Serialize, Deserialize, Debug)]
-struct ContainerRecord {
-    etag: String,
-    last_modified: Timestamp,
-    metadata: Metadata,
-    lease: LeaseRecord,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone)]
-struct Segment {
-    /// The committed block id, for blobs made by Put Block List.
-    block_id: Option<Vec<u8>>,
-    data_id: u64,
-    len: u64,
-}
-
-#[derive(Serialize, Deserialize, Debug)]
-struct BlobRecord {
-    etag: String,
-    created: Timestamp,
-    last_modified: Timestamp,
-    content: ContentSettings,
-    metadata: Metadata,
-    segments: Vec<Segment>,
-    size: u64,
-    lease: LeaseRecord,
-    /// Added after the first release: records written before it end at `lease`
-    /// ([`decode_blob`]).
-    copy: Option<CopyInfo>,
-}
-
-/// A blob record as written before copies were recorded.
-#[derive(Serialize, Deserialize)]
-struct BlobRecordV1 {
-    etag: String,
-    created: Timestamp,
-    last_modified: Timestamp,
-    content: ContentSettings,
-    metadata: Metadata,
-    segments: Vec<Segment>,
-    size: u64,
-    lease: LeaseRecord,
-}
-
-/// Decodes a blob record of either layout. postcard is not self-describing, so a record of
-/// the first layout lacks the trailing field and fails to decode as the new one; it then
-/// decodes as [`BlobRecordV1`], which has no copy.
-fn decode_blob(bytes: &[u8]) -> Result<BlobRecord, StorageError> {
-    match decode::<BlobRecord>("blobs", bytes) {
-        Ok(r) => Ok(r),
-        Err(e) => match postcard::from_bytes::<BlobRecordV1>(bytes) {
-            Ok(v1) => Ok(BlobRecord {
-                etag: v1.etag,
-                created: v1.created,
-                last_modified: v1.last_modified,
-                content: v1.content,
-                metadata: v1.metadata,
-                segments: v1.segments,
-                size: v1.size,
-                lease: v1.lease,
-                copy: None,
-            }),
-            Err(_) => Err(e),
-        },
-    }
-}
-
-#[derive(Serialize, Deserialize, Debug)]
-struct BlockRecord {
-    data_id: u64,
-    len: u64,
-}
-
-/// What a container holds beside [`crate::quota::ITEM_BYTES`] ([`crate::quota`]).
-fn container_bytes(name: &str, metadata: &Metadata) -> u64 {
-    name.len() as u64 + metadata_bytes(metadata)
-}
-
-/// What a blob holds beside [`crate::quota::ITEM_BYTES`].
-fn blob_bytes(name: &str, rec: &BlobRecord) -> u64 {
-    let segments: u64 = rec
-        .segments
-        .iter()
-        .map(|s| SEGMENT_BYTES + s.block_id.as_ref().map_or(0, |id| id.len() as u64))
-        .sum();
-    let copy = rec
-        .copy
-        .as_ref()
-        .map_or(0, |c| (c.id.len() + c.source.len()) as u64);
-    name.len() as u64 + metadata_bytes(&rec.metadata) + segments + rec.size + copy
-}
-
-/// What an uncommitted block holds beside [`crate::quota::ITEM_BYTES`].
-fn block_bytes(id: &[u8], rec: &BlockRecord) -> u64 {
-    id.len() as u64 + rec.len
-}
 
 /// Frees what a blob's uncommitted blocks hold, read without changing them (they are removed
 /// after the charge).
@@ -189,55 +93,6 @@ struct Uploaded {
     md5: [u8; 16],
 }
 
-fn read_full(r: &mut dyn Read, buf: &mut Vec<u8>, want: usize) -> Result<(), StorageError> {
-    let start = buf.len();
-    buf.resize(start + want, 0);
-    let mut filled = start;
-    while filled < buf.len() {
-        match r.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(StorageError::BodyRead(e)),
-        }
-    }
-    buf.truncate(filled);
-    Ok(())
-}
-
-fn blob_props(name: &str, rec: &BlobRecord, now: Timestamp) -> BlobProperties {
-    let mut content = rec.content.clone();
-    if content.content_type.is_none() {
-        content.content_type = Some(DEFAULT_CONTENT_TYPE.into());
-    }
-    BlobProperties {
-        name: name.to_string(),
-        etag: rec.etag.clone(),
-        last_modified: rec.last_modified,
-        created: rec.created,
-        size: rec.size,
-        content,
-        metadata: rec.metadata.clone(),
-        lease: rec.lease.info(now),
-        copy: rec.copy.clone(),
-    }
-}
-
-fn container_props(name: &str, rec: &ContainerRecord, now: Timestamp) -> ContainerProperties {
-    ContainerProperties {
-        name: name.to_string(),
-        etag: rec.etag.clone(),
-        last_modified: rec.last_modified,
-        metadata: rec.metadata.clone(),
-        lease: rec.lease.info(now),
-    }
-}
-
-/// Azure's rules for an access control list.
-fn check_acl(acl: &ContainerAcl) -> Result<(), BlobError> {
-    check_policies(&acl.policies, "racwdxltmeop").map_err(BlobError::InvalidAcl)
-}
-
 fn get_container(
     table: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
     a: &str,
@@ -268,33 +123,8 @@ fn check_overwrite(
 ) -> Result<Option<BlobRecord>, BlobError> {
     get_container(&ctx.txn.open_table(CONTAINERS)?, a, c)?;
     let existing = get_blob_record(&ctx.txn.open_table(BLOBS)?, a, c, b)?;
-    check_blob_lease(existing.as_ref(), options.lease_id.as_deref(), ctx.now)?;
-    options
-        .conditions
-        .check_write(
-            existing
-                .as_ref()
-                .map(|r| (r.etag.as_str(), r.last_modified)),
-            true,
-        )
-        .map_err(|e| match e {
-            BlobError::BlobAlreadyExists(_) => BlobError::BlobAlreadyExists(b.to_string()),
-            e => e,
-        })?;
+    rules::check_overwrite(existing.as_ref(), b, options, ctx.now)?;
     Ok(existing)
-}
-
-/// The lease check for a write, also when the blob does not exist yet.
-fn check_blob_lease(
-    rec: Option<&BlobRecord>,
-    lease_id: Option<&str>,
-    now: Timestamp,
-) -> Result<(), BlobError> {
-    match rec {
-        Some(r) => r.lease.check_write(lease_id, now, false),
-        None if lease_id.is_some() => Err(BlobError::LeaseNotPresentWithBlobOperation),
-        None => Ok(()),
-    }
 }
 
 /// Writes the body's chunks (small body) or claims the pending data (staged body).
@@ -907,7 +737,7 @@ impl BlobStore for RedbStore {
         self.engine.write(true, move |ctx| {
             let mut containers = ctx.txn.open_table(CONTAINERS)?;
             let mut rec = get_container(&containers, &a, &c)?;
-            let (lease, outcome) = rec.lease.apply(&action, ctx.now, ctx.ids)?;
+            let (lease, outcome) = rec.lease.apply(&action, ctx.now, || ctx.ids.guid())?;
             rec.lease = lease;
             containers.insert((a.as_str(), c.as_str()), encode(&rec).as_slice())?;
             Ok(outcome)
@@ -1002,32 +832,8 @@ impl BlobStore for RedbStore {
         options
             .conditions
             .check_read(&rec.etag, rec.last_modified)?;
-        let (offset, end) = match options.range {
-            None => (0, rec.size),
-            Some(r) => {
-                if r.start >= rec.size || r.end.is_some_and(|e| e < r.start) {
-                    return Err(BlobError::InvalidRange(format!(
-                        "bytes={}-{:?} of {}",
-                        r.start, r.end, rec.size
-                    )));
-                }
-                (
-                    r.start,
-                    r.end
-                        .map_or(rec.size, |e| e.saturating_add(1).min(rec.size)),
-                )
-            }
-        };
-        let mut start = 0;
-        let segments = rec
-            .segments
-            .iter()
-            .map(|s| {
-                let at = start;
-                start += s.len;
-                (at, s.clone())
-            })
-            .collect();
+        let (offset, end) = rules::read_range(rec.size, options.range)?;
+        let segments = rules::segment_starts(&rec.segments);
         let reader = SegmentReader {
             chunks: txn.open_table(CHUNKS)?,
             segments,
@@ -1137,63 +943,29 @@ impl BlobStore for RedbStore {
         delimiter: Option<&str>,
     ) -> Result<Page<BlobListItem>, BlobError> {
         check_container(container)?;
-        let page_size =
-            options
-                .page_size()
-                .map_err(|reason| BlobError::OutOfRangeQueryParameterValue {
-                    param: "maxresults",
-                    reason,
-                })?;
-        let delimiter = delimiter.filter(|d| !d.is_empty());
+        let mut scan = rules::ListScan::new(options, delimiter)?;
         let now = self.engine.now();
         let txn = self.engine.read()?;
         let (a, c) = (account.as_str(), container);
         get_container(&txn.open_table(CONTAINERS)?, a, c)?;
         let blobs = txn.open_table(BLOBS)?;
-        let prefix = options.prefix.as_deref().unwrap_or("");
-        let mut items = Vec::new();
-        let mut next_marker = None;
-        let mut cursor = options.start().max(prefix).to_string();
-        let mut last_prefix: Option<String> = None;
         'scan: loop {
+            let cursor = scan.cursor().to_string();
             for entry in blobs.range((a, c, cursor.as_str())..)? {
                 let (k, v) = entry?;
                 let (acct, cont, name) = k.value();
-                if acct != a || cont != c || !name.starts_with(prefix) {
+                if acct != a || cont != c {
                     break 'scan;
                 }
-                if last_prefix.as_deref().is_some_and(|p| name.starts_with(p)) {
-                    continue;
-                }
-                let virtual_dir = delimiter.and_then(|d| {
-                    name[prefix.len()..]
-                        .find(d)
-                        .map(|i| name[..prefix.len() + i + d.len()].to_string())
-                });
-                if items.len() == page_size {
-                    next_marker = Some(virtual_dir.unwrap_or_else(|| name.to_string()));
-                    break 'scan;
-                }
-                match virtual_dir {
-                    Some(dir) => {
-                        items.push(BlobListItem::Prefix(dir.clone()));
-                        // Jump past every name in this virtual directory.
-                        cursor = format!("{dir}\u{10FFFF}");
-                        last_prefix = Some(dir);
-                        continue 'scan;
-                    }
-                    None => {
-                        let mut props = blob_props(name, &decode_blob(v.value())?, now);
-                        if !options.include_metadata {
-                            props.metadata.clear();
-                        }
-                        items.push(BlobListItem::Blob(props));
-                    }
+                match scan.push(name, || decode_blob(v.value()), now)? {
+                    rules::Step::Next => {}
+                    rules::Step::Jump => continue 'scan,
+                    rules::Step::Done => break 'scan,
                 }
             }
             break;
         }
-        Ok(Page { items, next_marker })
+        Ok(scan.finish())
     }
 
     fn lease_blob(
@@ -1215,7 +987,7 @@ impl BlobStore for RedbStore {
             let mut blobs = ctx.txn.open_table(BLOBS)?;
             let mut rec = get_blob_record(&blobs, &a, &c, &b)?
                 .ok_or_else(|| BlobError::BlobNotFound(b.clone()))?;
-            let (lease, outcome) = rec.lease.apply(&action, ctx.now, ctx.ids)?;
+            let (lease, outcome) = rec.lease.apply(&action, ctx.now, || ctx.ids.guid())?;
             rec.lease = lease;
             blobs.insert(
                 (a.as_str(), c.as_str(), b.as_str()),
@@ -1236,9 +1008,7 @@ impl BlobStore for RedbStore {
     ) -> Result<(), BlobError> {
         check_container(container)?;
         check_blob(blob)?;
-        if block_id.is_empty() || block_id.len() > MAX_BLOCK_ID_BYTES {
-            return Err(BlobError::InvalidBlockId("a block id is 1..=64 bytes"));
-        }
+        rules::check_block_id(block_id)?;
         let uploaded = self.upload(account.as_str(), body, MAX_BLOCK_BYTES)?;
         let staged = staged_id(&uploaded);
         let (a, c, b, id) = (
@@ -1264,24 +1034,23 @@ impl BlobStore for RedbStore {
                 Some(entry) => Some(entry?.0.value().3.len()),
                 None => None,
             };
-            if committed_len
-                .or(uncommitted_len)
-                .is_some_and(|l| l != id.len())
-            {
-                return Err(BlobError::InvalidBlockId(
-                    "all block ids of a blob must have the same length",
-                ));
-            }
             let replaced: Option<BlockRecord> = get_record::<(&str, &str, &str, &[u8]), _>(
                 &blocks,
                 "blocks",
                 (ak, ck, bk, id.as_slice()),
             )?;
-            if replaced.is_none() && blocks.range(range)?.count() >= MAX_UNCOMMITTED_BLOCKS {
-                return Err(BlobError::BlockCountExceedsLimit(
-                    "at most 100,000 uncommitted blocks",
-                ));
-            }
+            let count = if replaced.is_none() {
+                blocks.range(range)?.count()
+            } else {
+                0
+            };
+            rules::check_new_block(
+                &id,
+                committed_len,
+                uncommitted_len,
+                replaced.is_some(),
+                count,
+            )?;
             drop(blocks);
             let precharged = precharged(&uploaded);
             let Uploaded { body, len, .. } = uploaded;
@@ -1332,45 +1101,13 @@ impl BlobStore for RedbStore {
             let (ak, ck, bk) = (a.as_str(), c.as_str(), b.as_str());
             let existing = check_overwrite(ctx, (ak, ck, bk), &options)?;
             let staged_table = ctx.txn.open_table(BLOCKS)?;
-            let committed = |id: &[u8]| {
-                existing.as_ref().and_then(|r| {
-                    r.segments
-                        .iter()
-                        .find(|s| s.block_id.as_deref() == Some(id))
-                        .cloned()
-                })
-            };
-            let uncommitted = |id: &[u8]| -> Result<Option<Segment>, BlobError> {
-                let rec: Option<BlockRecord> = get_record::<(&str, &str, &str, &[u8]), _>(
+            let segments = rules::resolve_block_list(&blocks, existing.as_ref(), |id| {
+                Ok(get_record::<(&str, &str, &str, &[u8]), _>(
                     &staged_table,
                     "blocks",
                     (ak, ck, bk, id),
-                )?;
-                Ok(rec.map(|r| Segment {
-                    block_id: Some(id.to_vec()),
-                    data_id: r.data_id,
-                    len: r.len,
-                }))
-            };
-            let mut segments = Vec::with_capacity(blocks.len());
-            for block in &blocks {
-                let found = match block {
-                    BlockRef::Committed(id) => committed(id),
-                    BlockRef::Uncommitted(id) => uncommitted(id)?,
-                    BlockRef::Latest(id) => match uncommitted(id)? {
-                        Some(s) => Some(s),
-                        None => committed(id),
-                    },
-                };
-                let id = match block {
-                    BlockRef::Committed(id) | BlockRef::Uncommitted(id) | BlockRef::Latest(id) => {
-                        id
-                    }
-                };
-                segments.push(found.ok_or_else(|| {
-                    BlobError::InvalidBlockList(format!("block {} does not exist", base64_id(id)))
-                })?);
-            }
+                )?)
+            })?;
             drop(staged_table);
             let size = segments.iter().map(|s| s.len).sum();
             let rec = BlobRecord {
@@ -1461,11 +1198,6 @@ impl BlobStore for RedbStore {
         }
         Ok(list)
     }
-}
-
-fn base64_id(id: &[u8]) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(id)
 }
 
 impl RedbStore {
@@ -1590,64 +1322,5 @@ impl RedbStore {
             )?;
             Ok(blob_props(&b, &rec, ctx.now))
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn v1() -> BlobRecordV1 {
-        BlobRecordV1 {
-            etag: "\"0x8D1\"".into(),
-            created: Timestamp::from_secs(1),
-            last_modified: Timestamp::from_secs(2),
-            content: ContentSettings {
-                content_type: Some("text/plain".into()),
-                ..Default::default()
-            },
-            metadata: vec![("k".into(), "v".into())],
-            segments: vec![Segment {
-                block_id: None,
-                data_id: 9,
-                len: 3,
-            }],
-            size: 3,
-            lease: LeaseRecord::default(),
-        }
-    }
-
-    #[test]
-    fn records_of_the_first_layout_still_decode() {
-        let rec = decode_blob(&encode(&v1())).unwrap();
-        assert_eq!(rec.etag, "\"0x8D1\"");
-        assert_eq!(rec.size, 3);
-        assert_eq!(rec.segments[0].data_id, 9);
-        assert_eq!(rec.metadata, vec![("k".to_string(), "v".to_string())]);
-        assert!(rec.copy.is_none());
-    }
-
-    #[test]
-    fn records_of_the_new_layout_keep_their_copy() {
-        let old = v1();
-        let rec = BlobRecord {
-            etag: old.etag,
-            created: old.created,
-            last_modified: old.last_modified,
-            content: old.content,
-            metadata: old.metadata,
-            segments: old.segments,
-            size: old.size,
-            lease: old.lease,
-            copy: Some(CopyInfo {
-                id: "id".into(),
-                source: "http://x/a/c/b".into(),
-                completed: Timestamp::from_secs(3),
-                bytes: 3,
-            }),
-        };
-        let back = decode_blob(&encode(&rec)).unwrap();
-        assert_eq!(back.copy, rec.copy);
-        assert!(decode_blob(b"\x01").is_err(), "garbage is still corrupt");
     }
 }
