@@ -458,6 +458,111 @@ impl ListScan {
     }
 }
 
+/// Streams the bytes `[pos, end)` of a blob from its segments, one chunk of
+/// [`crate::CHUNK_SIZE`] at a time, from wherever the engine keeps chunks: `fetch(data_id,
+/// index)` gives one chunk.
+pub struct SegmentReader<F> {
+    fetch: F,
+    /// (start offset in the blob, segment)
+    segments: Vec<(u64, Segment)>,
+    pos: u64,
+    end: u64,
+    buf: Vec<u8>,
+    buf_start: u64,
+}
+
+impl<F: FnMut(u64, u32) -> io::Result<Vec<u8>>> SegmentReader<F> {
+    /// A reader of `[pos, end)` of the blob made of `segments`.
+    pub fn new(segments: &[Segment], pos: u64, end: u64, fetch: F) -> Self {
+        SegmentReader {
+            fetch,
+            segments: segment_starts(segments),
+            pos,
+            end,
+            buf: Vec::new(),
+            buf_start: 0,
+        }
+    }
+
+    fn fill(&mut self) -> io::Result<()> {
+        let chunk_size = crate::CHUNK_SIZE as u64;
+        let idx = self
+            .segments
+            .partition_point(|(start, _)| *start <= self.pos)
+            .saturating_sub(1);
+        let (seg_start, seg) = self
+            .segments
+            .get(idx)
+            .ok_or_else(|| io::Error::other("read past the blob's segments"))?;
+        let (seg_start, data_id) = (*seg_start, seg.data_id);
+        let chunk = (self.pos - seg_start) / chunk_size;
+        let chunk_idx = u32::try_from(chunk).map_err(io::Error::other)?;
+        self.buf = (self.fetch)(data_id, chunk_idx)?;
+        self.buf_start = seg_start + chunk * chunk_size;
+        if self.buf.is_empty() {
+            return Err(io::Error::other("empty chunk"));
+        }
+        Ok(())
+    }
+}
+
+impl<F: FnMut(u64, u32) -> io::Result<Vec<u8>>> Read for SegmentReader<F> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.pos >= self.end || out.is_empty() {
+            return Ok(0);
+        }
+        let buf_end = self.buf_start + self.buf.len() as u64;
+        if self.pos < self.buf_start || self.pos >= buf_end {
+            self.fill()?;
+        }
+        let off = (self.pos - self.buf_start) as usize;
+        let avail = (self.buf.len() - off) as u64;
+        let n = (out.len() as u64).min(avail).min(self.end - self.pos) as usize;
+        out[..n].copy_from_slice(&self.buf[off..off + n]);
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// Copy Blob's checks before it reads its source.
+pub fn check_copy(options: &CopyOptions) -> Result<(), BlobError> {
+    if options.source_url.len() > MAX_COPY_SOURCE_BYTES {
+        return Err(BlobError::CopySourceTooLong(options.source_url.len()));
+    }
+    if let Some(md) = &options.metadata {
+        crate::names::check_metadata(md)?;
+    }
+    Ok(())
+}
+
+/// How a failure to read a copy's source is answered: its conditions are the source's, and a
+/// missing source is one the copy cannot verify (as a source it may not read is).
+pub fn copy_source_error(e: BlobError) -> BlobError {
+    match e {
+        BlobError::ConditionNotMet | BlobError::NotModified => BlobError::SourceConditionNotMet,
+        BlobError::BlobNotFound(_) | BlobError::ContainerNotFound(_) => {
+            BlobError::CannotVerifyCopySource("the specified resource does not exist".into())
+        }
+        e => e,
+    }
+}
+
+/// The options of the write a copy makes from its source's properties.
+pub fn copy_put_options(
+    properties: BlobProperties,
+    options: CopyOptions,
+) -> (PutBlobOptions, String) {
+    (
+        PutBlobOptions {
+            content: properties.content,
+            metadata: options.metadata.unwrap_or(properties.metadata),
+            conditions: options.conditions,
+            lease_id: options.lease_id,
+        },
+        options.source_url,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

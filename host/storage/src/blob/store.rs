@@ -11,7 +11,7 @@ use std::io::{self, Read};
 use std::sync::Arc;
 
 use md5::{Digest, Md5};
-use redb::{ReadOnlyTable, ReadableTable};
+use redb::ReadableTable;
 
 use super::rules::{
     BlobRecord, BlockRecord, ContainerRecord, Segment, blob_bytes, blob_props, block_bytes,
@@ -442,64 +442,6 @@ fn precharged(u: &Uploaded) -> i64 {
     }
 }
 
-/// Streams a blob's segments from one read snapshot.
-struct SegmentReader {
-    chunks: ReadOnlyTable<(u64, u32), &'static [u8]>,
-    /// (start offset in the blob, segment)
-    segments: Vec<(u64, Segment)>,
-    pos: u64,
-    end: u64,
-    buf: Vec<u8>,
-    buf_start: u64,
-}
-
-impl SegmentReader {
-    fn fill(&mut self) -> io::Result<()> {
-        let idx = self
-            .segments
-            .partition_point(|(start, _)| *start <= self.pos)
-            .saturating_sub(1);
-        let (seg_start, seg) = self
-            .segments
-            .get(idx)
-            .ok_or_else(|| io::Error::other("read past the blob's segments"))?;
-        let chunk = (self.pos - seg_start) / CHUNK_SIZE as u64;
-        let chunk_idx = u32::try_from(chunk).map_err(io::Error::other)?;
-        let value = self
-            .chunks
-            .get((seg.data_id, chunk_idx))
-            .map_err(io::Error::other)?
-            .ok_or_else(|| {
-                io::Error::other(format!("missing chunk {chunk_idx} of data {}", seg.data_id))
-            })?;
-        self.buf.clear();
-        self.buf.extend_from_slice(value.value());
-        self.buf_start = seg_start + chunk * CHUNK_SIZE as u64;
-        if self.buf.is_empty() {
-            return Err(io::Error::other("empty chunk"));
-        }
-        Ok(())
-    }
-}
-
-impl Read for SegmentReader {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if self.pos >= self.end || out.is_empty() {
-            return Ok(0);
-        }
-        let buf_end = self.buf_start + self.buf.len() as u64;
-        if self.pos < self.buf_start || self.pos >= buf_end {
-            self.fill()?;
-        }
-        let off = (self.pos - self.buf_start) as usize;
-        let avail = (self.buf.len() - off) as u64;
-        let n = (out.len() as u64).min(avail).min(self.end - self.pos) as usize;
-        out[..n].copy_from_slice(&self.buf[off..off + n]);
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
 impl BlobStore for RedbStore {
     fn create_container(
         &self,
@@ -761,12 +703,7 @@ impl BlobStore for RedbStore {
         dest: BlobRef<'_>,
         options: CopyOptions,
     ) -> Result<BlobProperties, BlobError> {
-        if options.source_url.len() > MAX_COPY_SOURCE_BYTES {
-            return Err(BlobError::CopySourceTooLong(options.source_url.len()));
-        }
-        if let Some(md) = &options.metadata {
-            check_metadata(md)?;
-        }
+        rules::check_copy(&options)?;
         // The source at one version: its read transaction keeps that version's chunks while
         // the destination is written, even when the destination is the source itself.
         let read = self
@@ -780,35 +717,20 @@ impl BlobStore for RedbStore {
                     lease_id: None,
                 },
             )
-            .map_err(|e| match e {
-                BlobError::ConditionNotMet | BlobError::NotModified => {
-                    BlobError::SourceConditionNotMet
-                }
-                BlobError::BlobNotFound(_) | BlobError::ContainerNotFound(_) => {
-                    BlobError::CannotVerifyCopySource(
-                        "the specified resource does not exist".into(),
-                    )
-                }
-                e => e,
-            })?;
+            .map_err(rules::copy_source_error)?;
         let BlobRead {
             properties,
             mut reader,
             ..
         } = read;
-        let put = PutBlobOptions {
-            content: properties.content,
-            metadata: options.metadata.unwrap_or(properties.metadata),
-            conditions: options.conditions,
-            lease_id: options.lease_id,
-        };
+        let (put, source_url) = rules::copy_put_options(properties, options);
         self.write_blob(
             dest.account,
             dest.container,
             dest.blob,
             &mut reader,
             put,
-            Some(options.source_url),
+            Some(source_url),
         )
     }
 
@@ -833,15 +755,16 @@ impl BlobStore for RedbStore {
             .conditions
             .check_read(&rec.etag, rec.last_modified)?;
         let (offset, end) = rules::read_range(rec.size, options.range)?;
-        let segments = rules::segment_starts(&rec.segments);
-        let reader = SegmentReader {
-            chunks: txn.open_table(CHUNKS)?,
-            segments,
-            pos: offset,
-            end,
-            buf: Vec::new(),
-            buf_start: 0,
-        };
+        let chunks = txn.open_table(CHUNKS)?;
+        let reader = rules::SegmentReader::new(&rec.segments, offset, end, move |data_id, idx| {
+            let value = chunks
+                .get((data_id, idx))
+                .map_err(io::Error::other)?
+                .ok_or_else(|| {
+                    io::Error::other(format!("missing chunk {idx} of data {data_id}"))
+                })?;
+            Ok(value.value().to_vec())
+        });
         Ok(BlobRead {
             properties: blob_props(blob, &rec, now),
             offset,
