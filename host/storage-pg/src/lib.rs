@@ -7,7 +7,7 @@
 //! - [`schema`]: the tables, created and migrated (versioned) when a database is opened.
 //! - `accounts`: usage kept in per-connection shards, quotas admitted with the rule the redb
 //!   engine uses.
-//! - `queue`, `table`, `settings`: the services, one module each.
+//! - [`blob`], [`queue`], [`table`], `settings`: the services, one module each.
 //! - [`error`]: how the client's failures become the storage API's.
 //! - [`scratch`]: throwaway databases for tests and benchmarks.
 //!
@@ -28,6 +28,7 @@
 #![deny(missing_docs)]
 
 mod accounts;
+pub mod blob;
 pub mod error;
 pub mod pool;
 pub mod queue;
@@ -83,10 +84,16 @@ impl Default for PgOptions {
     }
 }
 
+/// How often a host's reaper deletes freed blob data and stale uploads ([`blob::READ_GRACE`],
+/// [`blob::PENDING_STALE`]).
+pub const REAP_EVERY: Duration = Duration::from_secs(30);
+
 /// The PostgreSQL engine.
 #[derive(Debug)]
 pub struct PgStore {
-    pool: pool::Pool,
+    /// Declared first: dropped (stopped) before the pool closes. Only held.
+    _reaper: Reaper,
+    pool: Arc<pool::Pool>,
     clock: Arc<dyn Clock>,
     quotas: QuotaTable,
     options: AccountOptionsBook,
@@ -151,8 +158,10 @@ impl PgStore {
             check_skew(&mut client, options.clock.now(), max, &shown)?;
         }
         drop(client);
+        let pool = Arc::new(pool::Pool::new(config, shown.clone(), pg.pool_size));
         Ok(PgStore {
-            pool: pool::Pool::new(config, shown.clone(), pg.pool_size),
+            _reaper: Reaper::start(pool.clone(), options.clock.clone()),
+            pool,
             clock: options.clock.clone(),
             quotas: QuotaTable::new(options.default_quota),
             options: account_options,
@@ -181,6 +190,47 @@ impl PgStore {
 
     fn receipt(&self) -> String {
         rolehost_storage::ids::receipt(self.next_seq(), self.salt)
+    }
+}
+
+/// The thread that deletes freed blob data after its read grace, and uploads whose host died.
+#[derive(Debug)]
+struct Reaper {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Reaper {
+    fn start(pool: Arc<pool::Pool>, clock: Arc<dyn Clock>) -> Reaper {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("rolehost-pg-reaper".into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(REAP_EVERY)
+                {
+                    let now = clock.now();
+                    match pool.run(move |c| blob::reap(c, now)) {
+                        Ok(0) => {}
+                        Ok(n) => tracing::debug!(freed = n, "freed blob data deleted"),
+                        Err(e) => tracing::warn!(error = %e, "reaping freed blob data failed; trying again later"),
+                    }
+                }
+            })
+            .ok();
+        Reaper {
+            stop: Some(stop),
+            thread,
+        }
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        self.stop.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -244,6 +294,8 @@ pub(crate) fn micros(t: Timestamp) -> i64 {
 pub(crate) fn timestamp(micros: i64) -> Timestamp {
     Timestamp(micros.max(0).unsigned_abs())
 }
+
+impl rolehost_storage::Backend for PgStore {}
 
 impl Accounts for PgStore {
     fn set_quota(&self, account: &AccountName, quota: Option<AccountQuota>) {

@@ -83,6 +83,62 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (account, tbl, pk, rk)
     );
     "#,
+    // 3: the blob service. Content is in 1 MiB chunk rows, never compressed (STORAGE
+    // EXTERNAL: blobs are mostly compressed already, and slices stay cheap). A blob row
+    // carries what it costs and the data it owns, so bulk deletes are done by the server.
+    r#"
+    CREATE SEQUENCE rh_data_ids;
+    CREATE TABLE rh_containers (
+        account text COLLATE "C" NOT NULL,
+        name text COLLATE "C" NOT NULL,
+        record bytea NOT NULL,
+        cost bigint NOT NULL,
+        PRIMARY KEY (account, name)
+    );
+    CREATE TABLE rh_container_acls (
+        account text COLLATE "C" NOT NULL,
+        name text COLLATE "C" NOT NULL,
+        acl bytea NOT NULL,
+        PRIMARY KEY (account, name)
+    );
+    CREATE TABLE rh_blobs (
+        account text COLLATE "C" NOT NULL,
+        container text COLLATE "C" NOT NULL,
+        name text COLLATE "C" NOT NULL,
+        record bytea NOT NULL,
+        cost bigint NOT NULL,
+        data_ids bigint[] NOT NULL,
+        PRIMARY KEY (account, container, name)
+    );
+    CREATE TABLE rh_blocks (
+        account text COLLATE "C" NOT NULL,
+        container text COLLATE "C" NOT NULL,
+        blob text COLLATE "C" NOT NULL,
+        id bytea NOT NULL,
+        data_id bigint NOT NULL,
+        len bigint NOT NULL,
+        PRIMARY KEY (account, container, blob, id)
+    );
+    CREATE TABLE rh_chunks (
+        data_id bigint NOT NULL,
+        idx int NOT NULL,
+        bytes bytea NOT NULL,
+        PRIMARY KEY (data_id, idx)
+    );
+    ALTER TABLE rh_chunks ALTER COLUMN bytes SET STORAGE EXTERNAL;
+    CREATE TABLE rh_pending (
+        data_id bigint PRIMARY KEY,
+        account text COLLATE "C" NOT NULL,
+        charged bigint NOT NULL,
+        touched bigint NOT NULL
+    );
+    CREATE TABLE rh_garbage (
+        data_id bigint PRIMARY KEY,
+        freed bigint NOT NULL
+    );
+    CREATE INDEX rh_garbage_freed ON rh_garbage (freed);
+    CREATE INDEX rh_pending_touched ON rh_pending (touched);
+    "#,
 ];
 
 /// The schema version this engine reads and writes.

@@ -5,12 +5,12 @@ mod common;
 use std::io::Read;
 use std::time::Duration;
 
-use common::{code, fixture};
+use common::{Engine, code, on_every_engine};
 use rolehost_storage::blob::*;
 use rolehost_storage::{CHUNK_SIZE, ListOptions, Timestamp};
 
 fn put(
-    f: &common::Fixture,
+    f: &common::Fixture<dyn common::Store>,
     name: &str,
     body: &[u8],
     options: PutBlobOptions,
@@ -19,7 +19,11 @@ fn put(
         .put_blob(&f.acct, "box", name, &mut &body[..], options)
 }
 
-fn read_all(f: &common::Fixture, name: &str, options: &GetBlobOptions) -> Vec<u8> {
+fn read_all(
+    f: &common::Fixture<dyn common::Store>,
+    name: &str,
+    options: &GetBlobOptions,
+) -> Vec<u8> {
     let mut r = f.store.get_blob(&f.acct, "box", name, options).unwrap();
     let mut out = Vec::new();
     r.reader.read_to_end(&mut out).unwrap();
@@ -27,15 +31,14 @@ fn read_all(f: &common::Fixture, name: &str, options: &GetBlobOptions) -> Vec<u8
     out
 }
 
-fn setup() -> common::Fixture {
-    let f = fixture();
+fn setup(engine: Engine) -> common::Fixture<dyn common::Store> {
+    let f = engine.fixture();
     f.store.create_container(&f.acct, "box", vec![]).unwrap();
     f
 }
 
-#[test]
-fn containers() {
-    let f = setup();
+fn containers(engine: Engine) {
+    let f = setup(engine);
     let (s, a) = (&f.store, &f.acct);
     assert_eq!(
         code(s.create_container(a, "box", vec![])),
@@ -112,9 +115,8 @@ fn containers() {
     );
 }
 
-#[test]
-fn put_get_properties_metadata_delete() {
-    let f = setup();
+fn put_get_properties_metadata_delete(engine: Engine) {
+    let f = setup(engine);
     let (s, a) = (&f.store, &f.acct);
     let content = ContentSettings {
         content_type: Some("text/plain".into()),
@@ -233,9 +235,8 @@ fn put_get_properties_metadata_delete() {
     );
 }
 
-#[test]
-fn conditional_writes_and_reads() {
-    let f = setup();
+fn conditional_writes_and_reads(engine: Engine) {
+    let f = setup(engine);
     let (s, a) = (&f.store, &f.acct);
     let p = put(
         &f,
@@ -373,9 +374,8 @@ fn conditional_writes_and_reads() {
     );
 }
 
-#[test]
-fn ranged_reads() {
-    let f = setup();
+fn ranged_reads(engine: Engine) {
+    let f = setup(engine);
     let body: Vec<u8> = (0..3 * CHUNK_SIZE + 100).map(|i| (i % 251) as u8).collect();
     put(&f, "r", &body, PutBlobOptions::default()).unwrap();
     assert_eq!(read_all(&f, "r", &GetBlobOptions::default()), body);
@@ -421,9 +421,8 @@ fn ranged_reads() {
     assert_eq!(out, body);
 }
 
-#[test]
-fn listing_with_prefix_delimiter_and_markers() {
-    let f = setup();
+fn listing_with_prefix_delimiter_and_markers(engine: Engine) {
+    let f = setup(engine);
     for name in ["a/1", "a/2", "a/b/3", "b", "c/x", "c/y", "d"] {
         put(
             &f,
@@ -511,9 +510,8 @@ fn listing_with_prefix_delimiter_and_markers() {
     );
 }
 
-#[test]
-fn leases_guard_writes_and_elect_a_leader() {
-    let f = setup();
+fn leases_guard_writes_and_elect_a_leader(engine: Engine) {
+    let f = setup(engine);
     let (s, a) = (&f.store, &f.acct);
     put(&f, "lock", b"", PutBlobOptions::default()).unwrap();
     let acquire = |d: Option<u32>, id: Option<&str>| {
@@ -716,9 +714,8 @@ fn leases_guard_writes_and_elect_a_leader() {
     );
 }
 
-#[test]
-fn staged_blocks() {
-    let f = setup();
+fn staged_blocks(engine: Engine) {
+    let f = setup(engine);
     let (s, a) = (&f.store, &f.acct);
     let block = |id: &[u8], data: &[u8]| s.put_block(a, "box", "big", id, &mut &data[..], None);
     block(b"b1", b"hello ").unwrap();
@@ -847,9 +844,8 @@ fn staged_blocks() {
     );
 }
 
-#[test]
-fn large_blob_streams_through_chunks_and_survives_reopen() {
-    let f = setup();
+fn large_blob_streams_through_chunks_and_survives_reopen(engine: Engine) {
+    let f = setup(engine);
     let len = 5 * CHUNK_SIZE * 2 + 12_345; // spans two upload batches
     let mut body = std::io::Read::take(std::io::repeat(7), len as u64);
     let p = f
@@ -857,12 +853,15 @@ fn large_blob_streams_through_chunks_and_survives_reopen() {
         .put_blob(&f.acct, "box", "big", &mut body, PutBlobOptions::default())
         .unwrap();
     assert_eq!(p.size, len as u64);
-    let path = f.dir.path().join("s.redb");
     let common::Fixture {
-        store, dir, acct, ..
+        store,
+        dir,
+        acct,
+        db,
+        ..
     } = f;
     drop(store);
-    let store = rolehost_storage::RedbStore::open(&path, Default::default()).unwrap();
+    let store = engine.reopen(&dir, db.as_ref());
     let mut r = store
         .get_blob(&acct, "box", "big", &GetBlobOptions::default())
         .unwrap();
@@ -880,8 +879,7 @@ fn large_blob_streams_through_chunks_and_survives_reopen() {
     drop(dir);
 }
 
-#[test]
-fn a_failing_body_reader_leaves_nothing() {
+fn a_failing_body_reader_leaves_nothing(engine: Engine) {
     struct Failing(usize);
     impl Read for Failing {
         fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -893,7 +891,7 @@ fn a_failing_body_reader_leaves_nothing() {
             Ok(n)
         }
     }
-    let f = setup();
+    let f = setup(engine);
     let e = f
         .store
         .put_blob(
@@ -914,9 +912,8 @@ fn a_failing_body_reader_leaves_nothing() {
     );
 }
 
-#[test]
-fn container_acls_are_checked_kept_and_die_with_their_container() {
-    let f = setup();
+fn container_acls_are_checked_kept_and_die_with_their_container(engine: Engine) {
+    let f = setup(engine);
     let (s, a) = (&f.store, &f.acct);
     let (_, acl) = s.get_container_acl(a, "box", None).unwrap();
     assert_eq!(acl, ContainerAcl::default(), "private, no policies");
@@ -980,10 +977,9 @@ fn container_acls_are_checked_kept_and_die_with_their_container() {
     );
 }
 
-#[test]
-fn settings_are_per_account_bounded_and_cleared() {
-    use rolehost_storage::settings::{MAX_SETTING_BYTES, SettingsStore};
-    let f = fixture();
+fn settings_are_per_account_bounded_and_cleared(engine: Engine) {
+    use rolehost_storage::settings::MAX_SETTING_BYTES;
+    let f = engine.fixture();
     let other = rolehost_storage::AccountName::new("other").unwrap();
     f.store
         .set_setting(&f.acct, "properties/blob", b"mine".to_vec())
@@ -1008,9 +1004,8 @@ fn settings_are_per_account_bounded_and_cleared() {
     );
 }
 
-#[test]
-fn copies_carry_content_properties_and_their_record() {
-    let f = setup();
+fn copies_carry_content_properties_and_their_record(engine: Engine) {
+    let f = setup(engine);
     let (s, a) = (&f.store, &f.acct);
     let other = rolehost_storage::AccountName::new("other").unwrap();
     s.create_container(&other, "dst", vec![]).unwrap();
@@ -1166,3 +1161,18 @@ fn copies_carry_content_properties_and_their_record() {
             .is_none()
     );
 }
+
+on_every_engine!(
+    containers,
+    put_get_properties_metadata_delete,
+    conditional_writes_and_reads,
+    ranged_reads,
+    listing_with_prefix_delimiter_and_markers,
+    leases_guard_writes_and_elect_a_leader,
+    staged_blocks,
+    large_blob_streams_through_chunks_and_survives_reopen,
+    a_failing_body_reader_leaves_nothing,
+    container_acls_are_checked_kept_and_die_with_their_container,
+    settings_are_per_account_bounded_and_cleared,
+    copies_carry_content_properties_and_their_record,
+);

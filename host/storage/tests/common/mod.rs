@@ -7,21 +7,15 @@
 
 use std::sync::Arc;
 
-use rolehost_storage::queue::QueueStore;
-use rolehost_storage::settings::SettingsStore;
-use rolehost_storage::table::TableStore;
 use rolehost_storage::{
-    AccountName, Accounts, ManualClock, RedbStore, StorageError, StorageOptions, Timestamp,
+    AccountName, Backend, ManualClock, RedbStore, StorageError, StorageOptions, Timestamp,
 };
 use rolehost_storage_pg::scratch::ScratchDatabase;
 use rolehost_storage_pg::{PgOptions, PgStore};
 
-/// What the suite needs of an engine (grows as the PostgreSQL engine gains services).
-pub(crate) trait Store:
-    QueueStore + TableStore + SettingsStore + Accounts + Send + Sync
-{
-}
-impl<T: QueueStore + TableStore + SettingsStore + Accounts + Send + Sync> Store for T {}
+/// What the suite needs of an engine: all of it.
+pub(crate) trait Store: Backend {}
+impl<T: Backend> Store for T {}
 
 pub(crate) struct Fixture<S: ?Sized = RedbStore> {
     pub store: Arc<S>,
@@ -93,6 +87,29 @@ impl Engine {
                 let store = PgStore::open(db.url(), options, &pg)?;
                 Ok((Arc::new(store), Some(db)))
             }
+        }
+    }
+}
+
+impl Engine {
+    /// Opens the store of `dir` or `db` again (the one it had must be dropped first), with
+    /// the default options.
+    pub(crate) fn reopen(
+        self,
+        dir: &tempfile::TempDir,
+        db: Option<&ScratchDatabase>,
+    ) -> Arc<dyn Store> {
+        match (self, db) {
+            (Engine::Postgres, Some(db)) => {
+                let pg = PgOptions {
+                    max_clock_skew: None,
+                    ..PgOptions::default()
+                };
+                Arc::new(PgStore::open(db.url(), &StorageOptions::default(), &pg).unwrap())
+            }
+            _ => Arc::new(
+                RedbStore::open(dir.path().join("s.redb"), StorageOptions::default()).unwrap(),
+            ),
         }
     }
 }
