@@ -172,6 +172,44 @@ impl PgStore {
         })
     }
 
+    /// What `account` stores, counted from the data itself rather than from the usage kept
+    /// (which must always equal it: the conformance suite checks this after random operation
+    /// sequences).
+    pub fn counted_usage(&self, account: &AccountName) -> Result<Usage, StorageError> {
+        use rolehost_storage::{Delta, Resource};
+        let a = account.as_str().to_owned();
+        self.pool.run(move |c| -> Result<Usage, StorageError> {
+            let mut s = c.begin()?;
+            // (resource, count, content bytes) of each kind of item, summed by the server.
+            let sums: [(Resource, &'static str); 6] = [
+                (Resource::Containers, "SELECT count(*), coalesce(sum(cost), 0)::bigint FROM rh_containers WHERE account = $1"),
+                (Resource::Blobs, "SELECT count(*), coalesce(sum(cost), 0)::bigint FROM rh_blobs WHERE account = $1"),
+                (Resource::Bytes, "SELECT count(*), coalesce(sum(octet_length(id) + len), 0)::bigint FROM rh_blocks WHERE account = $1"),
+                (Resource::Messages, "SELECT count(*), coalesce(sum(octet_length(body)), 0)::bigint FROM rh_messages WHERE account = $1"),
+                (Resource::Tables, "SELECT count(*), coalesce(sum(octet_length(name)), 0)::bigint FROM rh_tables WHERE account = $1"),
+                (Resource::Entities, "SELECT count(*), coalesce(sum(octet_length(pk) + octet_length(rk) + octet_length(record)), 0)::bigint FROM rh_entities WHERE account = $1"),
+            ];
+            let mut d = Delta::default();
+            for (r, sql) in sums {
+                let row = s.query_one(sql, &[&a])?;
+                let (n, bytes): (i64, i64) = (row.get(0), row.get(1));
+                d.add_items(r, n.max(0).unsigned_abs(), bytes.max(0).unsigned_abs());
+            }
+            for row in s.query("SELECT name, metadata FROM rh_queues WHERE account = $1", &[&a])? {
+                let name: String = row.get(0);
+                let metadata: rolehost_storage::Metadata =
+                    postcard::from_bytes(row.get(1)).map_err(|e| error::corrupt("rh_queues", e))?;
+                d = d.plus(Delta::item(
+                    Resource::Queues,
+                    rolehost_storage::queue::queue_bytes(&name, &metadata),
+                ));
+            }
+            let mut u = Usage::default();
+            u.apply(&d);
+            Ok(u)
+        })
+    }
+
     /// The database as logs name it (no password).
     pub fn shown(&self) -> &str {
         &self.shown

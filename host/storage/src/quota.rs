@@ -229,6 +229,17 @@ impl Delta {
         self.add_bytes(-signed(ITEM_BYTES.saturating_add(content)));
     }
 
+    /// Adds `count` items of `r` holding `content` bytes between them (what a count of stored
+    /// data found).
+    pub fn add_items(&mut self, r: Resource, count: u64, content: u64) {
+        if r != Resource::Bytes {
+            self.0[r.index()] += signed(count);
+        }
+        self.add_bytes(signed(
+            count.saturating_mul(ITEM_BYTES).saturating_add(content),
+        ));
+    }
+
     /// Removes `count` items of `r` holding `content` bytes between them (what a bulk delete
     /// freed, summed by the database).
     pub fn remove_items(&mut self, r: Resource, count: u64, content: u64) {
@@ -498,6 +509,11 @@ mod tests {
         let mut bulk = Delta::item(Resource::Messages, 5).plus(Delta::item(Resource::Messages, 7));
         bulk.remove_items(Resource::Messages, 2, 12);
         assert_eq!(bulk, Delta::default());
+        bulk.add_items(Resource::Messages, 2, 12);
+        assert_eq!(
+            bulk,
+            Delta::item(Resource::Messages, 5).plus(Delta::item(Resource::Messages, 7))
+        );
         let block = Delta::item(Resource::Bytes, 10);
         assert_eq!(block.0[1..], [0; 6], "a block is bytes only");
         let mut u = Usage::default();

@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::{Engine, on_every_engine};
+
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +16,7 @@ use rolehost_storage::blob::{BlobStore, BlockRef, Conditions, GetBlobOptions, Pu
 use rolehost_storage::queue::{MessageTtl, PutMessageOptions, QueueStore};
 use rolehost_storage::table::{EdmValue, Entity, IfMatch, TableOp, TableStore, UpdateMode};
 use rolehost_storage::{
-    AccountName, AccountQuota, Accounts, ManualClock, RedbStore, Resource, StorageOptions,
+    AccountName, AccountQuota, Accounts, Backend, ManualClock, RedbStore, Resource, StorageOptions,
     Timestamp,
     quota::{ITEM_BYTES, free_bytes},
 };
@@ -28,12 +30,29 @@ fn store_with(dir: &std::path::Path, quota: AccountQuota, headroom: u64) -> Redb
     RedbStore::open(dir.join("s.redb"), options).unwrap()
 }
 
+/// A store on `engine` whose accounts have `quota` unless told otherwise.
+fn store_on(
+    engine: Engine,
+    dir: &tempfile::TempDir,
+    quota: AccountQuota,
+) -> (
+    Arc<dyn common::Store>,
+    Option<rolehost_storage_pg::scratch::ScratchDatabase>,
+) {
+    let options = StorageOptions {
+        default_quota: quota,
+        headroom_bytes: 0,
+        ..StorageOptions::default()
+    };
+    engine.open(dir, &options).unwrap()
+}
+
 fn acct() -> AccountName {
     AccountName::new("tenant").unwrap()
 }
 
 fn put(
-    s: &RedbStore,
+    s: &dyn Backend,
     a: &AccountName,
     c: &str,
     b: &str,
@@ -44,15 +63,15 @@ fn put(
         .map(drop)
 }
 
-#[test]
-fn bytes_over_the_quota_are_refused_with_azures_code_and_deletes_make_room() {
+fn bytes_over_the_quota_are_refused_with_azures_code_and_deletes_make_room(engine: Engine) {
     let dir = tempfile::tempdir().unwrap();
     let quota = AccountQuota::HOST_DEFAULT.with(Resource::Bytes, 1 << 20);
-    let s = store_with(dir.path(), quota, 0);
+    let (store, _db) = store_on(engine, &dir, quota);
+    let s = &*store;
     let a = acct();
     s.create_container(&a, "box", vec![]).unwrap();
-    put(&s, &a, "box", "one", 600 * 1024).unwrap();
-    let e = put(&s, &a, "box", "two", 600 * 1024).unwrap_err();
+    put(s, &a, "box", "one", 600 * 1024).unwrap();
+    let e = put(s, &a, "box", "two", 600 * 1024).unwrap_err();
     assert_eq!(
         (e.code(), e.status()),
         ("InsufficientAccountPermissions", 403)
@@ -70,8 +89,8 @@ fn bytes_over_the_quota_are_refused_with_azures_code_and_deletes_make_room() {
     let used = s.usage(&a).unwrap().get(Resource::Bytes);
     assert!(used < 700 * 1024, "{used}");
     // Replacing the blob by a smaller one is a shrink: admitted at the quota.
-    put(&s, &a, "box", "one", 100 * 1024).unwrap();
-    put(&s, &a, "box", "two", 600 * 1024).unwrap();
+    put(s, &a, "box", "one", 100 * 1024).unwrap();
+    put(s, &a, "box", "two", 600 * 1024).unwrap();
     s.delete_blob(&a, "box", "one", &Conditions::default(), None)
         .unwrap();
     s.delete_blob(&a, "box", "two", &Conditions::default(), None)
@@ -85,11 +104,11 @@ fn bytes_over_the_quota_are_refused_with_azures_code_and_deletes_make_room() {
     );
 }
 
-#[test]
-fn an_upload_larger_than_the_room_is_refused_while_it_streams_and_refunded() {
+fn an_upload_larger_than_the_room_is_refused_while_it_streams_and_refunded(engine: Engine) {
     let dir = tempfile::tempdir().unwrap();
     let quota = AccountQuota::HOST_DEFAULT.with(Resource::Bytes, 20 << 20);
-    let s = store_with(dir.path(), quota, 0);
+    let (store, _db) = store_on(engine, &dir, quota);
+    let s = &*store;
     let a = acct();
     s.create_container(&a, "box", vec![]).unwrap();
     let before = s.usage(&a).unwrap();
@@ -127,8 +146,7 @@ fn an_upload_larger_than_the_room_is_refused_while_it_streams_and_refunded() {
     assert_eq!(s.usage(&a).unwrap(), before);
 }
 
-#[test]
-fn each_count_is_bounded_and_named() {
+fn each_count_is_bounded_and_named(engine: Engine) {
     let dir = tempfile::tempdir().unwrap();
     let quota = AccountQuota::HOST_DEFAULT
         .with(Resource::Containers, 2)
@@ -137,7 +155,8 @@ fn each_count_is_bounded_and_named() {
         .with(Resource::Messages, 3)
         .with(Resource::Tables, 1)
         .with(Resource::Entities, 2);
-    let s = store_with(dir.path(), quota, 0);
+    let (store, _db) = store_on(engine, &dir, quota);
+    let s = &*store;
     let a = acct();
     let refused = |code: &str, msg: String, what: &str| {
         assert_eq!(code, "InsufficientAccountPermissions", "{msg}");
@@ -147,10 +166,10 @@ fn each_count_is_bounded_and_named() {
     s.create_container(&a, "box2", vec![]).unwrap();
     let e = s.create_container(&a, "box3", vec![]).unwrap_err();
     refused(e.code(), e.to_string(), "containers");
-    put(&s, &a, "box1", "a", 1).unwrap();
-    put(&s, &a, "box1", "b", 1).unwrap();
-    put(&s, &a, "box1", "a", 10).unwrap(); // a replace is no new blob
-    let e = put(&s, &a, "box2", "c", 1).unwrap_err();
+    put(s, &a, "box1", "a", 1).unwrap();
+    put(s, &a, "box1", "b", 1).unwrap();
+    put(s, &a, "box1", "a", 10).unwrap(); // a replace is no new blob
+    let e = put(s, &a, "box2", "c", 1).unwrap_err();
     refused(e.code(), e.to_string(), "blobs");
     s.create_queue(&a, "que1", vec![]).unwrap();
     let e = s.create_queue(&a, "que2", vec![]).unwrap_err();
@@ -196,10 +215,10 @@ fn each_count_is_bounded_and_named() {
     assert_eq!(s.usage(&a).unwrap(), Default::default());
 }
 
-#[test]
-fn a_quota_set_for_one_account_leaves_the_others_on_the_default() {
+fn a_quota_set_for_one_account_leaves_the_others_on_the_default(engine: Engine) {
     let dir = tempfile::tempdir().unwrap();
-    let s = store_with(dir.path(), AccountQuota::HOST_DEFAULT, 0);
+    let (store, _db) = store_on(engine, &dir, AccountQuota::HOST_DEFAULT);
+    let s = &*store;
     let (small, other) = (acct(), AccountName::new("other").unwrap());
     s.set_quota(
         &small,
@@ -394,7 +413,7 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn run(s: &RedbStore, clock: &ManualClock, a: &AccountName, op: Op) {
+fn run(s: &dyn Backend, clock: &ManualClock, a: &AccountName, op: Op) {
     let c = |i: u8| format!("box{i}");
     let b = |i: u8| format!("b{i}");
     let q = |i: u8| format!("que{i}");
@@ -519,4 +538,55 @@ proptest! {
         prop_assert_eq!(s.usage(&a).unwrap(), kept);
         prop_assert_eq!(s.usage(&other).unwrap(), other_usage);
     }
+
+    /// The same on PostgreSQL: what the engine keeps in its usage shards is what the data
+    /// holds. Each case is a fresh pair of accounts on one database.
+    #[test]
+    fn the_usage_kept_on_postgres_is_what_its_data_holds(ops in proptest::collection::vec(op(), 1..50)) {
+        let (pg, clock) = postgres_store();
+        let n = NEXT_ACCOUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let a = AccountName::new(format!("tenant{n}")).unwrap();
+        let other = AccountName::new(format!("other{n}")).unwrap();
+        pg.create_queue(&other, "untouched", vec![]).unwrap();
+        let other_usage = pg.usage(&other).unwrap();
+        for op in ops {
+            run(pg, clock, &a, op);
+        }
+        prop_assert_eq!(pg.usage(&a).unwrap(), pg.counted_usage(&a).unwrap());
+        prop_assert_eq!(pg.usage(&other).unwrap(), other_usage);
+    }
 }
+
+static NEXT_ACCOUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// One PostgreSQL store (on a database of its own) for every case of this binary.
+fn postgres_store() -> (&'static rolehost_storage_pg::PgStore, &'static ManualClock) {
+    use rolehost_storage_pg::scratch::ScratchDatabase;
+    static STORE: std::sync::OnceLock<(
+        ScratchDatabase,
+        rolehost_storage_pg::PgStore,
+        ManualClock,
+    )> = std::sync::OnceLock::new();
+    let (_, store, clock) = STORE.get_or_init(|| {
+        let db = ScratchDatabase::on_test_server();
+        let clock = ManualClock::new(Timestamp::from_secs(1_800_000_000));
+        let options = StorageOptions {
+            clock: Arc::new(clock.clone()),
+            ..StorageOptions::default()
+        };
+        let pg = rolehost_storage_pg::PgOptions {
+            max_clock_skew: None,
+            ..Default::default()
+        };
+        let store = rolehost_storage_pg::PgStore::open(db.url(), &options, &pg).unwrap();
+        (db, store, clock)
+    });
+    (store, clock)
+}
+
+on_every_engine!(
+    bytes_over_the_quota_are_refused_with_azures_code_and_deletes_make_room,
+    an_upload_larger_than_the_room_is_refused_while_it_streams_and_refunded,
+    each_count_is_bounded_and_named,
+    a_quota_set_for_one_account_leaves_the_others_on_the_default,
+);
