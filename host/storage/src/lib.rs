@@ -46,6 +46,8 @@
 
 pub mod blob;
 pub mod clock;
+#[doc(hidden)]
+pub mod crash_writer;
 mod engine;
 pub mod error;
 pub mod ids;
