@@ -11,9 +11,10 @@ use rolehost_runtime::link::FaultPlan;
 use rolehost_runtime::manifest::Manifest;
 use rolehost_runtime::service::{self, Service, ServiceOptions};
 use rolehost_runtime::worker::InstanceStatus;
-use rolehost_storage::blob::{BlobListItem, BlobStore, GetBlobOptions};
-use rolehost_storage::queue::{PutMessageOptions, QueueStore};
-use rolehost_storage::{AccountName, ListOptions, RedbStore};
+use rolehost_storage::blob::{BlobListItem, GetBlobOptions};
+use rolehost_storage::queue::PutMessageOptions;
+use rolehost_storage::{AccountName, Backend, ListOptions};
+use rolehost_storage_pg::scratch::ScratchDatabase;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
@@ -74,13 +75,28 @@ pub struct TestService {
     /// The data directory (removed on drop).
     pub dir: tempfile::TempDir,
     /// The storage, shared with the service.
-    pub store: Arc<RedbStore>,
+    pub store: Arc<dyn Backend>,
     /// The service's account.
     pub account: AccountName,
     /// The manifest.
     pub manifest: Manifest,
     /// The service, until shut down.
     pub service: Option<Service>,
+    /// The PostgreSQL database the storage is in, under [`STORAGE_VAR`]`=postgres`.
+    pub db: Option<ScratchDatabase>,
+}
+
+/// Set to `postgres` to run the suite with every service's storage in PostgreSQL (a database
+/// of its own on the test server) instead of redb: `scripts/test` runs it both ways.
+pub const STORAGE_VAR: &str = "ROLEHOST_TEST_STORAGE";
+
+/// Whether the suite runs on PostgreSQL storage ([`STORAGE_VAR`]).
+pub fn on_postgres() -> bool {
+    match std::env::var(STORAGE_VAR).as_deref() {
+        Ok("postgres") => true,
+        Ok("redb") | Ok("") | Err(_) => false,
+        Ok(other) => panic!("{STORAGE_VAR}={other}: expected postgres or redb"),
+    }
 }
 
 /// Parses `manifest` (TOML; `{guest:NAME}` stands for that guest's component path) and opens
@@ -89,7 +105,12 @@ pub fn prepare(manifest: &str) -> TestService {
     let text = with_guests(manifest);
     let dir = tempfile::tempdir().expect("temp dir");
     let manifest = Manifest::parse(&text, &dir.path().join("rolehost.toml")).expect("manifest");
-    let store = service::open_storage(dir.path(), &manifest, None).expect("storage");
+    let db = on_postgres().then(ScratchDatabase::on_test_server);
+    let location = db.as_ref().map(|db| {
+        rolehost_runtime::storage_location::StorageLocation::Postgres(db.url().to_string())
+    });
+    let store =
+        service::open_storage(dir.path(), &manifest, location.as_ref(), None).expect("storage");
     let account = AccountName::new(manifest.service.clone()).expect("account");
     TestService {
         dir,
@@ -97,6 +118,7 @@ pub fn prepare(manifest: &str) -> TestService {
         account,
         manifest,
         service: None,
+        db,
     }
 }
 

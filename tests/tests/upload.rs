@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use rolehost_storage::blob::{BlobStore, ByteRange, GetBlobOptions};
+use rolehost_storage::blob::{ByteRange, GetBlobOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const GIB: u64 = 1 << 30;

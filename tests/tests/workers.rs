@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use rolehost_runtime::link::{CallInfo, Fault, FaultPlan};
 use rolehost_runtime::worker::Phase;
-use rolehost_storage::queue::QueueStore;
 use rolehost_tests::{prepare, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

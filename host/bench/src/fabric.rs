@@ -49,6 +49,7 @@ pub(crate) fn fabric_child(component: &str) {
             FabricOptions {
                 data_dir: dir.path().to_path_buf(),
                 storage: None,
+                storage_pool_size: None,
                 snapshot_key: None,
                 max_instances: 1100,
                 account_quota: rolehost_storage::AccountQuota::HOST_DEFAULT,

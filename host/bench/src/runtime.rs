@@ -250,7 +250,7 @@ async fn overhead(component: &Path) {
 pub(crate) async fn start_service(text: &str) -> (tempfile::TempDir, Service) {
     let dir = tempfile::tempdir().expect("temp dir");
     let manifest = Manifest::parse(text, &dir.path().join("rolehost.toml")).expect("manifest");
-    let store = service::open_storage(dir.path(), &manifest, None).expect("storage");
+    let store = service::open_storage(dir.path(), &manifest, None, None).expect("storage");
     let components = service::resolve_components(&manifest, None).expect("components");
     let options = ServiceOptions {
         data_dir: dir.path().to_path_buf(),

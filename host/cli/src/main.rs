@@ -28,6 +28,45 @@ struct Cli {
     command: Command,
 }
 
+/// Where storage is (`run`, `serve` and `storage` take it alike).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub(crate) struct StorageChoice {
+    /// The storage: a redb database file (one process at a time; hosts taking turns on it
+    /// share their services' storage), or a PostgreSQL URL,
+    /// postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE, that several hosts use at once.
+    /// Default: `<data-dir>/storage.redb` (for `run`, the manifest's `[storage] url` first).
+    #[arg(
+        long,
+        value_name = "FILE|URL",
+        env = "ROLEHOST_STORAGE",
+        global = true,
+        hide_env_values = true
+    )]
+    storage: Option<String>,
+    /// Connections to a PostgreSQL database (1-64; default 16). Each host opens this many:
+    /// keep the hosts' sum under the server's max_connections.
+    #[arg(long, value_name = "N", global = true, value_parser = clap::value_parser!(u16).range(1..=64))]
+    storage_pool_size: Option<u16>,
+}
+
+impl StorageChoice {
+    /// The location given, if any (a relative file against the working directory).
+    pub(crate) fn location(
+        &self,
+    ) -> anyhow::Result<Option<rolehost_runtime::storage_location::StorageLocation>> {
+        let cwd = std::env::current_dir().context("reading the working directory")?;
+        Ok(self
+            .storage
+            .as_deref()
+            .map(|s| rolehost_runtime::storage_location::StorageLocation::parse(s, &cwd)))
+    }
+
+    /// The pool size given, if any.
+    pub(crate) fn pool_size(&self) -> Option<usize> {
+        self.storage_pool_size.map(usize::from)
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Build what needs building and run a service in the foreground on embedded storage.
@@ -50,6 +89,8 @@ enum Command {
         /// (0: never).
         #[arg(long, value_name = "SECONDS", default_value_t = 60)]
         usage_every: u64,
+        #[command(flatten)]
+        storage: StorageChoice,
         #[command(flatten)]
         endpoints: endpoints::EndpointArgs,
     },
@@ -76,11 +117,8 @@ enum Command {
         /// resources, the management token. Default: ~/.local/share/rolehost.
         #[arg(long, env = "ROLEHOST_HOST_DATA_DIR")]
         data_dir: Option<PathBuf>,
-        /// The storage database (blobs, queues, tables, snapshots), when not
-        /// `<data-dir>/storage.redb`. One process at a time may open it; hosts taking turns on
-        /// it share their services' storage (a snapshot frozen on one thaws on the other).
-        #[arg(long, value_name = "FILE", env = "ROLEHOST_STORAGE")]
-        storage: Option<PathBuf>,
+        #[command(flatten)]
+        storage: StorageChoice,
         /// The key snapshots are signed with (made, mode 0600, the first time), when not
         /// `<data-dir>/snapshot.key`. Hosts that share storage must share it to thaw each
         /// other's snapshots; a snapshot it did not sign is never thawed.
@@ -253,6 +291,7 @@ fn main() -> anyhow::Result<()> {
                 target_dir,
                 stop_after,
                 usage_every,
+                storage,
                 endpoints,
             } => {
                 let usage = (usage_every > 0).then(|| Duration::from_secs(usage_every));
@@ -262,6 +301,7 @@ fn main() -> anyhow::Result<()> {
                     target_dir.as_deref(),
                     stop_after,
                     usage,
+                    &storage,
                     &endpoints,
                 )
                 .await
@@ -291,7 +331,8 @@ fn main() -> anyhow::Result<()> {
                 }
                 let options = rolehost_runtime::fabric::FabricOptions {
                     data_dir: data_dir.unwrap_or_else(client::default_host_data_dir),
-                    storage,
+                    storage: storage.location()?,
+                    storage_pool_size: storage.pool_size(),
                     max_instances,
                     snapshot_key,
                     account_quota: quota,
@@ -363,17 +404,23 @@ async fn run(
     target_dir: Option<&Path>,
     stop_after: Option<u64>,
     usage_log: Option<Duration>,
+    storage: &StorageChoice,
     endpoint_args: &endpoints::EndpointArgs,
 ) -> anyhow::Result<()> {
     // Take over Ctrl-C and SIGTERM before anything starts, so a signal arriving while the
     // service starts stops it gracefully too.
     let mut stop_signals = StopSignals::install()?;
-    let manifest = Manifest::load(path)?;
+    let mut manifest = Manifest::load(path)?;
+    if let Some(n) = storage.pool_size() {
+        manifest.storage.pool_size = Some(n);
+    }
+    let location = storage.location()?;
     let data_dir = data_dir.unwrap_or_else(|| manifest.storage.data_dir.clone());
     let components =
         tokio::task::block_in_place(|| service::resolve_components(&manifest, target_dir))?;
-    let store = service::open_storage(&data_dir, &manifest, None)
-        .context("is another rolehost using this data directory? only one process may open it")?;
+    let store = service::open_storage(&data_dir, &manifest, location.as_ref(), None).context(
+        "opening the service's storage (a redb file: is another rolehost using it? only one process may open it)",
+    )?;
     let options = ServiceOptions {
         data_dir: data_dir.clone(),
         cache_dir: Some(data_dir.join("cache")),

@@ -4,17 +4,16 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use rolehost_runtime::manifest::{MANIFEST_FILE, Manifest};
 use rolehost_runtime::service::DATABASE_FILE;
-use rolehost_storage::blob::{BlobListItem, BlobStore, Conditions, GetBlobOptions, PutBlobOptions};
-use rolehost_storage::queue::{PutMessageOptions, QueueStore};
-use rolehost_storage::table::{
-    EdmValue, Entity, Query, StoredEntity, TableOp, TableStore, UpdateMode,
-};
-use rolehost_storage::{AccountName, ListOptions, RedbStore, StorageOptions};
+use rolehost_storage::blob::{BlobListItem, Conditions, GetBlobOptions, PutBlobOptions};
+use rolehost_storage::queue::PutMessageOptions;
+use rolehost_storage::table::{EdmValue, Entity, Query, StoredEntity, TableOp, UpdateMode};
+use rolehost_storage::{AccountName, Backend, ListOptions, RedbStore, StorageOptions};
 
 /// Where the storage is and which account to use.
 #[derive(Args, Debug)]
@@ -39,6 +38,8 @@ pub(crate) struct StorageArgs {
     /// The storage account. Default: the manifest's service name.
     #[arg(long, global = true)]
     account: Option<String>,
+    #[command(flatten)]
+    storage: crate::StorageChoice,
     #[command(subcommand)]
     command: StorageCommand,
 }
@@ -213,17 +214,28 @@ enum TableCmd {
 
 /// Where the commands act: a data directory opened here, or a running host over REST.
 enum Target {
-    Local(RedbStore, AccountName),
-    Remote(crate::remote::Remote),
+    Local(Arc<dyn Backend>, AccountName),
+    Remote(Box<crate::remote::Remote>),
 }
 
 fn target(args: &StorageArgs) -> anyhow::Result<Target> {
     if let Some(cs) = &args.connection_string {
-        return Ok(Target::Remote(
+        return Ok(Target::Remote(Box::new(
             crate::remote::Remote::from_connection_string(cs)?,
-        ));
+        )));
     }
     let (data_dir, account) = locate(args)?;
+    // Storage given by location (a PostgreSQL database is opened by any number of processes
+    // at once; a file is opened here, failing while a host holds it).
+    if let Some(location) = args.storage.location()? {
+        let store = rolehost_runtime::storage_location::open(
+            &location,
+            StorageOptions::default(),
+            args.storage.pool_size(),
+        )
+        .with_context(|| format!("opening the storage at {location}"))?;
+        return Ok(Target::Local(store, account));
+    }
     let Some(endpoints) = rolehost_runtime::storage_rest::read_endpoints(&data_dir) else {
         return Ok(Target::Local(open(&data_dir)?, account));
     };
@@ -239,9 +251,9 @@ fn target(args: &StorageArgs) -> anyhow::Result<Target> {
         "a host runs on {}: using its storage endpoints",
         data_dir.display()
     );
-    Ok(Target::Remote(
+    Ok(Target::Remote(Box::new(
         crate::remote::Remote::from_connection_string(&cs)?,
-    ))
+    )))
 }
 
 /// The data directory and account the arguments name.
@@ -271,16 +283,17 @@ fn locate(args: &StorageArgs) -> anyhow::Result<(PathBuf, AccountName)> {
     Ok((data_dir, account))
 }
 
-fn open(data_dir: &std::path::Path) -> anyhow::Result<RedbStore> {
+fn open(data_dir: &std::path::Path) -> anyhow::Result<Arc<dyn Backend>> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let path = data_dir.join(DATABASE_FILE);
-    RedbStore::open(&path, StorageOptions::default()).with_context(|| {
+    let store = RedbStore::open(&path, StorageOptions::default()).with_context(|| {
         format!(
             "opening {} (a running host holds it and serves no storage endpoints: stop it, or turn its endpoints on)",
             path.display()
         )
-    })
+    })?;
+    Ok(Arc::new(store))
 }
 
 pub(crate) fn run(args: StorageArgs) -> anyhow::Result<()> {
@@ -297,13 +310,13 @@ pub(crate) fn run(args: StorageArgs) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     match (target, args.command) {
         (Target::Local(store, account), StorageCommand::Blob(cmd)) => {
-            blob(&store, &account, cmd, &mut out)
+            blob(&*store, &account, cmd, &mut out)
         }
         (Target::Local(store, account), StorageCommand::Queue(cmd)) => {
-            queue(&store, &account, cmd, &mut out)
+            queue(&*store, &account, cmd, &mut out)
         }
         (Target::Local(store, account), StorageCommand::Table(cmd)) => {
-            table(&store, &account, cmd, &mut out)
+            table(&*store, &account, cmd, &mut out)
         }
         (Target::Remote(r), StorageCommand::Blob(cmd)) => remote_blob(&r, cmd, &mut out),
         (Target::Remote(r), StorageCommand::Queue(cmd)) => remote_queue(&r, cmd, &mut out),
@@ -402,7 +415,7 @@ fn all_pages<T>(
 }
 
 fn blob(
-    store: &RedbStore,
+    store: &dyn Backend,
     account: &AccountName,
     cmd: BlobCmd,
     out: &mut impl Write,
@@ -485,7 +498,7 @@ fn blob(
 }
 
 fn queue(
-    store: &RedbStore,
+    store: &dyn Backend,
     account: &AccountName,
     cmd: QueueCmd,
     out: &mut impl Write,
@@ -588,7 +601,7 @@ fn show(out: &mut impl Write, e: &StoredEntity) -> anyhow::Result<()> {
 }
 
 fn table(
-    store: &RedbStore,
+    store: &dyn Backend,
     account: &AccountName,
     cmd: TableCmd,
     out: &mut impl Write,

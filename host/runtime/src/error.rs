@@ -86,10 +86,10 @@ pub enum RuntimeError {
         detail: String,
     },
     /// The storage engine could not be opened.
-    #[error("storage at {path}: {source}")]
+    #[error("storage at {location}: {source}")]
     Storage {
-        /// The database file.
-        path: PathBuf,
+        /// The database file, or the database's URL without its password.
+        location: String,
         /// Why.
         source: rolehost_storage::StorageError,
     },

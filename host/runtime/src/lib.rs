@@ -26,6 +26,7 @@ pub mod quota;
 pub mod secret;
 pub mod service;
 pub mod stop;
+pub mod storage_location;
 pub mod storage_rest;
 pub mod verify;
 pub mod web;

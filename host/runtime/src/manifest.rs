@@ -7,6 +7,8 @@
 //!
 //! [storage]
 //! data-dir = ".rolehost"        # relative to this file; `rolehost run --data-dir` overrides
+//! url = "postgres://..."        # storage in PostgreSQL instead of <data-dir>/storage.redb
+//! pool-size = 16                # connections to it (1-64); `rolehost run --storage` overrides
 //! queue-message-max-bytes = 8192 # the account's own message limit (1-65536), on any host
 //!
 //! [storage.quota]               # what the service's account may store; each at most (and by
@@ -159,6 +161,10 @@ pub struct StorageSettings {
     pub data_dir: PathBuf,
     /// The queue message size limit.
     pub queue_message_max_bytes: usize,
+    /// `[storage] url`: where the storage is, when not `<data_dir>/storage.redb`.
+    pub url: Option<crate::storage_location::StorageLocation>,
+    /// `[storage] pool-size`: connections to a PostgreSQL database.
+    pub pool_size: Option<usize>,
     /// `[storage.quota]`: the limits the manifest sets (the host's for the others).
     pub quota: QuotaSettings,
     /// `[storage.endpoints]`: where `rolehost run` serves storage over REST.
@@ -386,6 +392,8 @@ struct ServiceSection {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct StorageSection {
     data_dir: Option<PathBuf>,
+    url: Option<String>,
+    pool_size: Option<usize>,
     queue_message_max_bytes: Option<usize>,
     #[serde(default)]
     quota: QuotaSection,
@@ -599,7 +607,25 @@ impl Manifest {
                 ),
             ));
         }
+        if let Some(n) = file.storage.pool_size
+            && !(1..=rolehost_storage_pg::MAX_POOL_SIZE).contains(&n)
+        {
+            return Err(ManifestError::invalid(
+                "storage.pool-size",
+                format!(
+                    "{n} is out of range 1..={}",
+                    rolehost_storage_pg::MAX_POOL_SIZE
+                ),
+            ));
+        }
+        let url = file
+            .storage
+            .url
+            .as_deref()
+            .map(|u| crate::storage_location::StorageLocation::parse(u, &base));
         let storage = StorageSettings {
+            url,
+            pool_size: file.storage.pool_size,
             quota: file.storage.quota.settings()?,
             endpoints: file.storage.endpoints.settings(&base)?,
             data_dir: base.join(file.storage.data_dir.unwrap_or_else(|| ".rolehost".into())),

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rolehost_storage::{AccountName, Accounts, Backend, Clock, RedbStore, StorageOptions};
+use rolehost_storage::{AccountName, Backend, Clock, StorageOptions};
 use tokio::task::JoinHandle;
 use wasmtime::component::Component;
 
@@ -31,17 +31,24 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 /// The database file inside a data directory.
 pub const DATABASE_FILE: &str = "storage.redb";
 
-/// Opens (or creates) the embedded storage of a data directory.
+/// Opens (or creates) a service's storage: `location` if given, else the manifest's
+/// `[storage] url`, else the embedded database of the data directory.
 pub fn open_storage(
     data_dir: &Path,
     manifest: &Manifest,
+    location: Option<&crate::storage_location::StorageLocation>,
     clock: Option<Arc<dyn Clock>>,
-) -> Result<Arc<RedbStore>, RuntimeError> {
+) -> Result<Arc<dyn Backend>, RuntimeError> {
     std::fs::create_dir_all(data_dir).map_err(|source| RuntimeError::Io {
         path: data_dir.to_path_buf(),
         source,
     })?;
-    let path = data_dir.join(DATABASE_FILE);
+    let location = location
+        .or(manifest.storage.url.as_ref())
+        .cloned()
+        .unwrap_or_else(|| {
+            crate::storage_location::StorageLocation::File(data_dir.join(DATABASE_FILE))
+        });
     let mut options = StorageOptions {
         queue_message_max_bytes: manifest.storage.queue_message_max_bytes,
         ..StorageOptions::default()
@@ -49,8 +56,11 @@ pub fn open_storage(
     if let Some(clock) = clock {
         options.clock = clock;
     }
-    let store =
-        RedbStore::open(&path, options).map_err(|source| RuntimeError::Storage { path, source })?;
+    let store = crate::storage_location::open(&location, options, manifest.storage.pool_size)
+        .map_err(|source| RuntimeError::Storage {
+            location: location.to_string(),
+            source,
+        })?;
     let quota = manifest
         .storage
         .quota
@@ -62,7 +72,7 @@ pub fn open_storage(
     if let Ok(account) = rolehost_storage::AccountName::new(manifest.service.clone()) {
         store.set_quota(&account, Some(quota));
     }
-    Ok(Arc::new(store))
+    Ok(store)
 }
 
 /// Builds the guest crate `dir` and returns its component (a crate that is a workspace may

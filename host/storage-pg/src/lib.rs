@@ -107,7 +107,7 @@ pub struct PgStore {
 }
 
 /// The URL as logs show it: everything but the password.
-fn shown(url: &str) -> String {
+pub fn shown(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let userinfo = &url[scheme + 3..at];
@@ -145,19 +145,22 @@ impl PgStore {
         })?;
         config.connect_timeout(CONNECT_TIMEOUT);
         config.application_name("rolehost");
-        let mut client =
-            config
-                .connect(postgres::NoTls)
-                .map_err(|e| StorageError::Unavailable {
-                    path: shown.to_string(),
-                    detail: e.to_string(),
-                })?;
-        let random = random_u64();
-        let salt = schema::migrate(&mut client, random as i64)? as u64;
-        if let Some(max) = pg.max_clock_skew {
-            check_skew(&mut client, options.clock.now(), max, &shown)?;
-        }
-        drop(client);
+        // The synchronous client runs a runtime of its own, which cannot start on a thread
+        // that drives one already (an async caller): the opening work gets a thread.
+        let salt = off_runtime(|| -> Result<u64, StorageError> {
+            let mut client =
+                config
+                    .connect(postgres::NoTls)
+                    .map_err(|e| StorageError::Unavailable {
+                        path: shown.to_string(),
+                        detail: e.to_string(),
+                    })?;
+            let salt = schema::migrate(&mut client, random_u64() as i64)? as u64;
+            if let Some(max) = pg.max_clock_skew {
+                check_skew(&mut client, options.clock.now(), max, &shown)?;
+            }
+            Ok(salt)
+        })?;
         let pool = Arc::new(pool::Pool::new(config, shown.clone(), pg.pool_size));
         Ok(PgStore {
             _reaper: Reaper::start(pool.clone(), options.clock.clone()),
@@ -270,6 +273,15 @@ impl Drop for Reaper {
             let _ = t.join();
         }
     }
+}
+
+/// Runs `f` on a thread of its own and waits for it: the synchronous client cannot be used on
+/// a thread that drives an async runtime.
+pub(crate) fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| match s.spawn(f).join() {
+        Ok(v) => v,
+        Err(panic) => std::panic::resume_unwind(panic),
+    })
 }
 
 /// A random 64-bit value from the standard library's per-process hasher keys.

@@ -58,9 +58,11 @@ impl ScratchDatabase {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        let mut client = postgres::Client::connect(server, postgres::NoTls)?;
         // The name is made of digits and letters above: nothing to quote.
-        client.batch_execute(&format!("CREATE DATABASE {name}"))?;
+        crate::off_runtime(|| -> Result<(), postgres::Error> {
+            let mut client = postgres::Client::connect(server, postgres::NoTls)?;
+            client.batch_execute(&format!("CREATE DATABASE {name}"))
+        })?;
         Ok(ScratchDatabase {
             server: server.to_string(),
             url: with_database(server, &name),
@@ -83,12 +85,14 @@ impl ScratchDatabase {
 
 impl Drop for ScratchDatabase {
     fn drop(&mut self) {
-        if let Ok(mut client) = postgres::Client::connect(&self.server, postgres::NoTls) {
-            let _ = client.batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ));
-        }
+        crate::off_runtime(|| {
+            if let Ok(mut client) = postgres::Client::connect(&self.server, postgres::NoTls) {
+                let _ = client.batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    self.name
+                ));
+            }
+        });
     }
 }
 

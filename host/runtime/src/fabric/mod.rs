@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rolehost_storage::{Backend, RedbStore, StorageOptions};
+use rolehost_storage::{Backend, StorageOptions};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
@@ -312,9 +312,12 @@ impl From<&InstanceStatus> for InstanceView {
 pub struct FabricOptions {
     /// Where everything lives: storage, files, service records, local resources, the token.
     pub data_dir: PathBuf,
-    /// The storage database, when not `<data_dir>/storage.redb`: hosts that take turns on one
-    /// database (one process at a time) share their services' storage, snapshots included.
-    pub storage: Option<PathBuf>,
+    /// The storage, when not `<data_dir>/storage.redb`: another redb file (hosts that take
+    /// turns on it, one process at a time, share their services' storage, snapshots
+    /// included), or a PostgreSQL database several hosts use at once.
+    pub storage: Option<crate::storage_location::StorageLocation>,
+    /// Connections to a PostgreSQL database (`None`: the engine's default).
+    pub storage_pool_size: Option<usize>,
     /// Most instances, all services together.
     pub max_instances: u32,
     /// The snapshot key's file, when not `<data_dir>/snapshot.key`.
@@ -436,22 +439,29 @@ impl Fabric {
         // Tokens, keys, uploaded TLS keys and every tenant's data live here: the owner's only.
         private_dir(&data_dir).map_err(io(&data_dir))?;
         remove_interrupted_uploads(&data_dir.join("files"));
-        let db = options
-            .storage
-            .clone()
-            .unwrap_or_else(|| data_dir.join(crate::service::DATABASE_FILE));
+        let location = options.storage.clone().unwrap_or_else(|| {
+            crate::storage_location::StorageLocation::File(
+                data_dir.join(crate::service::DATABASE_FILE),
+            )
+        });
         let storage_options = StorageOptions {
             default_quota: options.account_quota,
             headroom_bytes: options.storage_headroom,
             ..StorageOptions::default()
         };
-        let storage = RedbStore::open(&db, storage_options).map_err(|e| match e {
-            // These name the file themselves.
-            rolehost_storage::StorageError::InUse(_)
-            | rolehost_storage::StorageError::Damaged { .. } => FabricError::Storage(e.to_string()),
-            e => FabricError::Storage(format!("{}: {e}", db.display())),
-        })?;
-        private_file(&db).map_err(io(&db))?;
+        let storage =
+            crate::storage_location::open(&location, storage_options, options.storage_pool_size)
+                .map_err(|e| match e {
+                    // These name the file themselves.
+                    rolehost_storage::StorageError::InUse(_)
+                    | rolehost_storage::StorageError::Damaged { .. } => {
+                        FabricError::Storage(e.to_string())
+                    }
+                    e => FabricError::Storage(format!("{location}: {e}")),
+                })?;
+        if let crate::storage_location::StorageLocation::File(db) = &location {
+            private_file(db).map_err(io(db))?;
+        }
         let key_path = options
             .snapshot_key
             .clone()
@@ -469,7 +479,6 @@ impl Fabric {
             pool_capacity: Some(pool_capacity),
         })
         .map_err(|e| crate::error::RuntimeError::Engine(format!("{e:#}")))?;
-        let storage = Arc::new(storage);
         let keys_dir = data_dir.join(crate::storage_rest::KEYS_DIR);
         let keys = rolehost_rest::KeyFiles::open(&keys_dir, options.dev_storage)
             .map_err(|e| FabricError::Storage(format!("the storage keys: {e}")))?;

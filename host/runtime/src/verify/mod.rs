@@ -479,7 +479,7 @@ impl Verifier {
             },
         )
         .map_err(|source| RuntimeError::Storage {
-            path: db.clone(),
+            location: db.display().to_string(),
             source,
         })?;
         let store: Arc<dyn Backend> = Arc::new(store);
