@@ -1,7 +1,7 @@
 //! rolehost's benchmarks, one entry point:
 //!
 //! ```text
-//! cargo run --release -p rolehost-bench -- storage
+//! cargo run --release -p rolehost-bench -- storage [--backend redb|postgres|both]
 //! cargo run --release -p rolehost-bench -- runtime
 //! cargo run --release -p rolehost-bench -- web
 //! cargo run --release -p rolehost-bench -- fabric
@@ -28,10 +28,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use rolehost_storage::blob::{BlobStore, GetBlobOptions, PutBlobOptions};
-use rolehost_storage::queue::{PutMessageOptions, QueueStore};
-use rolehost_storage::table::{EdmValue, Entity, TableOp, TableStore};
-use rolehost_storage::{AccountName, RedbStore, StorageOptions};
+use rolehost_storage::blob::{GetBlobOptions, PutBlobOptions};
+use rolehost_storage::queue::PutMessageOptions;
+use rolehost_storage::table::{EdmValue, Entity, TableOp};
+use rolehost_storage::{AccountName, Backend, RedbStore, StorageOptions};
 
 const PHASE: Duration = Duration::from_secs(3);
 const GIB: u64 = 1024 * 1024 * 1024;
@@ -39,7 +39,7 @@ const GIB: u64 = 1024 * 1024 * 1024;
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("storage") => storage(),
+        Some("storage") => storage(&args[1..]),
         Some("runtime") => runtime::runtime(),
         Some("web") => web::web(),
         Some("fabric") => fabric::fabric(),
@@ -56,7 +56,7 @@ fn main() {
         // Internal: one idle-instances measurement in a process of its own.
         Some("runtime-idle") => runtime::idle_child(&args[1], &args[2]),
         // Internal: runs in a child process so its peak RSS is its own.
-        Some("storage-blob-1gib") => blob_1gib(&args[1]),
+        Some("storage-blob-1gib") => blob_1gib(&args[1], args.get(2).map(String::as_str)),
         _ => {
             eprintln!(
                 "usage: rolehost-bench <suite>\nsuites: storage, runtime, web, fabric, verify, freeze, hostile, rest"
@@ -70,8 +70,69 @@ pub(crate) fn line(key: &str, value: impl std::fmt::Display) {
     println!("{key}: {value}");
 }
 
-fn open(dir: &std::path::Path, name: &str) -> Arc<RedbStore> {
+fn open(dir: &std::path::Path, name: &str) -> Arc<dyn Backend> {
     Arc::new(RedbStore::open(dir.join(name), StorageOptions::default()).expect("open store"))
+}
+
+/// A PostgreSQL store on `url` with the engine's default pool.
+fn open_pg(url: &str) -> Arc<dyn Backend> {
+    Arc::new(
+        rolehost_storage_pg::PgStore::open(
+            url,
+            &StorageOptions::default(),
+            &rolehost_storage_pg::PgOptions::default(),
+        )
+        .expect("open the PostgreSQL store"),
+    )
+}
+
+/// A PostgreSQL server for the benchmark: the one `ROLEHOST_TEST_POSTGRES` names, else a
+/// throwaway one `scripts/postgres` starts (and stops when this is dropped).
+struct BenchServer {
+    url: String,
+    started: Option<tempfile::TempDir>,
+}
+
+impl BenchServer {
+    fn get() -> BenchServer {
+        if let Ok(url) = std::env::var(rolehost_storage_pg::scratch::TEST_SERVER_VAR) {
+            return BenchServer { url, started: None };
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/postgres");
+        // The postgres user must reach the directory (initdb runs as it under root).
+        let _ = std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        );
+        let out = std::process::Command::new(script)
+            .arg("start")
+            .arg(dir.path().join("pg"))
+            .output()
+            .expect("scripts/postgres");
+        assert!(
+            out.status.success(),
+            "scripts/postgres start failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let url = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        BenchServer {
+            url,
+            started: Some(dir),
+        }
+    }
+}
+
+impl Drop for BenchServer {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.started {
+            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/postgres");
+            let _ = std::process::Command::new(script)
+                .arg("stop")
+                .arg(dir.path().join("pg"))
+                .status();
+        }
+    }
 }
 
 /// Durable single-key redb commits per second: the rate without group commit.
@@ -93,7 +154,7 @@ fn single_commit_rate(dir: &std::path::Path) -> f64 {
 }
 
 /// Queue cycles (put + get + delete, each durable) per second with `clients` threads.
-fn queue_cycles(store: &Arc<RedbStore>, clients: usize) -> f64 {
+fn queue_cycles(store: &Arc<dyn Backend>, clients: usize) -> f64 {
     let acct = AccountName::new("bench").expect("acct");
     let q = format!("q-{clients}");
     store.create_queue(&acct, &q, vec![]).expect("queue");
@@ -135,7 +196,7 @@ fn queue_cycles(store: &Arc<RedbStore>, clients: usize) -> f64 {
     cycles.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
 }
 
-fn blob_rate(store: &RedbStore, size: usize, count: usize) -> (f64, f64) {
+fn blob_rate(store: &dyn Backend, size: usize, count: usize) -> (f64, f64) {
     let acct = AccountName::new("bench").expect("acct");
     let c = format!("c-{size}");
     store
@@ -167,7 +228,7 @@ fn blob_rate(store: &RedbStore, size: usize, count: usize) -> (f64, f64) {
     (put, get)
 }
 
-fn table_figures(store: &Arc<RedbStore>) -> (f64, f64, f64, f64) {
+fn table_figures(store: &Arc<dyn Backend>) -> (f64, f64, f64, f64) {
     let acct = AccountName::new("bench").expect("acct");
     store.create_table(&acct, "Bench").expect("table");
     let entity = |t: usize, i: u64| {
@@ -234,48 +295,75 @@ pub(crate) fn bench_dir() -> tempfile::TempDir {
         .expect("tempdir")
 }
 
-fn storage() {
-    let dir = bench_dir();
-    eprintln!(
-        "storage bench in {} ({}s per phase)",
-        dir.path().display(),
-        PHASE.as_secs()
-    );
-    let single = single_commit_rate(dir.path());
-    line("redb_single_commit_per_s", format!("{single:.0}"));
-    let store = open(dir.path(), "bench.redb");
-    let mut at64 = 0.0;
-    for clients in [1, 8, 64] {
-        let cycles = queue_cycles(&store, clients);
+/// The figures of one engine, prefixed `prefix` (`""` for redb, `pg_` for PostgreSQL).
+struct Figures {
+    queue_ops: [f64; 3],
+}
+
+fn engine_figures(
+    prefix: &str,
+    store: &Arc<dyn Backend>,
+    big: &[String],
+    single: Option<f64>,
+) -> Figures {
+    let mut queue_ops = [0.0; 3];
+    for (i, clients) in [1, 8, 64].into_iter().enumerate() {
+        let cycles = queue_cycles(store, clients);
         line(
-            &format!("queue_cycles_per_s_{clients}"),
+            &format!("{prefix}queue_cycles_per_s_{clients}"),
             format!("{cycles:.0}"),
         );
         line(
-            &format!("queue_ops_per_s_{clients}"),
+            &format!("{prefix}queue_ops_per_s_{clients}"),
             format!("{:.0}", cycles * 3.0),
         );
-        if clients == 64 {
-            at64 = cycles * 3.0;
-        }
+        queue_ops[i] = cycles * 3.0;
     }
-    line("group_commit_ratio", format!("{:.1}", at64 / single));
-    let (put, get) = blob_rate(&store, 4096, 2000);
-    line("blob_4kib_put_mib_s", format!("{put:.1}"));
-    line("blob_4kib_get_mib_s", format!("{get:.1}"));
-    let (put, get) = blob_rate(&store, 256 << 20, 1);
-    line("blob_256mib_put_mib_s", format!("{put:.1}"));
-    line("blob_256mib_get_mib_s", format!("{get:.1}"));
-    let (ins, single_ins, p50, p99) = table_figures(&store);
-    line("table_inserts_per_s_64_clients", format!("{ins:.0}"));
-    line("table_inserts_per_s_1_client", format!("{single_ins:.0}"));
-    line("table_point_get_p50_us", format!("{p50:.1}"));
-    line("table_point_get_p99_us", format!("{p99:.1}"));
-    drop(store);
+    match single {
+        // redb: over the raw durable commit rate.
+        Some(single) => line(
+            "group_commit_ratio",
+            format!("{:.1}", queue_ops[2] / single),
+        ),
+        // PostgreSQL: 64 clients over one, the same operations.
+        None => line(
+            &format!("{prefix}group_commit_ratio"),
+            format!("{:.1}", queue_ops[2] / queue_ops[0]),
+        ),
+    }
+    let (put, get) = blob_rate(&**store, 4096, 2000);
+    line(&format!("{prefix}blob_4kib_put_mib_s"), format!("{put:.1}"));
+    line(&format!("{prefix}blob_4kib_get_mib_s"), format!("{get:.1}"));
+    let (put, get) = blob_rate(&**store, 256 << 20, 1);
+    line(
+        &format!("{prefix}blob_256mib_put_mib_s"),
+        format!("{put:.1}"),
+    );
+    line(
+        &format!("{prefix}blob_256mib_get_mib_s"),
+        format!("{get:.1}"),
+    );
+    let (ins, single_ins, p50, p99) = table_figures(store);
+    line(
+        &format!("{prefix}table_inserts_per_s_64_clients"),
+        format!("{ins:.0}"),
+    );
+    line(
+        &format!("{prefix}table_inserts_per_s_1_client"),
+        format!("{single_ins:.0}"),
+    );
+    line(
+        &format!("{prefix}table_point_get_p50_us"),
+        format!("{p50:.1}"),
+    );
+    line(
+        &format!("{prefix}table_point_get_p99_us"),
+        format!("{p99:.1}"),
+    );
     // 1 GiB in a child process, so its peak RSS is measured alone.
     let out = std::process::Command::new(std::env::current_exe().expect("exe"))
         .arg("storage-blob-1gib")
-        .arg(dir.path().join("big.redb"))
+        .args(big)
         .output()
         .expect("child");
     assert!(
@@ -284,6 +372,63 @@ fn storage() {
         String::from_utf8_lossy(&out.stderr)
     );
     print!("{}", String::from_utf8_lossy(&out.stdout));
+    Figures { queue_ops }
+}
+
+fn storage(args: &[String]) {
+    let backend = match args {
+        [] => "redb",
+        [flag, b] if flag == "--backend" => b.as_str(),
+        _ => {
+            eprintln!("usage: rolehost-bench storage [--backend redb|postgres|both]");
+            std::process::exit(2);
+        }
+    };
+    let (redb, pg) = match backend {
+        "redb" => (true, false),
+        "postgres" => (false, true),
+        "both" => (true, true),
+        other => {
+            eprintln!("--backend {other}: expected redb, postgres or both");
+            std::process::exit(2);
+        }
+    };
+    let dir = bench_dir();
+    eprintln!(
+        "storage bench in {} ({}s per phase)",
+        dir.path().display(),
+        PHASE.as_secs()
+    );
+    let mut redb_figures = None;
+    if redb {
+        let single = single_commit_rate(dir.path());
+        line("redb_single_commit_per_s", format!("{single:.0}"));
+        let store = open(dir.path(), "bench.redb");
+        let big = vec![dir.path().join("big.redb").display().to_string()];
+        redb_figures = Some(engine_figures("", &store, &big, Some(single)));
+    }
+    if pg {
+        let server = BenchServer::get();
+        let db = rolehost_storage_pg::scratch::ScratchDatabase::create(&server.url)
+            .expect("a database for the benchmark");
+        let big_db = rolehost_storage_pg::scratch::ScratchDatabase::create(&server.url)
+            .expect("a database for the 1 GiB blob");
+        line("pg_pool_size", rolehost_storage_pg::DEFAULT_POOL_SIZE);
+        let store = open_pg(db.url());
+        let big = vec!["-".to_string(), big_db.url().to_string()];
+        let pg_figures = engine_figures("pg_", &store, &big, None);
+        drop(store);
+        if let Some(r) = &redb_figures {
+            line(
+                "pg_vs_redb_queue_64",
+                format!("{:.2}", pg_figures.queue_ops[2] / r.queue_ops[2]),
+            );
+            line(
+                "pg_vs_redb_queue_1",
+                format!("{:.2}", pg_figures.queue_ops[0] / r.queue_ops[0]),
+            );
+        }
+    }
 }
 
 /// A memory figure of this process from `/proc/self/status` (`VmHWM`, `VmRSS`), in MiB.
@@ -301,8 +446,13 @@ fn peak_rss_mib() -> f64 {
     proc_status_mib("VmHWM")
 }
 
-fn blob_1gib(path: &str) {
-    let store = RedbStore::open(path, StorageOptions::default()).expect("open");
+/// `rolehost-bench storage-blob-1gib FILE` (redb) or `... - URL` (PostgreSQL).
+fn blob_1gib(path: &str, url: Option<&str>) {
+    let store: Arc<dyn Backend> = match url {
+        Some(url) => open_pg(url),
+        None => Arc::new(RedbStore::open(path, StorageOptions::default()).expect("open")),
+    };
+    let prefix = if url.is_some() { "pg_" } else { "" };
     let acct = AccountName::new("bench").expect("acct");
     store
         .create_container(&acct, "big", vec![])
@@ -334,7 +484,16 @@ fn blob_1gib(path: &str) {
     }
     assert_eq!(total, GIB);
     let get_s = start.elapsed().as_secs_f64();
-    line("blob_1gib_put_mib_s", format!("{:.1}", 1024.0 / put_s));
-    line("blob_1gib_get_mib_s", format!("{:.1}", 1024.0 / get_s));
-    line("blob_1gib_peak_rss_mib", format!("{:.1}", peak_rss_mib()));
+    line(
+        &format!("{prefix}blob_1gib_put_mib_s"),
+        format!("{:.1}", 1024.0 / put_s),
+    );
+    line(
+        &format!("{prefix}blob_1gib_get_mib_s"),
+        format!("{:.1}", 1024.0 / get_s),
+    );
+    line(
+        &format!("{prefix}blob_1gib_peak_rss_mib"),
+        format!("{:.1}", peak_rss_mib()),
+    );
 }

@@ -652,6 +652,8 @@ struct Shared {
     backend: Arc<dyn Backend>,
     account: AccountName,
     wakers: Arc<QueueWakers>,
+    /// Hints from other processes sharing the storage wake this service's waiters.
+    _put_watch: rolehost_storage::queue::PutWatch,
     data_dir: PathBuf,
     faults: Option<Arc<dyn FaultPlan>>,
     topology: Arc<Topology>,
@@ -836,13 +838,25 @@ impl Service {
         let account = AccountName::new(manifest.service.clone()).map_err(|e| {
             RuntimeError::Unsupported(format!("service name {:?}: {e}", manifest.service))
         })?;
+        let wakers = Arc::new(QueueWakers::default());
+        let put_watch = {
+            let (mine, wakers) = (account.as_str().to_owned(), Arc::downgrade(&wakers));
+            backend.watch_puts(Arc::new(move |account: &str, queue: &str| {
+                if account == mine
+                    && let Some(w) = wakers.upgrade()
+                {
+                    w.wake(queue);
+                }
+            }))
+        };
         let shared = Shared {
             name: manifest.service.clone(),
             engine,
             linker,
             backend,
             account,
-            wakers: Arc::new(QueueWakers::default()),
+            wakers,
+            _put_watch: put_watch,
             data_dir: options.data_dir.clone(),
             faults: options.faults.clone(),
             topology: Arc::new(Topology::default()),

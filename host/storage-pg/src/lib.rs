@@ -8,6 +8,7 @@
 //! - `accounts`: usage kept in per-connection shards, quotas admitted with the rule the redb
 //!   engine uses.
 //! - [`blob`], [`queue`], [`table`], `settings`: the services, one module each.
+//! - [`hints`]: wake-ups across processes (LISTEN/NOTIFY), coalesced off the puts' commits.
 //! - [`error`]: how the client's failures become the storage API's.
 //! - [`scratch`]: throwaway databases for tests and benchmarks.
 //!
@@ -30,6 +31,7 @@
 mod accounts;
 pub mod blob;
 pub mod error;
+pub mod hints;
 pub mod pool;
 pub mod queue;
 pub mod schema;
@@ -94,6 +96,7 @@ pub struct PgStore {
     /// Declared first: dropped (stopped) before the pool closes. Only held.
     _reaper: Reaper,
     pool: Arc<pool::Pool>,
+    hints: Arc<hints::Hints>,
     clock: Arc<dyn Clock>,
     quotas: QuotaTable,
     options: AccountOptionsBook,
@@ -161,8 +164,10 @@ impl PgStore {
             }
             Ok(salt)
         })?;
+        let hints = Arc::new(hints::Hints::start(config.clone(), shown.clone()));
         let pool = Arc::new(pool::Pool::new(config, shown.clone(), pg.pool_size));
         Ok(PgStore {
+            hints,
             _reaper: Reaper::start(pool.clone(), options.clock.clone()),
             pool,
             clock: options.clock.clone(),

@@ -491,7 +491,11 @@ impl QueueStore for PgStore {
         options: PutMessageOptions,
     ) -> Result<PutReceipt, QueueError> {
         let op = self.put_op(account, queue, body, options)?;
-        self.pool.run(op)
+        let r = self.pool.run(op);
+        if r.is_ok() {
+            self.hints.put(account.as_str(), queue);
+        }
+        r
     }
 
     fn get_messages(
@@ -514,7 +518,19 @@ impl QueueStore for PgStore {
         done: Answer<PutReceipt>,
     ) {
         match self.put_op(account, queue, body, options) {
-            Ok(op) => self.pool.spawn(op, done),
+            Ok(op) => {
+                let (hints, a, q) = (
+                    self.hints.clone(),
+                    account.as_str().to_owned(),
+                    queue.to_owned(),
+                );
+                self.pool.spawn(op, move |r| {
+                    if r.is_ok() {
+                        hints.put(&a, &q);
+                    }
+                    done(r)
+                })
+            }
             Err(e) => done(Err(e)),
         }
     }
@@ -665,6 +681,10 @@ impl QueueStore for PgStore {
             s.commit()?;
             Ok(())
         })
+    }
+
+    fn watch_puts(&self, hint: PutHint) -> PutWatch {
+        self.hints.watch(hint)
     }
 
     fn get_queue_acl(

@@ -226,6 +226,40 @@ pub fn check_update_expiry(
     Ok(())
 }
 
+/// A hint an engine gives when a message was put into `queue` of `account` (the arguments, in
+/// that order) by a process that shares its store: whoever waits on that queue should look
+/// again. Called from the engine's own thread: it must not block.
+pub type PutHint = std::sync::Arc<dyn Fn(&str, &str) + Send + Sync>;
+
+/// A watcher's registration ([`QueueStore::watch_puts`]): hints stop when it is dropped.
+pub struct PutWatch(Option<Box<dyn FnOnce() + Send + Sync>>);
+
+impl PutWatch {
+    /// A registration that nothing needs undoing for.
+    pub fn none() -> PutWatch {
+        PutWatch(None)
+    }
+
+    /// A registration undone by `undo` when dropped.
+    pub fn new(undo: impl FnOnce() + Send + Sync + 'static) -> PutWatch {
+        PutWatch(Some(Box::new(undo)))
+    }
+}
+
+impl Drop for PutWatch {
+    fn drop(&mut self) {
+        if let Some(undo) = self.0.take() {
+            undo();
+        }
+    }
+}
+
+impl std::fmt::Debug for PutWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PutWatch").finish_non_exhaustive()
+    }
+}
+
 /// How an operation answered through a callback gets its result (the `_then` methods of
 /// [`QueueStore`]).
 pub type Answer<T> = Box<dyn FnOnce(Result<T, QueueError>) + Send>;
@@ -356,6 +390,15 @@ pub trait QueueStore: Send + Sync {
 
     /// Deletes every message of the queue.
     fn clear_messages(&self, account: &AccountName, queue: &str) -> Result<(), QueueError>;
+
+    /// Calls `hint` when another process sharing this store puts a message, until the
+    /// returned watch is dropped. A hint may be late, doubled or lost (waiters poll as well);
+    /// it is never needed for correctness. An engine whose store one process opens has no
+    /// other process to hear from: the default gives no hints.
+    fn watch_puts(&self, hint: PutHint) -> PutWatch {
+        drop(hint);
+        PutWatch::none()
+    }
 
     /// The queue's stored access policies (what a queue SAS naming one with `si` grants).
     fn get_queue_acl(
