@@ -448,6 +448,9 @@ fn peak_rss_mib() -> f64 {
 
 /// `rolehost-bench storage-blob-1gib FILE` (redb) or `... - URL` (PostgreSQL).
 fn blob_1gib(path: &str, url: Option<&str>) {
+    // As the host process does (`rolehost` and the `rest` suite's host): the peak is the
+    // host's, not glibc's default arenas'.
+    rolehost_runtime::process::bound_malloc_arenas();
     let store: Arc<dyn Backend> = match url {
         Some(url) => open_pg(url),
         None => Arc::new(RedbStore::open(path, StorageOptions::default()).expect("open")),

@@ -34,7 +34,7 @@ use rolehost_storage::blob::*;
 use rolehost_storage::names::{check_blob, check_container, check_metadata};
 use rolehost_storage::quota::{QuotaError, metadata_bytes};
 use rolehost_storage::{
-    AccountName, AccountQuota, BlobError, CHUNK_SIZE, Delta, ListOptions, Metadata, Page, Resource,
+    AccountName, AccountQuota, BlobError, Delta, ListOptions, Metadata, Page, Resource,
     StorageError, Timestamp,
 };
 
@@ -43,8 +43,13 @@ use crate::pool::{Conn, Pool, Session};
 use crate::queue::{like_prefix, limit_of};
 use crate::{PgStore, accounts, lock_key, micros};
 
-/// Chunks one intermediate commit of a streamed upload carries (8 MiB of buffer).
-pub const UPLOAD_BATCH_CHUNKS: usize = 8;
+/// Bytes of one chunk row. Smaller than redb's 1 MiB: every connection's client keeps buffers
+/// as large as the largest message it carried, so the chunk size times the pool size bounds
+/// what a host holds for blob traffic (16 connections: 8 MiB).
+pub const CHUNK_SIZE: usize = 256 * 1024;
+
+/// Chunks one intermediate commit of a streamed upload carries (4 MiB of buffer).
+pub const UPLOAD_BATCH_CHUNKS: usize = 16;
 
 /// How long freed data stays readable for reads that began before it was freed.
 pub const READ_GRACE: Duration = Duration::from_secs(600);
@@ -1017,9 +1022,10 @@ impl BlobStore for PgStore {
             .check_read(&rec.etag, rec.last_modified)?;
         let (offset, end) = rules::read_range(rec.size, options.range)?;
         let pool = self.pool.clone();
-        let reader = rules::SegmentReader::new(&rec.segments, offset, end, move |data, idx| {
-            fetch_chunk(&pool, data, idx)
-        });
+        let reader =
+            rules::SegmentReader::new(&rec.segments, offset, end, CHUNK_SIZE, move |data, idx| {
+                fetch_chunk(&pool, data, idx)
+            });
         Ok(BlobRead {
             properties: blob_props(blob, &rec, now),
             offset,

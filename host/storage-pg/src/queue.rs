@@ -11,8 +11,10 @@
 //! effort: a row another getter holds is skipped, and `seq` is insertion order, not commit
 //! order, so a message whose put committed later can be handed out first.
 //!
-//! A put holds its queue's advisory lock shared and Delete Queue holds it exclusively, so no put
-//! can land a message in a queue whose delete has already removed its messages.
+//! Put, Get and Delete are one statement and one commit each. A put locks its queue's row
+//! `FOR KEY SHARE` and Delete Queue `FOR UPDATE`, so no put can land a message in a queue whose
+//! delete has already removed its messages (Set Queue Metadata takes `FOR NO KEY UPDATE`,
+//! which puts do not wait for).
 
 use std::time::Duration;
 
@@ -30,7 +32,7 @@ use rolehost_storage::{
 use crate::error::corrupt;
 use crate::pool::{Conn, Session};
 use crate::settings::{PolicyKind, read_policies, remove_policies, write_policies};
-use crate::{PgStore, accounts, lock_key, micros, timestamp};
+use crate::{PgStore, accounts, micros, timestamp};
 
 fn encode_metadata(m: &Metadata) -> Vec<u8> {
     postcard::to_allocvec(m).unwrap_or_default()
@@ -83,24 +85,32 @@ fn expires_of(row: &postgres::Row, i: usize) -> Option<Timestamp> {
     row.get::<_, Option<i64>>(i).map(timestamp)
 }
 
-const PUT_CHECK: &str = "SELECT (SELECT true FROM rh_queues WHERE account = $1 AND name = $2),
-    coalesce(sum(bytes), 0)::bigint, coalesce(sum(containers), 0)::bigint,
-    coalesce(sum(blobs), 0)::bigint, coalesce(sum(queues), 0)::bigint,
-    coalesce(sum(messages), 0)::bigint, coalesce(sum(tables), 0)::bigint,
-    coalesce(sum(entities), 0)::bigint
-    FROM rh_usage WHERE account = $1";
-
-const PUT: &str = "WITH m AS (
+/// Put Message in one statement and one commit: the queue row is locked `FOR KEY SHARE` (a
+/// Delete Queue, which locks it `FOR UPDATE`, waits for the put, or the put sees the queue
+/// gone), and the message goes in only while the account's messages and bytes stay within
+/// its quota (the rule of `quota::admit`, for the two resources a put grows; a refusal is
+/// named by `admit` itself from the figures returned).
+const PUT: &str = "WITH q AS (
+        SELECT 1 FROM rh_queues WHERE account = $1 AND name = $2 FOR KEY SHARE),
+    used AS (
+        SELECT coalesce(sum(messages), 0)::bigint AS messages,
+            coalesce(sum(bytes), 0)::bigint AS bytes
+        FROM rh_usage WHERE account = $1),
+    m AS (
         INSERT INTO rh_messages
             (account, queue, inserted, expires, visible_at, dequeue_count, receipt, body)
-        VALUES ($1, $2, $3, $4, $5, 0, $6, $7) RETURNING seq),
+        SELECT $1, $2, $3, $4, $5, 0, $6, $7 FROM q, used
+        WHERE used.messages + 1 <= $10 AND used.bytes + $9 <= $11
+        RETURNING seq),
     u AS (
-        INSERT INTO rh_usage (account, shard, bytes, messages) VALUES ($1, $8, $9, 1)
+        INSERT INTO rh_usage (account, shard, bytes, messages) SELECT $1, $8, $9, 1 FROM m
         ON CONFLICT (account, shard) DO UPDATE SET
             bytes = rh_usage.bytes + EXCLUDED.bytes, messages = rh_usage.messages + 1)
-    SELECT seq FROM m";
+    SELECT (SELECT seq FROM m), EXISTS (SELECT 1 FROM q), used.messages, used.bytes
+    FROM used";
 
-const GET: &str = "WITH purged AS (
+const GET: &str = "WITH q AS (SELECT 1 FROM rh_queues WHERE account = $1 AND name = $2),
+    purged AS (
         DELETE FROM rh_messages WHERE account = $1 AND queue = $2 AND seq IN (
             SELECT seq FROM rh_messages WHERE account = $1 AND queue = $2 AND expires <= $3
             ORDER BY expires LIMIT 1024 FOR UPDATE SKIP LOCKED)
@@ -108,7 +118,7 @@ const GET: &str = "WITH purged AS (
     picked AS (
         SELECT seq, visible_at FROM rh_messages
         WHERE account = $1 AND queue = $2 AND visible_at <= $3
-            AND (expires IS NULL OR expires > $3)
+            AND (expires IS NULL OR expires > $3) AND EXISTS (SELECT 1 FROM q)
         ORDER BY visible_at, seq LIMIT $4 FOR UPDATE SKIP LOCKED),
     got AS (
         UPDATE rh_messages m SET visible_at = $5, dequeue_count = m.dequeue_count + 1,
@@ -123,9 +133,12 @@ const GET: &str = "WITH purged AS (
         ON CONFLICT (account, shard) DO UPDATE SET
             bytes = rh_usage.bytes + EXCLUDED.bytes,
             messages = rh_usage.messages + EXCLUDED.messages)
-    SELECT seq, was, inserted, expires, dequeue_count, body, receipt FROM got";
+    SELECT EXISTS (SELECT 1 FROM q), got.seq, got.was, got.inserted, got.expires,
+        got.dequeue_count, got.body, got.receipt
+    FROM (SELECT 1) AS one LEFT JOIN got ON true";
 
-const DELETE: &str = "WITH d AS (
+const DELETE: &str = "WITH q AS (SELECT 1 FROM rh_queues WHERE account = $1 AND name = $2),
+    d AS (
         DELETE FROM rh_messages WHERE account = $1 AND queue = $2 AND seq = $3
             AND receipt = $4 AND (expires IS NULL OR expires > $5)
         RETURNING octet_length(body) AS len),
@@ -135,7 +148,7 @@ const DELETE: &str = "WITH d AS (
         ON CONFLICT (account, shard) DO UPDATE SET
             bytes = rh_usage.bytes + EXCLUDED.bytes,
             messages = rh_usage.messages + EXCLUDED.messages)
-    SELECT len FROM d";
+    SELECT EXISTS (SELECT 1 FROM q), (SELECT len FROM d)";
 
 const CLEAR: &str = "WITH d AS (
         DELETE FROM rh_messages WHERE account = $1 AND queue = $2
@@ -169,23 +182,14 @@ impl PgStore {
         let now = self.now();
         let receipt = self.receipt();
         let salt = self.salt;
-        let key = lock_key("queue", &a, &q);
+        let limit = |r: Resource| i64::try_from(quota.get(r)).unwrap_or(i64::MAX);
+        let (max_messages, max_bytes) = (limit(Resource::Messages), limit(Resource::Bytes));
         Ok(move |c: &mut Conn| {
             let shard = c.shard;
-            let mut s = c.begin_locked(key, true)?;
-            let row = s.query_one(PUT_CHECK, &[&a, &q])?;
-            if row.get::<_, Option<bool>>(0).is_none() {
-                return Err(QueueError::QueueNotFound(q));
-            }
-            let mut used = Usage::default();
-            for (i, r) in Resource::ALL.into_iter().enumerate() {
-                used.set(r, row.get::<_, i64>(i + 1).max(0).unsigned_abs());
-            }
             let delta = Delta::item(Resource::Messages, body.len() as u64);
-            admit(&a, &used, &delta, &quota)?;
             let expires = ttl.map(|t| now.saturating_add(t));
             let visible_at = now.saturating_add(options.visibility_delay);
-            let row = s.query_one(
+            let row = c.auto()?.query_one(
                 PUT,
                 &[
                     &a,
@@ -197,10 +201,27 @@ impl PgStore {
                     &body,
                     &shard,
                     &delta.bytes(),
+                    &max_messages,
+                    &max_bytes,
                 ],
             )?;
-            let seq: i64 = row.get(0);
-            s.commit()?;
+            let Some(seq) = row.get::<_, Option<i64>>(0) else {
+                if !row.get::<_, bool>(1) {
+                    return Err(QueueError::QueueNotFound(q));
+                }
+                let mut used = Usage::default();
+                used.set(
+                    Resource::Messages,
+                    row.get::<_, i64>(2).max(0).unsigned_abs(),
+                );
+                used.set(Resource::Bytes, row.get::<_, i64>(3).max(0).unsigned_abs());
+                admit(&a, &used, &delta, &quota)?;
+                return Err(QueueError::Storage(
+                    rolehost_storage::StorageError::Internal(
+                        "the put was refused at the quota, which admits it now".into(),
+                    ),
+                ));
+            };
             Ok(PutReceipt {
                 id: id_of(seq, salt),
                 insertion_time: now,
@@ -231,9 +252,7 @@ impl PgStore {
         let salt = self.salt;
         Ok(move |c: &mut Conn| {
             let shard = c.shard;
-            let mut s = c.auto()?;
-            queue_exists(&mut s, &a, &q)?;
-            let rows = s.query(
+            let rows = c.auto()?.query(
                 GET,
                 &[
                     &a,
@@ -246,23 +265,26 @@ impl PgStore {
                     &(ITEM_BYTES as i64),
                 ],
             )?;
+            if !rows.first().is_some_and(|r| r.get::<_, bool>(0)) {
+                return Err(QueueError::QueueNotFound(q));
+            }
             let mut got: Vec<(i64, i64, QueueMessage)> = rows
                 .iter()
-                .map(|r| {
-                    let seq: i64 = r.get(0);
-                    (
-                        r.get(1),
+                .filter_map(|r| {
+                    let seq: i64 = r.get::<_, Option<i64>>(1)?;
+                    Some((
+                        r.get(2),
                         seq,
                         QueueMessage {
                             id: id_of(seq, salt),
-                            insertion_time: timestamp(r.get(2)),
-                            expiration_time: expires_of(r, 3),
-                            dequeue_count: r.get::<_, i32>(4).max(0).unsigned_abs(),
-                            body: r.get(5),
-                            pop_receipt: r.get(6),
+                            insertion_time: timestamp(r.get(3)),
+                            expiration_time: expires_of(r, 4),
+                            dequeue_count: r.get::<_, i32>(5).max(0).unsigned_abs(),
+                            body: r.get(6),
+                            pop_receipt: r.get(7),
                             time_next_visible: visible_at,
                         },
-                    )
+                    ))
                 })
                 .collect();
             got.sort_by_key(|(was, seq, _)| (*was, *seq));
@@ -287,10 +309,9 @@ impl PgStore {
         let now = self.now();
         Ok(move |c: &mut Conn| {
             let shard = c.shard;
-            let mut s = c.auto()?;
-            queue_exists(&mut s, &a, &q)?;
-            let seq = seq.ok_or(QueueError::MessageNotFound)?;
-            let rows = s.query(
+            // An id this database never made names no message: -1 matches no row.
+            let seq = seq.unwrap_or(-1);
+            let row = c.auto()?.query_one(
                 DELETE,
                 &[
                     &a,
@@ -302,10 +323,13 @@ impl PgStore {
                     &(ITEM_BYTES as i32),
                 ],
             )?;
-            if rows.is_empty() {
-                return Err(QueueError::MessageNotFound);
+            if !row.get::<_, bool>(0) {
+                return Err(QueueError::QueueNotFound(q));
             }
-            Ok(())
+            match row.get::<_, Option<i32>>(1) {
+                Some(_) => Ok(()),
+                None => Err(QueueError::MessageNotFound),
+            }
         })
     }
 }
@@ -361,11 +385,10 @@ impl QueueStore for PgStore {
     fn delete_queue(&self, account: &AccountName, queue: &str) -> Result<(), QueueError> {
         check_queue(queue)?;
         let (a, q) = (account.as_str().to_owned(), queue.to_owned());
-        let key = lock_key("queue", &a, &q);
         let quota = self.quotas.quota(&a);
         self.pool.run(move |c| {
             let shard = c.shard;
-            let mut s = c.begin_locked(key, false)?;
+            let mut s = c.begin()?;
             let row = s
                 .query_opt(
                     "SELECT metadata FROM rh_queues WHERE account = $1 AND name = $2 FOR UPDATE",
@@ -466,7 +489,8 @@ impl QueueStore for PgStore {
             let mut s = c.begin()?;
             let row = s
                 .query_opt(
-                    "SELECT metadata FROM rh_queues WHERE account = $1 AND name = $2 FOR UPDATE",
+                    "SELECT metadata FROM rh_queues WHERE account = $1 AND name = $2
+                     FOR NO KEY UPDATE",
                     &[&a, &q],
                 )?
                 .ok_or_else(|| QueueError::QueueNotFound(q.clone()))?;

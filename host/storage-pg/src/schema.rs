@@ -83,7 +83,7 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (account, tbl, pk, rk)
     );
     "#,
-    // 3: the blob service. Content is in 1 MiB chunk rows, never compressed (STORAGE
+    // 3: the blob service. Content is in 256 KiB chunk rows, never compressed (STORAGE
     // EXTERNAL: blobs are mostly compressed already, and slices stay cheap). A blob row
     // carries what it costs and the data it owns, so bulk deletes are done by the server.
     r#"

@@ -458,11 +458,12 @@ impl ListScan {
     }
 }
 
-/// Streams the bytes `[pos, end)` of a blob from its segments, one chunk of
-/// [`crate::CHUNK_SIZE`] at a time, from wherever the engine keeps chunks: `fetch(data_id,
-/// index)` gives one chunk.
+/// Streams the bytes `[pos, end)` of a blob from its segments, one chunk at a time, from
+/// wherever the engine keeps chunks: `fetch(data_id, index)` gives one chunk, and every chunk
+/// but a data's last is `chunk_size` bytes.
 pub struct SegmentReader<F> {
     fetch: F,
+    chunk_size: u64,
     /// (start offset in the blob, segment)
     segments: Vec<(u64, Segment)>,
     pos: u64,
@@ -472,10 +473,12 @@ pub struct SegmentReader<F> {
 }
 
 impl<F: FnMut(u64, u32) -> io::Result<Vec<u8>>> SegmentReader<F> {
-    /// A reader of `[pos, end)` of the blob made of `segments`.
-    pub fn new(segments: &[Segment], pos: u64, end: u64, fetch: F) -> Self {
+    /// A reader of `[pos, end)` of the blob made of `segments`, whose data is in chunks of
+    /// `chunk_size` bytes.
+    pub fn new(segments: &[Segment], pos: u64, end: u64, chunk_size: usize, fetch: F) -> Self {
         SegmentReader {
             fetch,
+            chunk_size: chunk_size as u64,
             segments: segment_starts(segments),
             pos,
             end,
@@ -485,7 +488,7 @@ impl<F: FnMut(u64, u32) -> io::Result<Vec<u8>>> SegmentReader<F> {
     }
 
     fn fill(&mut self) -> io::Result<()> {
-        let chunk_size = crate::CHUNK_SIZE as u64;
+        let chunk_size = self.chunk_size;
         let idx = self
             .segments
             .partition_point(|(start, _)| *start <= self.pos)

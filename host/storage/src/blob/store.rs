@@ -756,15 +756,21 @@ impl BlobStore for RedbStore {
             .check_read(&rec.etag, rec.last_modified)?;
         let (offset, end) = rules::read_range(rec.size, options.range)?;
         let chunks = txn.open_table(CHUNKS)?;
-        let reader = rules::SegmentReader::new(&rec.segments, offset, end, move |data_id, idx| {
-            let value = chunks
-                .get((data_id, idx))
-                .map_err(io::Error::other)?
-                .ok_or_else(|| {
-                    io::Error::other(format!("missing chunk {idx} of data {data_id}"))
-                })?;
-            Ok(value.value().to_vec())
-        });
+        let reader = rules::SegmentReader::new(
+            &rec.segments,
+            offset,
+            end,
+            CHUNK_SIZE,
+            move |data_id, idx| {
+                let value = chunks
+                    .get((data_id, idx))
+                    .map_err(io::Error::other)?
+                    .ok_or_else(|| {
+                        io::Error::other(format!("missing chunk {idx} of data {data_id}"))
+                    })?;
+                Ok(value.value().to_vec())
+            },
+        );
         Ok(BlobRead {
             properties: blob_props(blob, &rec, now),
             offset,
