@@ -74,15 +74,24 @@ fn open(dir: &std::path::Path, name: &str) -> Arc<dyn Backend> {
     Arc::new(RedbStore::open(dir.join(name), StorageOptions::default()).expect("open store"))
 }
 
-/// A PostgreSQL store on `url` with the engine's default pool.
+/// The PostgreSQL pool size the benchmark uses: `ROLEHOST_BENCH_PG_POOL`, else the engine's
+/// default (to size a pool for a machine, run the suite with a few).
+fn bench_pool_size() -> usize {
+    std::env::var("ROLEHOST_BENCH_PG_POOL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(rolehost_storage_pg::DEFAULT_POOL_SIZE)
+}
+
+/// A PostgreSQL store on `url` with the benchmark's pool size.
 fn open_pg(url: &str) -> Arc<dyn Backend> {
+    let pg = rolehost_storage_pg::PgOptions {
+        pool_size: bench_pool_size(),
+        ..rolehost_storage_pg::PgOptions::default()
+    };
     Arc::new(
-        rolehost_storage_pg::PgStore::open(
-            url,
-            &StorageOptions::default(),
-            &rolehost_storage_pg::PgOptions::default(),
-        )
-        .expect("open the PostgreSQL store"),
+        rolehost_storage_pg::PgStore::open(url, &StorageOptions::default(), &pg)
+            .expect("open the PostgreSQL store"),
     )
 }
 
@@ -413,11 +422,12 @@ fn storage(args: &[String]) {
             .expect("a database for the benchmark");
         let big_db = rolehost_storage_pg::scratch::ScratchDatabase::create(&server.url)
             .expect("a database for the 1 GiB blob");
-        line("pg_pool_size", rolehost_storage_pg::DEFAULT_POOL_SIZE);
+        line("pg_pool_size", bench_pool_size());
         let store = open_pg(db.url());
         let big = vec!["-".to_string(), big_db.url().to_string()];
         let pg_figures = engine_figures("pg_", &store, &big, None);
         drop(store);
+        line("pg_wake_hint_ms", format!("{:.2}", wake_hint_ms(db.url())));
         if let Some(r) = &redb_figures {
             line(
                 "pg_vs_redb_queue_64",
@@ -429,6 +439,43 @@ fn storage(args: &[String]) {
             );
         }
     }
+}
+
+/// Median time from a put's answer in one store to a watcher's hint in another store on the
+/// same database (each has its own connections, as two hosts have), ms.
+fn wake_hint_ms(url: &str) -> f64 {
+    let (watching, putting) = (open_pg(url), open_pg(url));
+    let acct = AccountName::new("wake").expect("acct");
+    putting.create_queue(&acct, "hints", vec![]).expect("queue");
+    let (tx, rx) = std::sync::mpsc::channel::<Instant>();
+    let _watch = watching.watch_puts(Arc::new(move |_: &str, _: &str| {
+        let _ = tx.send(Instant::now());
+    }));
+    // Until the listener listens, hints are lost: warm up until one arrives.
+    let warm = Instant::now();
+    loop {
+        putting
+            .put_message(&acct, "hints", b"x", PutMessageOptions::default())
+            .expect("put");
+        if rx.recv_timeout(Duration::from_millis(200)).is_ok() {
+            break;
+        }
+        assert!(warm.elapsed() < Duration::from_secs(20), "no hint arrives");
+    }
+    let mut lat = Vec::new();
+    for _ in 0..50 {
+        while rx.try_recv().is_ok() {}
+        putting
+            .put_message(&acct, "hints", b"x", PutMessageOptions::default())
+            .expect("put");
+        let answered = Instant::now();
+        if let Ok(heard) = rx.recv_timeout(Duration::from_secs(2)) {
+            lat.push(heard.saturating_duration_since(answered).as_secs_f64() * 1e3);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    lat.sort_by(f64::total_cmp);
+    lat.get(lat.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// A memory figure of this process from `/proc/self/status` (`VmHWM`, `VmRSS`), in MiB.
