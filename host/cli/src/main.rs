@@ -32,8 +32,8 @@ struct Cli {
 #[derive(clap::Args, Debug, Clone, Default)]
 pub(crate) struct StorageChoice {
     /// The storage: a redb database file (one process at a time; hosts taking turns on it
-    /// share their services' storage), or a PostgreSQL URL,
-    /// postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE, that several hosts use at once.
+    /// share their services' storage), or a PostgreSQL URL that several hosts use at once:
+    /// postgres://USER:PASSWORD@HOST:PORT/DATABASE (password and port may be left out).
     /// Default: `<data-dir>/storage.redb` (for `run`, the manifest's `[storage] url` first).
     #[arg(
         long,

@@ -32,13 +32,13 @@ use rolehost_storage::blob::rules::{
 };
 use rolehost_storage::blob::*;
 use rolehost_storage::names::{check_blob, check_container, check_metadata};
-use rolehost_storage::quota::{QuotaError, metadata_bytes};
+use rolehost_storage::quota::metadata_bytes;
 use rolehost_storage::{
     AccountName, AccountQuota, BlobError, Delta, ListOptions, Metadata, Page, Resource,
     StorageError, Timestamp,
 };
 
-use crate::error::{PgError, corrupt};
+use crate::error::{PgError, corrupt, retried};
 use crate::pool::{Conn, Pool, Session};
 use crate::queue::{like_prefix, limit_of};
 use crate::{PgStore, accounts, lock_key, micros};
@@ -61,59 +61,10 @@ pub const PENDING_STALE: Duration = Duration::from_secs(900);
 /// Most data ids one reaper pass frees at a time.
 const REAP_BATCH: i64 = 64;
 
-/// Most times a write runs when racing writers keep beating it to a blob or block.
-const MAX_ATTEMPTS: usize = 4;
-
 /// Blob names one read of a listing brings back.
 const LIST_CHUNK: i64 = 256;
 
-/// How one attempt at an operation ended (see `table.rs`).
-enum Attempt {
-    Failed(BlobError),
-    Race,
-}
-
-impl From<PgError> for Attempt {
-    fn from(e: PgError) -> Self {
-        if e.is_race() {
-            Attempt::Race
-        } else {
-            Attempt::Failed(e.into())
-        }
-    }
-}
-
-impl From<BlobError> for Attempt {
-    fn from(e: BlobError) -> Self {
-        Attempt::Failed(e)
-    }
-}
-
-impl From<StorageError> for Attempt {
-    fn from(e: StorageError) -> Self {
-        Attempt::Failed(e.into())
-    }
-}
-
-impl From<QuotaError> for Attempt {
-    fn from(e: QuotaError) -> Self {
-        Attempt::Failed(e.into())
-    }
-}
-
-/// Runs `attempt` until it is not beaten by a racing writer (at most [`MAX_ATTEMPTS`] times).
-fn retried<T>(what: &str, mut attempt: impl FnMut() -> Result<T, Attempt>) -> Result<T, BlobError> {
-    for _ in 0..MAX_ATTEMPTS {
-        match attempt() {
-            Ok(v) => return Ok(v),
-            Err(Attempt::Failed(e)) => return Err(e),
-            Err(Attempt::Race) => continue,
-        }
-    }
-    Err(BlobError::Storage(StorageError::Internal(format!(
-        "racing writers kept changing {what}; gave up after {MAX_ATTEMPTS} attempts"
-    ))))
-}
+type Attempt = crate::error::Attempt<BlobError>;
 
 fn data_id(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -964,35 +915,18 @@ impl BlobStore for PgStore {
         dest: BlobRef<'_>,
         options: CopyOptions,
     ) -> Result<BlobProperties, BlobError> {
-        rules::check_copy(&options)?;
         // The source's chunks stay readable for the read grace even if the destination is
         // the source itself and its old data is freed by this very write.
-        let read = self
-            .get_blob(
-                source.account,
-                source.container,
-                source.blob,
-                &GetBlobOptions {
-                    range: None,
-                    conditions: options.source_conditions.clone(),
-                    lease_id: None,
-                },
+        rules::copy_blob(self, source, options, |reader, put, source_url| {
+            self.write_blob(
+                dest.account,
+                dest.container,
+                dest.blob,
+                reader,
+                put,
+                Some(source_url),
             )
-            .map_err(rules::copy_source_error)?;
-        let BlobRead {
-            properties,
-            mut reader,
-            ..
-        } = read;
-        let (put, source_url) = rules::copy_put_options(properties, options);
-        self.write_blob(
-            dest.account,
-            dest.container,
-            dest.blob,
-            &mut reader,
-            put,
-            Some(source_url),
-        )
+        })
     }
 
     fn get_blob(

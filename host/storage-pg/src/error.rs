@@ -3,6 +3,7 @@
 //! text. No `postgres` type leaves this crate.
 
 use postgres::error::SqlState;
+use rolehost_storage::quota::QuotaError;
 use rolehost_storage::{BlobError, QueueError, StorageError, TableError};
 
 /// A failure of the client, kept until the caller says what it means.
@@ -86,4 +87,67 @@ pub fn corrupt(table: &'static str, e: impl std::fmt::Display) -> StorageError {
         table,
         detail: e.to_string(),
     }
+}
+
+/// How one attempt at an operation that may race another writer ended: for good, or beaten
+/// to a key (a unique violation, a deadlock, a serialization failure), to run again.
+pub(crate) enum Attempt<E> {
+    /// It failed for good.
+    Failed(E),
+    /// A racing writer got in the way.
+    Race,
+}
+
+impl<E: From<StorageError>> From<PgError> for Attempt<E> {
+    fn from(e: PgError) -> Self {
+        if e.is_race() {
+            Attempt::Race
+        } else {
+            Attempt::Failed(E::from(e.into()))
+        }
+    }
+}
+
+impl<E: From<StorageError>> From<StorageError> for Attempt<E> {
+    fn from(e: StorageError) -> Self {
+        Attempt::Failed(e.into())
+    }
+}
+
+macro_rules! attempt_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Attempt<$t> {
+            fn from(e: $t) -> Self {
+                Attempt::Failed(e)
+            }
+        }
+        impl From<QuotaError> for Attempt<$t> {
+            fn from(e: QuotaError) -> Self {
+                Attempt::Failed(e.into())
+            }
+        }
+    )*};
+}
+attempt_from!(BlobError, TableError);
+
+/// Most times an operation runs while racing writers keep beating it to a key.
+pub const MAX_ATTEMPTS: usize = 4;
+
+/// Runs `attempt` until a racing writer no longer beats it (at most [`MAX_ATTEMPTS`] times);
+/// `what` names what kept changing if they always do.
+pub(crate) fn retried<T, E: From<StorageError>>(
+    what: &str,
+    mut attempt: impl FnMut() -> Result<T, Attempt<E>>,
+) -> Result<T, E> {
+    for _ in 0..MAX_ATTEMPTS {
+        match attempt() {
+            Ok(v) => return Ok(v),
+            Err(Attempt::Failed(e)) => return Err(e),
+            Err(Attempt::Race) => continue,
+        }
+    }
+    Err(StorageError::Internal(format!(
+        "racing writers kept changing {what}; gave up after {MAX_ATTEMPTS} attempts"
+    ))
+    .into())
 }

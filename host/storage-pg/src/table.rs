@@ -4,7 +4,7 @@
 //! rules both engines share ([`rolehost_storage::table::rules::plan`]) on what it read, and
 //! writes the result, all in one transaction. A row that is missing cannot be locked: when a
 //! racing writer inserts it first, our insert fails on the primary key and the whole
-//! operation runs again on what is there now (at most [`MAX_ATTEMPTS`] times), so an insert
+//! operation runs again on what is there now (at most [`crate::error::MAX_ATTEMPTS`] times), so an insert
 //! racing another insert answers `EntityAlreadyExists`, and a transaction is all or nothing.
 //!
 //! Queries push the key range into SQL and evaluate the rest of `$filter` with the shared
@@ -15,19 +15,15 @@ use std::collections::HashMap;
 
 use rolehost_storage::blob::AccessPolicy;
 use rolehost_storage::names::check_table;
-use rolehost_storage::quota::QuotaError;
 use rolehost_storage::table::rules::{self, table_key};
 use rolehost_storage::table::*;
-use rolehost_storage::{AccountName, Delta, ListOptions, Page, Resource, StorageError, TableError};
+use rolehost_storage::{AccountName, Delta, ListOptions, Page, Resource, TableError};
 
-use crate::error::PgError;
+use crate::error::retried;
 use crate::pool::{Conn, Session};
 use crate::queue::{like_prefix, limit_of};
 use crate::settings::{PolicyKind, read_policies, remove_policies, write_policies};
 use crate::{PgStore, accounts, lock_key};
-
-/// Most times an operation runs when racing writers keep beating it to a key.
-pub const MAX_ATTEMPTS: usize = 4;
 
 /// Most rows one read of a query scan brings back.
 pub const SCAN_CHUNK_ROWS: i64 = 256;
@@ -36,41 +32,7 @@ pub const SCAN_CHUNK_ROWS: i64 = 256;
 /// what a scan holds at once, whatever size the entities are.
 pub const SCAN_CHUNK_BYTES: i64 = 4 << 20;
 
-/// How one attempt at an operation ended.
-enum Attempt {
-    /// It failed for good.
-    Failed(TableError),
-    /// A racing writer got in the way: run it again.
-    Race,
-}
-
-impl From<PgError> for Attempt {
-    fn from(e: PgError) -> Self {
-        if e.is_race() {
-            Attempt::Race
-        } else {
-            Attempt::Failed(e.into())
-        }
-    }
-}
-
-impl From<TableError> for Attempt {
-    fn from(e: TableError) -> Self {
-        Attempt::Failed(e)
-    }
-}
-
-impl From<StorageError> for Attempt {
-    fn from(e: StorageError) -> Self {
-        Attempt::Failed(e.into())
-    }
-}
-
-impl From<QuotaError> for Attempt {
-    fn from(e: QuotaError) -> Self {
-        Attempt::Failed(e.into())
-    }
-}
+type Attempt = crate::error::Attempt<TableError>;
 
 const TABLE_EXISTS: &str = "SELECT 1 FROM rh_tables WHERE account = $1 AND key = $2";
 
@@ -175,16 +137,9 @@ impl PgStore {
         let now = self.now();
         let quota = self.quotas.quota(&a);
         self.pool.run(move |c| {
-            for _ in 0..MAX_ATTEMPTS {
-                match attempt(c, &a, &t, &display, &ops, in_batch, &etags, now, &quota) {
-                    Ok(etags) => return Ok(etags),
-                    Err(Attempt::Failed(e)) => return Err(e),
-                    Err(Attempt::Race) => continue,
-                }
-            }
-            Err(TableError::Storage(StorageError::Internal(format!(
-                "racing writers kept changing the entities of table {display}; gave up after {MAX_ATTEMPTS} attempts"
-            ))))
+            retried(&format!("the entities of table {display}"), || {
+                attempt(c, &a, &t, &display, &ops, in_batch, &etags, now, &quota)
+            })
         })
     }
 }

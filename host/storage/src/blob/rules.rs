@@ -93,7 +93,7 @@ struct BlobRecordV1 {
 
 /// Decodes a blob record of either layout. postcard is not self-describing, so a record of
 /// the first layout lacks the trailing field and fails to decode as the new one; it then
-/// decodes as [`BlobRecordV1`], which has no copy.
+/// decodes as `BlobRecordV1`, which has no copy.
 pub fn decode_blob(bytes: &[u8]) -> Result<BlobRecord, StorageError> {
     match decode::<BlobRecord>("blobs", bytes) {
         Ok(r) => Ok(r),
@@ -528,7 +528,7 @@ impl<F: FnMut(u64, u32) -> io::Result<Vec<u8>>> Read for SegmentReader<F> {
 }
 
 /// Copy Blob's checks before it reads its source.
-pub fn check_copy(options: &CopyOptions) -> Result<(), BlobError> {
+fn check_copy(options: &CopyOptions) -> Result<(), BlobError> {
     if options.source_url.len() > MAX_COPY_SOURCE_BYTES {
         return Err(BlobError::CopySourceTooLong(options.source_url.len()));
     }
@@ -540,7 +540,7 @@ pub fn check_copy(options: &CopyOptions) -> Result<(), BlobError> {
 
 /// How a failure to read a copy's source is answered: its conditions are the source's, and a
 /// missing source is one the copy cannot verify (as a source it may not read is).
-pub fn copy_source_error(e: BlobError) -> BlobError {
+fn copy_source_error(e: BlobError) -> BlobError {
     match e {
         BlobError::ConditionNotMet | BlobError::NotModified => BlobError::SourceConditionNotMet,
         BlobError::BlobNotFound(_) | BlobError::ContainerNotFound(_) => {
@@ -550,20 +550,40 @@ pub fn copy_source_error(e: BlobError) -> BlobError {
     }
 }
 
-/// The options of the write a copy makes from its source's properties.
-pub fn copy_put_options(
-    properties: BlobProperties,
+/// Copy Blob on any engine: `store` reads the source at one version (its conditions are the
+/// source's), and `write` makes the destination from that reader with the source's HTTP
+/// properties and (unless given) metadata, recording the copy's source URL.
+pub fn copy_blob(
+    store: &dyn BlobStore,
+    source: BlobRef<'_>,
     options: CopyOptions,
-) -> (PutBlobOptions, String) {
-    (
-        PutBlobOptions {
-            content: properties.content,
-            metadata: options.metadata.unwrap_or(properties.metadata),
-            conditions: options.conditions,
-            lease_id: options.lease_id,
-        },
-        options.source_url,
-    )
+    write: impl FnOnce(&mut dyn Read, PutBlobOptions, String) -> Result<BlobProperties, BlobError>,
+) -> Result<BlobProperties, BlobError> {
+    check_copy(&options)?;
+    let read = store
+        .get_blob(
+            source.account,
+            source.container,
+            source.blob,
+            &GetBlobOptions {
+                range: None,
+                conditions: options.source_conditions.clone(),
+                lease_id: None,
+            },
+        )
+        .map_err(copy_source_error)?;
+    let BlobRead {
+        properties,
+        mut reader,
+        ..
+    } = read;
+    let put = PutBlobOptions {
+        content: properties.content,
+        metadata: options.metadata.unwrap_or(properties.metadata),
+        conditions: options.conditions,
+        lease_id: options.lease_id,
+    };
+    write(&mut reader, put, options.source_url)
 }
 
 #[cfg(test)]

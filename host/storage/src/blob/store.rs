@@ -703,35 +703,18 @@ impl BlobStore for RedbStore {
         dest: BlobRef<'_>,
         options: CopyOptions,
     ) -> Result<BlobProperties, BlobError> {
-        rules::check_copy(&options)?;
         // The source at one version: its read transaction keeps that version's chunks while
         // the destination is written, even when the destination is the source itself.
-        let read = self
-            .get_blob(
-                source.account,
-                source.container,
-                source.blob,
-                &GetBlobOptions {
-                    range: None,
-                    conditions: options.source_conditions.clone(),
-                    lease_id: None,
-                },
+        rules::copy_blob(self, source, options, |reader, put, source_url| {
+            self.write_blob(
+                dest.account,
+                dest.container,
+                dest.blob,
+                reader,
+                put,
+                Some(source_url),
             )
-            .map_err(rules::copy_source_error)?;
-        let BlobRead {
-            properties,
-            mut reader,
-            ..
-        } = read;
-        let (put, source_url) = rules::copy_put_options(properties, options);
-        self.write_blob(
-            dest.account,
-            dest.container,
-            dest.blob,
-            &mut reader,
-            put,
-            Some(source_url),
-        )
+        })
     }
 
     fn get_blob(
