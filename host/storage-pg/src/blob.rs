@@ -40,7 +40,7 @@ use rolehost_storage::{
 
 use crate::error::{PgError, corrupt, retried};
 use crate::pool::{Conn, Pool, Session};
-use crate::queue::{like_prefix, limit_of};
+use crate::queue::{like_prefix, limit_of, page_of};
 use crate::{PgStore, accounts, lock_key, micros};
 
 /// Bytes of one chunk row. Smaller than redb's 1 MiB: every connection's client keeps buffers
@@ -476,6 +476,16 @@ impl PgStore {
         })
     }
 
+    /// The record of blob `b` of container `c` (`ContainerNotFound`, `BlobNotFound` if
+    /// missing), read without a lock: what Get Blob and Get Blob Properties check.
+    fn stored_blob(&self, a: String, c: String, b: String) -> Result<BlobRecord, BlobError> {
+        self.pool.run(move |conn| {
+            let mut s = conn.auto()?;
+            get_container(&mut s, &a, &c, false)?;
+            get_blob_record(&mut s, (&a, &c, &b), false)?.ok_or(BlobError::BlobNotFound(b))
+        })
+    }
+
     /// A metadata or properties write: conditions and lease checked, new ETag and
     /// Last-Modified.
     fn modify_blob(
@@ -827,22 +837,14 @@ impl BlobStore for PgStore {
                  ORDER BY name LIMIT $4",
                 &[&a, &start, &like, &limit],
             )?;
-            let mut items = Vec::with_capacity(rows.len().min(page));
-            let mut next_marker = None;
-            for r in &rows {
-                let name: String = r.get(0);
-                if items.len() == page {
-                    next_marker = Some(name);
-                    break;
-                }
+            page_of(&rows, page, |name, r| {
                 let rec: ContainerRecord = decode("rh_containers", r.get(1))?;
                 let mut props = container_props(&name, &rec, now);
                 if !include_metadata {
                     props.metadata.clear();
                 }
-                items.push(props);
-            }
-            Ok(Page { items, next_marker })
+                Ok(props)
+            })
         })
     }
 
@@ -979,11 +981,7 @@ impl BlobStore for PgStore {
             blob.to_owned(),
         );
         let now = self.now();
-        let rec = self.pool.run(move |conn| {
-            let mut s = conn.auto()?;
-            get_container(&mut s, &a, &c, false)?;
-            get_blob_record(&mut s, (&a, &c, &b), false)?.ok_or(BlobError::BlobNotFound(b))
-        })?;
+        let rec = self.stored_blob(a, c, b)?;
         rec.lease
             .check_read(options.lease_id.as_deref(), now, false)?;
         options
@@ -1020,11 +1018,7 @@ impl BlobStore for PgStore {
             blob.to_owned(),
         );
         let now = self.now();
-        let rec = self.pool.run(move |conn| {
-            let mut s = conn.auto()?;
-            get_container(&mut s, &a, &c, false)?;
-            get_blob_record(&mut s, (&a, &c, &b), false)?.ok_or(BlobError::BlobNotFound(b))
-        })?;
+        let rec = self.stored_blob(a, c, b)?;
         rec.lease.check_read(lease_id, now, false)?;
         conditions.check_read(&rec.etag, rec.last_modified)?;
         Ok(blob_props(blob, &rec, now))

@@ -62,6 +62,26 @@ pub(crate) fn limit_of(options: &ListOptions) -> Result<(usize, i64), &'static s
     Ok((n, n as i64 + 1))
 }
 
+/// A listing's page from rows in name order whose first column is the name, fetched with
+/// [`limit_of`]'s limit: the row past the page is only the next marker.
+pub(crate) fn page_of<T, E>(
+    rows: &[postgres::Row],
+    page: usize,
+    mut item: impl FnMut(String, &postgres::Row) -> Result<T, E>,
+) -> Result<Page<T>, E> {
+    let mut items = Vec::with_capacity(rows.len().min(page));
+    let mut next_marker = None;
+    for r in rows {
+        let name: String = r.get(0);
+        if items.len() == page {
+            next_marker = Some(name);
+            break;
+        }
+        items.push(item(name, r)?);
+    }
+    Ok(Page { items, next_marker })
+}
+
 const QUEUE_EXISTS: &str = "SELECT 1 FROM rh_queues WHERE account = $1 AND name = $2";
 
 fn queue_exists(s: &mut Session<'_>, a: &str, q: &str) -> Result<(), QueueError> {
@@ -431,22 +451,14 @@ impl QueueStore for PgStore {
                  ORDER BY name LIMIT $4",
                 &[&a, &start, &like, &limit],
             )?;
-            let mut items = Vec::with_capacity(rows.len().min(page));
-            let mut next_marker = None;
-            for r in &rows {
-                let name: String = r.get(0);
-                if items.len() == page {
-                    next_marker = Some(name);
-                    break;
-                }
+            page_of(&rows, page, |name, r| {
                 let metadata = if include_metadata {
                     decode_metadata(r.get(1))?
                 } else {
                     Vec::new()
                 };
-                items.push(QueueItem { name, metadata });
-            }
-            Ok(Page { items, next_marker })
+                Ok(QueueItem { name, metadata })
+            })
         })
     }
 

@@ -21,7 +21,7 @@ use rolehost_storage::{AccountName, Delta, ListOptions, Page, Resource, TableErr
 
 use crate::error::retried;
 use crate::pool::{Conn, Session};
-use crate::queue::{like_prefix, limit_of};
+use crate::queue::{like_prefix, limit_of, page_of};
 use crate::settings::{PolicyKind, read_policies, remove_policies, write_policies};
 use crate::{PgStore, accounts, lock_key};
 
@@ -274,10 +274,7 @@ impl TableStore for PgStore {
                  ORDER BY key LIMIT $4",
                 &[&a, &start, &like, &limit],
             )?;
-            let mut items: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-            let next_marker = (items.len() > page).then(|| items.remove(page));
-            items.truncate(page);
-            Ok(Page { items, next_marker })
+            page_of(&rows, page, |name, _| Ok::<_, TableError>(name))
         })
     }
 
